@@ -1,0 +1,186 @@
+"""Gaussian radial basis functions and ridge-regression matrices.
+
+The ∞-former writes a sequence of vectors as a continuous signal
+`X̄(t) = Bᵀ ψ(t)`, `t ∈ [0, 1]`, where `ψ(t)` holds `N` normalised Gaussian
+densities. This module holds the pieces that do not depend on the data:
+
+- `basis_parameters`: the centres and widths of the `N` basis functions.
+- `rbf`: `ψ_j(t)` for every `j` (on `keras.ops`).
+- `gaussian_expectation`: `E_{N(μ, σ²)}[ψ_j]` in closed form (on `keras.ops`).
+- `design_matrix`, `ridge_matrix`: NumPy float64 precompute of the fit
+  `B = Gᵀ X`, built once per set of positions and kept as a constant.
+- `update_positions`: where old samples and new vectors sit in a memory update.
+"""
+
+import math
+
+import numpy as np
+from keras import ops
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def basis_parameters(num_basis, basis_widths):
+    """Centres and widths of `num_basis` Gaussian basis functions.
+
+    `num_basis / len(basis_widths)` centres are spaced evenly over [0, 1]
+    (both ends included) and every centre is paired with every width.
+
+    Args:
+        num_basis: int. Total number of basis functions `N`.
+        basis_widths: sequence of floats. Standard deviations of the basis
+            functions, e.g. `(0.01, 0.05)`.
+
+    Returns:
+        Two float64 NumPy arrays of shape `(num_basis,)`: centres and widths.
+    """
+    widths = tuple(float(w) for w in basis_widths)
+    if isinstance(num_basis, bool) or not isinstance(num_basis, (int, np.integer)):
+        raise TypeError(
+            f"`num_basis` must be an int. Received: num_basis={num_basis!r}"
+        )
+    if not widths or any(not (w > 0 and math.isfinite(w)) for w in widths):
+        raise ValueError(
+            "`basis_widths` must be a non-empty sequence of positive finite "
+            f"floats. Received: basis_widths={basis_widths!r}"
+        )
+    if num_basis < 2 * len(widths) or num_basis % len(widths):
+        raise ValueError(
+            "`num_basis` must be a multiple of len(basis_widths) with at least "
+            f"two centres per width. Received: num_basis={num_basis}, "
+            f"basis_widths={basis_widths!r}"
+        )
+    num_centers = num_basis // len(widths)
+    centers = np.repeat(np.linspace(0.0, 1.0, num_centers), len(widths))
+    widths = np.tile(np.asarray(widths, dtype=np.float64), num_centers)
+    return centers, widths
+
+
+def rbf(t, centers, widths):
+    """Normalised Gaussian basis functions `ψ_j(t)`.
+
+    `ψ_j(t) = exp(-(t - c_j)² / (2 w_j²)) / (w_j √(2π))`.
+
+    Args:
+        t: tensor of positions, any shape.
+        centers: tensor of shape `(N,)`.
+        widths: tensor of shape `(N,)`.
+
+    Returns:
+        Tensor of shape `t.shape + (N,)`.
+    """
+    t = ops.convert_to_tensor(t)
+    dtype = t.dtype if "float" in str(t.dtype) else "float32"
+    t = ops.cast(t, dtype)
+    centers = ops.cast(centers, dtype)
+    widths = ops.cast(widths, dtype)
+    z = (ops.expand_dims(t, -1) - centers) / widths
+    return ops.exp(-0.5 * ops.square(z) - ops.log(widths) - _LOG_SQRT_2PI)
+
+
+def gaussian_expectation(mu, sigma_sq, centers, widths):
+    """Expectation of every basis function under `N(μ, σ²)`.
+
+    `r_j = ∫ N(t; μ, σ²) ψ_j(t) dt = N(μ; c_j, σ² + w_j²)` (integral over ℝ).
+
+    Args:
+        mu: tensor of means, any shape.
+        sigma_sq: tensor of variances, same shape as `mu`.
+        centers: tensor of shape `(N,)`.
+        widths: tensor of shape `(N,)`.
+
+    Returns:
+        Tensor of shape `mu.shape + (N,)`.
+    """
+    mu = ops.convert_to_tensor(mu)
+    dtype = mu.dtype if "float" in str(mu.dtype) else "float32"
+    mu = ops.cast(mu, dtype)
+    sigma_sq = ops.cast(sigma_sq, dtype)
+    centers = ops.cast(centers, dtype)
+    widths = ops.cast(widths, dtype)
+    variance = ops.expand_dims(sigma_sq, -1) + ops.square(widths)
+    diff = ops.expand_dims(mu, -1) - centers
+    return ops.exp(
+        -0.5 * ops.square(diff) / variance - 0.5 * ops.log(variance) - _LOG_SQRT_2PI
+    )
+
+
+def design_matrix(positions, centers, widths):
+    """`F[j, i] = ψ_j(t_i)` in NumPy float64, shape `(N, P)`."""
+    positions = np.asarray(positions, dtype=np.float64)
+    centers = np.asarray(centers, dtype=np.float64)
+    widths = np.asarray(widths, dtype=np.float64)
+    z = (positions[None, :] - centers[:, None]) / widths[:, None]
+    return np.exp(-0.5 * z**2) / (widths[:, None] * math.sqrt(2.0 * math.pi))
+
+
+def padding_positions(num_positions):
+    """Positions of the zero-signal padding used by the edge trick.
+
+    A grid twice as long as the real one: `num_positions // 2` points evenly
+    spaced over [-0.5, 0) and the rest over (1, 1.5].
+    """
+    num_left = num_positions // 2
+    num_right = num_positions - num_left
+    left = -0.5 + (np.arange(num_left) + 0.5) * (0.5 / max(num_left, 1))
+    right = 1.0 + (np.arange(num_right) + 0.5) * (0.5 / max(num_right, 1))
+    return left, right
+
+
+def ridge_matrix(positions, centers, widths, ridge_penalty, edge_padding=True):
+    """Ridge-regression matrix `G` such that the fit is `B = Gᵀ X`.
+
+    `G = Fᵀ (F Fᵀ + λ I)⁻¹` with `F[j, i] = ψ_j(t_i)`, solved in float64.
+
+    With `edge_padding=True` the real positions are extended by as many
+    padding positions beyond both ends of [0, 1] (half the span on each side),
+    where the signal is taken as zero; only the rows of `G` of the real
+    positions are returned. This removes the droop of the fit at the edges.
+
+    Args:
+        positions: array of shape `(P,)`, positions in [0, 1].
+        centers: array of shape `(N,)`.
+        widths: array of shape `(N,)`.
+        ridge_penalty: float. The ridge penalty `λ > 0`.
+        edge_padding: bool. Whether to use the edge trick.
+
+    Returns:
+        float64 NumPy array of shape `(P, N)`.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    num_positions = positions.shape[0]
+    if edge_padding:
+        left, right = padding_positions(num_positions)
+        full = np.concatenate([left, positions, right])
+    else:
+        full = positions
+    F = design_matrix(full, centers, widths)
+    num_basis = F.shape[0]
+    gram = F @ F.T + ridge_penalty * np.eye(num_basis)
+    # G = Fᵀ gram⁻¹, computed as a solve (gram is symmetric positive definite).
+    G = np.linalg.solve(gram, F).T
+    if edge_padding:
+        start = left.shape[0]
+        G = G[start : start + num_positions]
+    return G
+
+
+def uniform_positions(num_positions):
+    """Evenly spaced positions `(i + ½) / L`, `i = 0 .. L-1`."""
+    return (np.arange(num_positions, dtype=np.float64) + 0.5) / num_positions
+
+
+def update_positions(num_samples, num_new, tau):
+    """Where the `M` old samples and the `L` new vectors sit after an update.
+
+    Old samples at `τ m / M` (m = 1..M), new vectors at `τ + (1 - τ) l / L`
+    (l = 1..L): the old signal is squeezed into [0, τ].
+    """
+    old = tau * np.arange(1, num_samples + 1, dtype=np.float64) / num_samples
+    new = tau + (1.0 - tau) * np.arange(1, num_new + 1, dtype=np.float64) / num_new
+    return np.concatenate([old, new])
+
+
+def uniform_sample_points(num_samples):
+    """Where the old signal is read in a uniform update: `m / M`, m = 1..M."""
+    return np.arange(1, num_samples + 1, dtype=np.float64) / num_samples

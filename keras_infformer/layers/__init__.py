@@ -1,0 +1,7 @@
+"""Keras layers of the ∞-former."""
+
+from keras_infformer.layers.continuous_ltm import ContinuousLTM
+from keras_infformer.layers.gaussian_attention import GaussianAttention
+from keras_infformer.layers.sticky_memory_sampler import StickyMemorySampler
+
+__all__ = ["ContinuousLTM", "GaussianAttention", "StickyMemorySampler"]

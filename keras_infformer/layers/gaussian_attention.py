@@ -1,0 +1,252 @@
+import math
+
+import keras
+from keras import ops
+
+from keras_infformer import basis
+from keras_infformer import utils
+
+
+@keras.saving.register_keras_serializable(package="keras_infformer")
+class GaussianAttention(keras.layers.Layer):
+    """Continuous (Gaussian) multi-head attention over a basis-coded memory.
+
+    Keys and values are projections of the memory coefficients `B`
+    (`K = B W_K`, `V = B W_V`, no bias). For each query and head the `N`
+    scores `s = K_h q / √d_h` give the mean and variance of a Gaussian
+    density over [0, 1]: `μ = sigmoid(w_μ · s)`, `σ² = softplus(w_σ · s)`
+    (clamped at `min_variance`), with `w_μ, w_σ ∈ ℝ^N` shared by the heads.
+    The head output is the value signal's expectation under that density,
+    `z_h = V_hᵀ r` with `r_j = N(μ; c_j, σ² + w_j²)` in closed form, so the
+    cost is `O(N)` per query however long the past. Heads are concatenated
+    and projected with `W_O` (no bias). The Gaussian terms run in float32
+    whatever the dtype policy.
+
+    A KL regulariser `kl_weight · mean(½(σ²/σ₀² − log(σ²/σ₀²) − 1))` (mean
+    over batch, heads and queries) is added with `add_loss`; it keeps the
+    densities from collapsing.
+
+    Args:
+        num_heads: int. Number of attention heads `h`.
+        key_dim: int. Size of each query/key head `d_h`.
+        value_dim: int. Size of each value head. Defaults to `key_dim`.
+        output_dim: int. Size of the output. Defaults to the query's last
+            dimension when `project_query=True`, else `num_heads * value_dim`.
+        basis_widths: tuple of floats. The widths of the memory's basis
+            functions (must match the `ContinuousLTM`). Defaults to
+            `(0.01, 0.05)`.
+        sigma_0: float. Reference standard deviation of the KL regulariser.
+            Defaults to `0.05`.
+        kl_weight: float. Weight of the KL regulariser (0 disables it).
+            Defaults to `1e-6`.
+        min_variance: float. Floor on `σ²`. Defaults to `1e-6`.
+        project_query: bool. Project the query with an own `W_Q`. With
+            `False` the query must already be split into heads,
+            `(batch_size, Lq, num_heads, key_dim)` (e.g. the short-term
+            attention's projected query, as in the paper). Defaults to `True`.
+        kernel_initializer: initializer of the projections. Defaults to
+            `"glorot_uniform"`.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`,
+            including `name`, `dtype` etc.
+
+    Call arguments:
+        query: tensor of shape `(batch_size, Lq, d)`, or
+            `(batch_size, Lq, num_heads, key_dim)` when `project_query=False`.
+        coefficients: tensor of shape `(batch_size, N, e)`, the memory's
+            basis coefficients (from `ContinuousLTM`).
+        return_density: bool. Also return `μ` and `σ²`, each of shape
+            `(batch_size, num_heads, Lq)`.
+
+    Returns:
+        Tensor of shape `(batch_size, Lq, output_dim)`, or
+        `(outputs, mu, sigma_sq)` with `return_density=True`.
+
+    Examples:
+
+    ```python
+    import numpy as np
+    import keras_infformer
+
+    attention = keras_infformer.layers.GaussianAttention(num_heads=2, key_dim=4)
+    query = np.random.rand(2, 10, 8).astype("float32")
+    coefficients = np.random.rand(2, 64, 8).astype("float32")
+    outputs, mu, sigma_sq = attention(query, coefficients, return_density=True)
+    ```
+
+    References:
+     - [Martins et al., 2022](https://arxiv.org/abs/2109.00301)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim,
+        value_dim=None,
+        output_dim=None,
+        basis_widths=(0.01, 0.05),
+        sigma_0=0.05,
+        kl_weight=1e-6,
+        min_variance=1e-6,
+        project_query=True,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = utils.check_positive_int(num_heads, "num_heads")
+        self.key_dim = utils.check_positive_int(key_dim, "key_dim")
+        self.value_dim = (
+            self.key_dim
+            if value_dim is None
+            else utils.check_positive_int(value_dim, "value_dim")
+        )
+        self.output_dim = (
+            None if output_dim is None else utils.check_positive_int(output_dim, "output_dim")
+        )
+        self.basis_widths = tuple(float(w) for w in basis_widths)
+        self.sigma_0 = utils.check_range(sigma_0, "sigma_0", 0.0, float("inf"))
+        self.kl_weight = utils.check_range(
+            kl_weight, "kl_weight", 0.0, float("inf"), low_open=False
+        )
+        self.min_variance = utils.check_range(
+            min_variance, "min_variance", 0.0, float("inf")
+        )
+        self.project_query = bool(project_query)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, query_shape, coefficients_shape):
+        if len(coefficients_shape) != 3 or coefficients_shape[1] is None:
+            raise ValueError(
+                "`coefficients` must have shape (batch_size, N, e) with static "
+                f"N and e. Received: coefficients_shape={coefficients_shape}"
+            )
+        self.num_basis = int(coefficients_shape[1])
+        memory_dim = int(coefficients_shape[2])
+        centers, widths = basis.basis_parameters(self.num_basis, self.basis_widths)
+        self.centers = utils.constant(centers)
+        self.widths = utils.constant(widths)
+        h, dk, dv = self.num_heads, self.key_dim, self.value_dim
+        if self.project_query:
+            if len(query_shape) != 3:
+                raise ValueError(
+                    "`query` must have shape (batch_size, Lq, d). Received: "
+                    f"query_shape={query_shape}"
+                )
+            query_dim = int(query_shape[-1])
+            self._query_dense = keras.layers.EinsumDense(
+                "bqd,dhk->bqhk",
+                output_shape=(None, h, dk),
+                kernel_initializer=self.kernel_initializer,
+                dtype=self.dtype_policy,
+                name="query",
+            )
+            self._query_dense.build(query_shape)
+        else:
+            if len(query_shape) != 4 or tuple(query_shape[2:]) != (h, dk):
+                raise ValueError(
+                    "With project_query=False, `query` must have shape "
+                    f"(batch_size, Lq, {h}, {dk}). Received: "
+                    f"query_shape={query_shape}"
+                )
+            query_dim = h * dv
+        output_dim = self.output_dim or query_dim
+        self._key_dense = keras.layers.EinsumDense(
+            "bne,ehk->bnhk",
+            output_shape=(None, h, dk),
+            kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy,
+            name="key",
+        )
+        self._key_dense.build(coefficients_shape)
+        self._value_dense = keras.layers.EinsumDense(
+            "bne,ehk->bnhk",
+            output_shape=(None, h, dv),
+            kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy,
+            name="value",
+        )
+        self._value_dense.build(coefficients_shape)
+        self._output_dense = keras.layers.EinsumDense(
+            "bqhk,hko->bqo",
+            output_shape=(None, output_dim),
+            kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy,
+            name="output",
+        )
+        self._output_dense.build((None, None, h, dv))
+        # Like PyTorch's nn.Linear(N, 1) of the reference: U(±1/√N).
+        limit = 1.0 / math.sqrt(self.num_basis)
+        self.mu_kernel = self.add_weight(
+            shape=(self.num_basis,),
+            initializer=keras.initializers.RandomUniform(-limit, limit),
+            name="mu_kernel",
+        )
+        self.sigma_kernel = self.add_weight(
+            shape=(self.num_basis,),
+            initializer=keras.initializers.RandomUniform(-limit, limit),
+            name="sigma_kernel",
+        )
+        self._output_dim = output_dim
+        self.built = True
+
+    def density(self, query, coefficients):
+        """`(mu, sigma_sq)` of shape `(batch_size, num_heads, Lq)`, float32."""
+        q = self._query_dense(query) if self.project_query else query
+        k = self._key_dense(ops.cast(coefficients, self.compute_dtype))
+        scores = ops.einsum(
+            "bqhk,bnhk->bhqn", ops.cast(q, "float32"), ops.cast(k, "float32")
+        ) / math.sqrt(self.key_dim)
+        mu = ops.sigmoid(ops.einsum("bhqn,n->bhq", scores, ops.cast(self.mu_kernel, "float32")))
+        sigma_sq = ops.softplus(
+            ops.einsum("bhqn,n->bhq", scores, ops.cast(self.sigma_kernel, "float32"))
+        )
+        sigma_sq = ops.maximum(sigma_sq, self.min_variance)
+        return mu, sigma_sq
+
+    def kl_regularizer(self, sigma_sq):
+        """`mean(½(σ²/σ₀² − log(σ²/σ₀²) − 1))`, the unweighted KL term."""
+        ratio = sigma_sq / (self.sigma_0**2)
+        return ops.mean(0.5 * (ratio - ops.log(ratio) - 1.0))
+
+    def call(self, query, coefficients, return_density=False, training=None):
+        mu, sigma_sq = self.density(query, coefficients)
+        if self.kl_weight > 0:
+            self.add_loss(self.kl_weight * self.kl_regularizer(sigma_sq))
+        r = basis.gaussian_expectation(mu, sigma_sq, self.centers, self.widths)
+        v = ops.cast(self._value_dense(ops.cast(coefficients, self.compute_dtype)), "float32")
+        z = ops.einsum("bhqn,bnhk->bqhk", r, v)
+        outputs = self._output_dense(ops.cast(z, self.compute_dtype))
+        if return_density:
+            return outputs, mu, sigma_sq
+        return outputs
+
+    def compute_output_spec(
+        self, query, coefficients, return_density=False, training=None
+    ):
+        batch, length = query.shape[0], query.shape[1]
+        outputs = keras.KerasTensor(
+            (batch, length, self._output_dim), dtype=self.compute_dtype
+        )
+        if not return_density:
+            return outputs
+        density = keras.KerasTensor((batch, self.num_heads, length), dtype="float32")
+        return outputs, density, keras.KerasTensor(density.shape, dtype="float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "key_dim": self.key_dim,
+                "value_dim": self.value_dim,
+                "output_dim": self.output_dim,
+                "basis_widths": self.basis_widths,
+                "sigma_0": self.sigma_0,
+                "kl_weight": self.kl_weight,
+                "min_variance": self.min_variance,
+                "project_query": self.project_query,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+            }
+        )
+        return config

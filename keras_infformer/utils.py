@@ -1,0 +1,102 @@
+"""Small helpers shared by the layers: constants, input checks."""
+
+import numpy as np
+import keras
+from keras import ops
+
+
+def constant(array, dtype="float32"):
+    """A backend tensor for a NumPy constant, safe to reuse across traces."""
+    if keras.backend.backend() == "tensorflow":
+        # TF only: lift out of any graph being traced, so the constant is an
+        # eager tensor that every later tf.function can capture.
+        import tensorflow as tf
+
+        with tf.init_scope():
+            return tf.constant(np.asarray(array), dtype=dtype)
+    return ops.convert_to_tensor(np.asarray(array), dtype=dtype)
+
+
+def concrete_value(x):
+    """`x` as a NumPy array when it holds data now, else `None` (traced)."""
+    if x is None or isinstance(x, keras.KerasTensor):
+        return None
+    if isinstance(x, (np.ndarray, np.generic, int, float, bool)):
+        return np.asarray(x)
+    backend = keras.backend.backend()
+    # Backend-specific only to ask "is this a traced value?", which keras.ops
+    # cannot answer; checks on data are skipped inside compiled functions.
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.executing_eagerly() or not hasattr(x, "numpy"):
+            return None
+    elif backend == "jax":
+        import jax
+
+        if isinstance(x, jax.core.Tracer):
+            return None
+    elif backend == "torch":
+        import torch
+
+        if x.device.type == "meta" or torch.compiler.is_compiling():
+            return None
+    try:
+        return np.asarray(ops.convert_to_numpy(x))
+    except Exception:  # Any other symbolic value: nothing to check now.
+        return None
+
+
+def check_finite(x, name):
+    """Raise a ValueError if a concrete `x` holds NaN or Inf."""
+    value = concrete_value(x)
+    if value is None or value.dtype.kind in "iub":
+        return
+    finite = np.isfinite(value.astype(np.float32))
+    if not finite.all():
+        bad = value.reshape(-1)[np.argmin(finite.reshape(-1))]
+        raise ValueError(
+            f"`{name}` must hold only finite values. Received {name} with "
+            f"{int((~finite).sum())} non-finite entries (e.g. {bad}) "
+            f"of shape {tuple(value.shape)}."
+        )
+
+
+def static_dim(shape, axis):
+    """The static size of `shape[axis]`, or `None` if unknown."""
+    dim = shape[axis]
+    return None if dim is None else int(dim)
+
+
+def check_rank(x, rank, name):
+    if len(x.shape) != rank:
+        raise ValueError(
+            f"`{name}` must have rank {rank}. Received: {name}.shape={tuple(x.shape)}"
+        )
+
+
+def check_range(value, name, low, high, low_open=True, high_open=True):
+    """Validate a float hyper-parameter lies in an interval."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a float. Received: {name}={value!r}")
+    ok_low = v > low if low_open else v >= low
+    ok_high = v < high if high_open else v <= high
+    if not (np.isfinite(v) and ok_low and ok_high):
+        lb = "(" if low_open else "["
+        hb = ")" if high_open else "]"
+        raise ValueError(
+            f"`{name}` must be in {lb}{low}, {high}{hb}. Received: {name}={value!r}"
+        )
+    return v
+
+
+def check_positive_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int. Received: {name}={value!r}")
+    if value < minimum:
+        raise ValueError(
+            f"`{name}` must be an int >= {minimum}. Received: {name}={value!r}"
+        )
+    return int(value)
