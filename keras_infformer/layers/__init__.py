@@ -5,3 +5,6 @@ from keras_infformer.layers.gaussian_attention import GaussianAttention
 from keras_infformer.layers.sticky_memory_sampler import StickyMemorySampler
 
 __all__ = ["ContinuousLTM", "GaussianAttention", "StickyMemorySampler"]
+from keras_infformer.layers.infinite_former_decoder import InfiniteFormerDecoder
+
+__all__.append("InfiniteFormerDecoder")

@@ -1,0 +1,311 @@
+"""Stream segmentation: documents -> fixed-batch, row-continuous segments."""
+
+import heapq
+
+import keras
+import numpy as np
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, np.integer)
+    ):
+        raise TypeError(
+            f"`{name}` must be a positive integer. Received: "
+            f"{name}={value!r} (of type {type(value).__name__})"
+        )
+    if value < 1:
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value}"
+        )
+    return int(value)
+
+
+def _check_token_id(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, np.integer)
+    ):
+        raise TypeError(
+            f"`{name}` must be a non-negative integer token id. Received: "
+            f"{name}={value!r} (of type {type(value).__name__})"
+        )
+    if value < 0 or value > _INT32_MAX:
+        raise ValueError(
+            f"`{name}` must be a non-negative int32 token id. Received: "
+            f"{name}={value}"
+        )
+    return int(value)
+
+
+def _as_token_array(tokens, name):
+    """Validates one token stream and returns it as a 1-D int32 array."""
+    array = np.asarray(tokens)
+    if array.ndim != 1:
+        raise ValueError(
+            f"`{name}` must be a 1-D array of token ids. Received: "
+            f"{name} with shape {array.shape}"
+        )
+    if array.size == 0:
+        raise ValueError(
+            f"`{name}` must contain at least one token. Received: an empty "
+            f"{name} (shape {array.shape})"
+        )
+    if array.dtype.kind not in "iu":
+        raise TypeError(
+            f"`{name}` must hold integer token ids. Received: {name} with "
+            f"dtype {array.dtype}"
+        )
+    low, high = array.min(), array.max()
+    if low < 0:
+        raise ValueError(
+            f"`{name}` must hold non-negative token ids. Received: {name} "
+            f"with a token id of {low}"
+        )
+    if high > _INT32_MAX:
+        raise ValueError(
+            f"`{name}` must hold token ids that fit in int32. Received: "
+            f"{name} with a token id of {high}"
+        )
+    return array.astype(np.int32, copy=False)
+
+
+class StreamingDataset(keras.utils.PyDataset):
+    """Lays documents into `batch_size` parallel streams of fixed segments.
+
+    A recurrent-memory model (the ∞-former, Transformer-XL, ...) keeps one
+    memory per batch row, so batch row `b` of step `s + 1` must continue
+    exactly where batch row `b` of step `s` stopped. This dataset packs a list
+    of documents into `batch_size` parallel token streams and cuts every
+    stream into consecutive segments of `segment_length` tokens: step `s`,
+    row `b` is the `s`-th segment of stream `b`.
+
+    Packing. Every document is padded at its end with `pad_id` up to a
+    multiple of `segment_length`, so that each document starts at a segment
+    boundary and a per-row `reset` flag at the start of a segment can
+    announce it (a boundary inside a segment could not be expressed by one
+    flag per row). Documents are then assigned greedily in their given order,
+    each to the stream that is currently shortest (counted in segments; ties
+    go to the lowest row index); the documents of a stream keep their
+    relative order. The streams that come out shorter than the longest one
+    are padded at their end with whole padding segments (`pad_id` tokens,
+    sample weight 0, `reset` False), so `len(dataset)` is the longest
+    stream's segment count, every batch is full and no token is dropped.
+
+    Targets. Within a document, the target of token `t` is token `t + 1`.
+    The last token of a document has no target (its target is `pad_id` with
+    sample weight 0); a target never crosses a document boundary. Padding
+    tokens have sample weight 0 too.
+
+    Each step returns `(inputs, targets, sample_weight)` with
+    `inputs = {"token_ids": int32 (batch_size, segment_length),
+    "reset": bool (batch_size,)}`, `targets` int32
+    `(batch_size, segment_length)` and `sample_weight` float32
+    `(batch_size, segment_length)`. `reset[b]` is True exactly when the
+    segment of row `b` begins with the first token of a document (in
+    particular, every row resets at step 0).
+
+    The order of the steps carries the memory, so the dataset must be read
+    in order: call `model.fit(dataset, shuffle=False)` (a `PyDataset` is
+    never shuffled by `fit`, but say it anyway) and do not wrap it in
+    anything that reorders or drops batches. With `workers > 1` Keras still
+    delivers the batches in order.
+
+    Args:
+        documents: list of 1-D integer arrays (or lists). The token streams,
+            of any positive length. Token ids must be non-negative and fit
+            in int32.
+        batch_size: int. The number of parallel streams (batch rows). Must
+            match the fixed batch size of the stateful model.
+        segment_length: int. The number of tokens per segment (per step).
+        pad_id: int. The token id used for padding. Defaults to `0`.
+        **kwargs: passed to `keras.utils.PyDataset` (`workers`,
+            `use_multiprocessing`, `max_queue_size`). Defaults to a single
+            worker in the main process.
+
+    Attributes:
+        num_steps: int. The number of steps (`len(dataset)`).
+        batch_size: int. The number of rows of a batch.
+        segment_length: int. The number of tokens of a segment.
+        pad_id: int. The padding token id.
+        num_documents: int. The number of documents.
+        stream_documents: list of `batch_size` lists. The indices (into
+            `documents`) of the documents of each stream, in stream order.
+
+    Examples:
+
+    ```python
+    import numpy as np
+    from keras_infformer.data import StreamingDataset
+
+    documents = [np.arange(1, 40), np.arange(100, 110), np.arange(200, 270)]
+    dataset = StreamingDataset(documents, batch_size=2, segment_length=16)
+    inputs, targets, sample_weight = dataset[0]
+    inputs["token_ids"].shape  # (2, 16)
+    inputs["reset"]  # array([ True,  True])
+    len(dataset)  # 6
+    dataset.stream_documents  # [[0], [1, 2]]: row 1 holds 1 + 5 segments,
+    # row 0 holds 3 segments and 3 padding segments
+
+    # Memory models must see the steps in order.
+    # model.fit(dataset, epochs=1, shuffle=False)
+
+    # One long stream, Transformer-XL style: row b gets the b-th contiguous
+    # 1/batch_size of the tokens.
+    stream = StreamingDataset.from_array(
+        np.arange(1, 1001), batch_size=4, segment_length=64
+    )
+    ```
+    """
+
+    def __init__(
+        self, documents, batch_size, segment_length, pad_id=0, **kwargs
+    ):
+        stream_documents = kwargs.pop("_stream_documents", None)
+        super().__init__(**kwargs)
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.segment_length = _check_positive_int(
+            "segment_length", segment_length
+        )
+        self.pad_id = _check_token_id("pad_id", pad_id)
+
+        if isinstance(documents, np.ndarray) and documents.ndim == 1:
+            raise TypeError(
+                "`documents` must be a list of 1-D integer arrays (one per "
+                "document). Received: a 1-D array of shape "
+                f"{documents.shape}. To split one long stream into "
+                "`batch_size` rows, use `StreamingDataset.from_array()`."
+            )
+        if isinstance(documents, (str, bytes)) or not hasattr(
+            documents, "__len__"
+        ):
+            raise TypeError(
+                "`documents` must be a list of 1-D integer arrays. Received: "
+                f"documents of type {type(documents).__name__}"
+            )
+        if len(documents) == 0:
+            raise ValueError(
+                "`documents` must contain at least one document. Received: "
+                "documents=[] (empty)"
+            )
+        docs = [
+            _as_token_array(doc, f"documents[{i}]")
+            for i, doc in enumerate(documents)
+        ]
+        self.num_documents = len(docs)
+        S = self.segment_length
+        doc_segments = [-(-len(doc) // S) for doc in docs]
+
+        if stream_documents is None:
+            stream_documents = self._assign_greedily(doc_segments)
+        self.stream_documents = [list(row) for row in stream_documents]
+
+        stream_segments = [
+            sum(doc_segments[i] for i in row) for row in self.stream_documents
+        ]
+        self.num_steps = max(stream_segments)
+
+        # Built as (batch_size, num_steps * segment_length) streams, stored
+        # as (num_steps, batch_size, segment_length): a step is one
+        # contiguous slice.
+        shape = (self.batch_size, self.num_steps * S)
+        tokens = np.full(shape, self.pad_id, dtype=np.int32)
+        targets = np.full(shape, self.pad_id, dtype=np.int32)
+        weights = np.zeros(shape, dtype=np.float32)
+        resets = np.zeros((self.num_steps, self.batch_size), dtype=bool)
+        for row, doc_ids in enumerate(self.stream_documents):
+            position = 0
+            for i in doc_ids:
+                doc = docs[i]
+                n = len(doc)
+                resets[position // S, row] = True
+                tokens[row, position : position + n] = doc
+                targets[row, position : position + n - 1] = doc[1:]
+                weights[row, position : position + n - 1] = 1.0
+                position += doc_segments[i] * S
+
+        def to_steps(array):
+            array = array.reshape(self.batch_size, self.num_steps, S)
+            return np.ascontiguousarray(array.transpose(1, 0, 2))
+
+        self._token_ids = to_steps(tokens)
+        self._targets = to_steps(targets)
+        self._sample_weight = to_steps(weights)
+        self._reset = resets
+
+    def _assign_greedily(self, doc_segments):
+        """Each document, in order, to the currently shortest stream."""
+        heap = [(0, row) for row in range(self.batch_size)]
+        rows = [[] for _ in range(self.batch_size)]
+        for i, n in enumerate(doc_segments):
+            length, row = heapq.heappop(heap)
+            rows[row].append(i)
+            heapq.heappush(heap, (length + n, row))
+        return rows
+
+    @classmethod
+    def from_array(
+        cls, tokens, batch_size, segment_length, pad_id=0, **kwargs
+    ):
+        """Splits one long token stream into `batch_size` contiguous rows.
+
+        Like Transformer-XL's `batchify`, row `b` gets the `b`-th contiguous
+        part of the stream (the parts differ in length by at most one token;
+        nothing is dropped: the shorter rows end with padding of weight 0).
+        Each row is one document: it resets only at step 0, and the last
+        token of each row has no target (sample weight 0).
+
+        Args:
+            tokens: 1-D integer array. The token stream.
+            batch_size: int. The number of rows.
+            segment_length: int. The number of tokens per segment.
+            pad_id: int. The padding token id. Defaults to `0`.
+            **kwargs: passed to `keras.utils.PyDataset`.
+
+        Returns:
+            A `StreamingDataset`.
+        """
+        batch_size = _check_positive_int("batch_size", batch_size)
+        tokens = _as_token_array(tokens, "tokens")
+        if len(tokens) < batch_size:
+            raise ValueError(
+                "`tokens` must have at least `batch_size` tokens. Received: "
+                f"{len(tokens)} tokens for batch_size={batch_size}"
+            )
+        parts = np.array_split(tokens, batch_size)
+        return cls(
+            parts,
+            batch_size=batch_size,
+            segment_length=segment_length,
+            pad_id=pad_id,
+            _stream_documents=[[b] for b in range(batch_size)],
+            **kwargs,
+        )
+
+    def __len__(self):
+        return self.num_steps
+
+    def __getitem__(self, index):
+        if isinstance(index, (bool, np.bool_)) or not isinstance(
+            index, (int, np.integer)
+        ):
+            raise TypeError(
+                f"Step index must be an integer. Received: {index!r}"
+            )
+        if index < 0:
+            index += self.num_steps
+        if not 0 <= index < self.num_steps:
+            raise IndexError(
+                f"Step index out of range for a dataset of {self.num_steps} "
+                f"steps. Received: index={index}"
+            )
+        inputs = {
+            "token_ids": self._token_ids[index].copy(),
+            "reset": self._reset[index].copy(),
+        }
+        return (
+            inputs,
+            self._targets[index].copy(),
+            self._sample_weight[index].copy(),
+        )

@@ -1,0 +1,577 @@
+import keras
+from keras import ops
+
+from keras_infformer import utils
+from keras_infformer.layers.continuous_ltm import ContinuousLTM
+from keras_infformer.layers.gaussian_attention import GaussianAttention
+from keras_infformer.layers.sticky_memory_sampler import StickyMemorySampler
+
+
+def _rotary_embedding_class():
+    try:
+        import keras_hub
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "InfiniteFormerDecoder uses keras_hub.layers.RotaryEmbedding. "
+            "Install it with `pip install keras-infformer[hub]`."
+        ) from e
+    return keras_hub.layers.RotaryEmbedding
+
+
+@keras.saving.register_keras_serializable(package="keras_infformer")
+class InfiniteFormerDecoder(keras.layers.Layer):
+    """∞-former decoder block: short-term cache plus continuous long-term memory.
+
+    Each call takes a segment of `L` hidden vectors. The block keeps a
+    Transformer-XL style short-term memory (STM): a cache of the last
+    `memory_length` layer inputs (no gradient). When a segment arrives, the
+    `L` oldest cached vectors leave the STM and are absorbed into the
+    continuous long-term memory (`ContinuousLTM`); then the segment attends
+    causally over `[STM; segment]` (rotary positions relative to the window,
+    so positions stay exact for streams of any length) and, with the same
+    queries, over the LTM (`GaussianAttention`). The two attention outputs are
+    summed, followed by dropout, the residual, and a feed-forward sub-block.
+    Since only vectors older than the whole STM window enter the LTM, no
+    token sees its own segment or the future through it.
+
+    With `sticky_memories=True` the old signal is read where the previous
+    LTM attention pass of this block went (`StickyMemorySampler`), and the
+    density of that pass is kept in state. With `use_long_term_memory=False`
+    the same code is the plain Transformer-XL block (the baseline).
+
+    Memory lives in non-trainable variables when `stateful=True` (static
+    batch size, like a stateful Keras RNN). Passing `state=` instead runs the
+    explicit-state path, `(inputs, state) -> (outputs, new_state)`, which
+    touches no variable and accepts any batch size (used for serving).
+
+    Args:
+        intermediate_dim: int. Hidden size of the feed-forward network.
+        num_heads: int. Number of attention heads (STM and LTM).
+        memory_length: int. Length of the short-term memory. Must be at least
+            the segment length when the long-term memory is used.
+        use_long_term_memory: bool. Add the continuous LTM. Defaults to
+            `True`.
+        num_basis: int. Basis functions of the LTM. Defaults to `512`.
+        basis_widths: tuple of floats. Basis widths. Defaults to
+            `(0.01, 0.05)`.
+        ridge_penalty: float. Ridge penalty of the LTM fit. Defaults to `1.0`.
+        tau: float. Share of [0, 1] kept for the old signal. Defaults to
+            `0.75`.
+        num_samples: int. Points at which the old signal is read. Defaults to
+            `512`.
+        sticky_memories: bool. Read the old signal where attention went.
+            Defaults to `False`.
+        sticky_mode: `"quantile"` (deterministic) or `"random"` (paper).
+            Defaults to `"quantile"`.
+        num_bins: int. Histogram bins of the sticky memories. Defaults to
+            `128`.
+        sigma_0: float. Reference deviation of the KL regulariser. Defaults
+            to `0.05`.
+        kl_weight: float. Weight of the KL regulariser. Defaults to `1e-6`.
+        dropout: float. Dropout rate. Defaults to `0.1`.
+        activation: activation of the feed-forward network. Defaults to
+            `"relu"`.
+        layer_norm_epsilon: float. Defaults to `1e-5`.
+        normalize_first: bool. Pre-norm (`True`) or post-norm (`False`).
+            Defaults to `True`.
+        rotary_max_wavelength: int. Maximum wavelength of the rotary
+            positions. Defaults to `10000`.
+        kernel_initializer: initializer of the dense kernels. Defaults to
+            `"glorot_uniform"`.
+        stateful: bool. Keep the memory in variables. Defaults to `True`.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`,
+            including `name`, `dtype` etc.
+
+    Call arguments:
+        inputs: tensor of shape `(batch_size, L, hidden_dim)`.
+        reset: optional bool tensor of shape `(batch_size,)`: rows that start
+            a new document; their memory is emptied first.
+        state: optional dict from `get_initial_state()`; selects the
+            explicit-state path.
+        training: bool, for dropout.
+        return_density: bool. Also return the LTM attention's `(mu,
+            sigma_sq)`, each `(batch_size, num_heads, L)` (for pictures).
+
+    Returns:
+        Tensor `(batch_size, L, hidden_dim)`; with `state`, `(outputs,
+        new_state)`; with `return_density`, `(mu, sigma_sq)` follow.
+
+    Examples:
+
+    ```python
+    import numpy as np
+    import keras_infformer
+
+    block = keras_infformer.layers.InfiniteFormerDecoder(
+        intermediate_dim=64, num_heads=2, memory_length=16,
+        num_basis=32, num_samples=32,
+    )
+    for _ in range(5):  # A stream of five segments of 16 vectors.
+        outputs = block(np.random.rand(2, 16, 32).astype("float32"))
+    ```
+
+    References:
+     - [Martins et al., 2022](https://arxiv.org/abs/2109.00301)
+     - [Dai et al., 2019](https://arxiv.org/abs/1901.02860)
+    """
+
+    def __init__(
+        self,
+        intermediate_dim,
+        num_heads,
+        memory_length,
+        use_long_term_memory=True,
+        num_basis=512,
+        basis_widths=(0.01, 0.05),
+        ridge_penalty=1.0,
+        tau=0.75,
+        num_samples=512,
+        sticky_memories=False,
+        sticky_mode="quantile",
+        num_bins=128,
+        sigma_0=0.05,
+        kl_weight=1e-6,
+        dropout=0.1,
+        activation="relu",
+        layer_norm_epsilon=1e-5,
+        normalize_first=True,
+        rotary_max_wavelength=10000,
+        kernel_initializer="glorot_uniform",
+        stateful=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.intermediate_dim = utils.check_positive_int(
+            intermediate_dim, "intermediate_dim"
+        )
+        self.num_heads = utils.check_positive_int(num_heads, "num_heads")
+        self.memory_length = utils.check_positive_int(memory_length, "memory_length")
+        self.use_long_term_memory = bool(use_long_term_memory)
+        self.num_basis = num_basis
+        self.basis_widths = tuple(float(w) for w in basis_widths)
+        self.ridge_penalty = ridge_penalty
+        self.tau = tau
+        self.num_samples = num_samples
+        self.sticky_memories = bool(sticky_memories)
+        self.sticky_mode = sticky_mode
+        self.num_bins = num_bins
+        self.sigma_0 = sigma_0
+        self.kl_weight = kl_weight
+        self.dropout = utils.check_range(dropout, "dropout", 0.0, 1.0, low_open=False)
+        self.activation = keras.activations.get(activation)
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.normalize_first = bool(normalize_first)
+        self.rotary_max_wavelength = rotary_max_wavelength
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.stateful = bool(stateful)
+        self._state_variables = {}
+        if self.use_long_term_memory:
+            # Built here so that bad memory hyper-parameters fail at once.
+            self._ltm = ContinuousLTM(
+                num_basis=num_basis,
+                basis_widths=basis_widths,
+                ridge_penalty=ridge_penalty,
+                tau=tau,
+                num_samples=num_samples,
+                stateful=False,
+                dtype=self.dtype_policy,
+                name="long_term_memory",
+            )
+            if self.sticky_memories:
+                self._sampler = StickyMemorySampler(
+                    num_samples=num_samples,
+                    num_bins=num_bins,
+                    mode=sticky_mode,
+                    dtype=self.dtype_policy,
+                    name="sticky_memory_sampler",
+                )
+
+    # -- build -------------------------------------------------------------
+
+    def build(self, inputs_shape):
+        if len(inputs_shape) != 3 or inputs_shape[-1] is None:
+            raise ValueError(
+                "`inputs` must have shape (batch_size, L, hidden_dim) with a "
+                f"static hidden_dim. Received: inputs_shape={inputs_shape}"
+            )
+        batch_size, segment_length, hidden_dim = inputs_shape
+        if hidden_dim % self.num_heads:
+            raise ValueError(
+                "hidden_dim must be divisible by `num_heads`. Received: "
+                f"hidden_dim={hidden_dim}, num_heads={self.num_heads}"
+            )
+        if (
+            self.use_long_term_memory
+            and segment_length is not None
+            and segment_length > self.memory_length
+        ):
+            raise ValueError(
+                "With the long-term memory, `memory_length` must be at least "
+                "the segment length, so that only vectors older than the "
+                "short-term window enter the LTM. Received: "
+                f"memory_length={self.memory_length}, segment length "
+                f"{segment_length}"
+            )
+        self.hidden_dim = hidden_dim
+        self.segment_length = segment_length
+        head_dim = hidden_dim // self.num_heads
+        self._head_dim = head_dim
+        window_shape = (batch_size, None, hidden_dim)
+        dense = dict(
+            kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy
+        )
+
+        self._attention_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
+            name="attention_norm",
+        )
+        self._attention_norm.build(window_shape)
+        self._query_dense = keras.layers.EinsumDense(
+            "btd,dhk->bthk", output_shape=(None, self.num_heads, head_dim),
+            name="query", **dense,
+        )
+        self._query_dense.build(window_shape)
+        self._key_dense = keras.layers.EinsumDense(
+            "btd,dhk->bthk", output_shape=(None, self.num_heads, head_dim),
+            name="key", **dense,
+        )
+        self._key_dense.build(window_shape)
+        self._value_dense = keras.layers.EinsumDense(
+            "btd,dhk->bthk", output_shape=(None, self.num_heads, head_dim),
+            name="value", **dense,
+        )
+        self._value_dense.build(window_shape)
+        self._attention_output_dense = keras.layers.EinsumDense(
+            "bthk,hkd->btd", output_shape=(None, hidden_dim),
+            name="attention_output", **dense,
+        )
+        self._attention_output_dense.build((batch_size, None, self.num_heads, head_dim))
+        self._rotary = _rotary_embedding_class()(
+            max_wavelength=self.rotary_max_wavelength, dtype=self.dtype_policy,
+            name="rotary_embedding",
+        )
+        self._attention_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="attention_dropout"
+        )
+        self._feedforward_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
+            name="feedforward_norm",
+        )
+        self._feedforward_norm.build(window_shape)
+        self._feedforward_intermediate = keras.layers.Dense(
+            self.intermediate_dim, activation=self.activation,
+            name="feedforward_intermediate", **dense,
+        )
+        self._feedforward_intermediate.build(window_shape)
+        self._feedforward_output = keras.layers.Dense(
+            hidden_dim, name="feedforward_output", **dense,
+        )
+        self._feedforward_output.build((batch_size, None, self.intermediate_dim))
+        self._feedforward_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="feedforward_dropout"
+        )
+
+        if self.use_long_term_memory:
+            # Reuses the short-term attention's (un-rotated) query, as the
+            # paper does; keys, values and output are its own.
+            self._ltm_attention = GaussianAttention(
+                num_heads=self.num_heads,
+                key_dim=head_dim,
+                output_dim=hidden_dim,
+                basis_widths=self.basis_widths,
+                sigma_0=self.sigma_0,
+                kl_weight=self.kl_weight,
+                project_query=False,
+                kernel_initializer=self.kernel_initializer,
+                dtype=self.dtype_policy,
+                name="long_term_attention",
+            )
+            self._ltm.build((batch_size, segment_length, hidden_dim))
+            self._ltm_attention.build(
+                (batch_size, None, self.num_heads, head_dim),
+                (batch_size, self._ltm.num_basis, hidden_dim),
+            )
+
+        if self.stateful:
+            if batch_size is None:
+                raise ValueError(
+                    "A stateful InfiniteFormerDecoder needs a static batch "
+                    "size. Pass `batch_size=` to `keras.Input`, or use "
+                    "`stateful=False` with `state=`. Received: "
+                    f"inputs_shape={inputs_shape}"
+                )
+            self.batch_size = batch_size
+            for name, spec in self.state_spec(batch_size).items():
+                self._state_variables[name] = self.add_weight(
+                    shape=spec.shape, initializer="zeros", dtype=spec.dtype,
+                    trainable=False, name=name,
+                )
+            self.reset_state()
+        else:
+            self.batch_size = None
+        self.built = True
+
+    # -- state -------------------------------------------------------------
+
+    def state_spec(self, batch_size=None):
+        """Names, shapes and dtypes of the memory state (all float32)."""
+        spec = {
+            "stm": (batch_size, self.memory_length, self.hidden_dim),
+            "stm_mask": (batch_size, self.memory_length),
+        }
+        if self.use_long_term_memory:
+            spec["ltm_coefficients"] = (batch_size, self._ltm.num_basis, self.hidden_dim)
+            spec["ltm_filled"] = (batch_size,)
+            if self.sticky_memories:
+                spec["ltm_density"] = (batch_size, self._sampler.num_bins)
+        return {k: keras.KerasTensor(s, dtype="float32") for k, s in spec.items()}
+
+    def get_initial_state(self, batch_size):
+        """The empty memory for `batch_size` rows (explicit-state path)."""
+        state = {
+            name: ops.zeros((batch_size,) + tuple(spec.shape[1:]), dtype="float32")
+            for name, spec in self.state_spec(batch_size).items()
+        }
+        if self.use_long_term_memory and self.sticky_memories:
+            state["ltm_density"] = self._sampler.uniform_histogram(batch_size)
+        return state
+
+    def reset_state(self):
+        """Empty the memory of every row."""
+        if not self._state_variables:
+            return
+        for name, value in self.get_initial_state(self.batch_size).items():
+            self._state_variables[name].assign(value)
+
+    def get_state(self):
+        """The stored memory as a dict of tensors (copies)."""
+        self._require_stateful()
+        return {k: ops.copy(v.value) for k, v in self._state_variables.items()}
+
+    def _require_stateful(self):
+        if not self._state_variables:
+            raise ValueError(
+                f"Layer '{self.name}' keeps no memory variables "
+                f"(stateful={self.stateful}). Pass `state=` to use the "
+                "explicit-state path."
+            )
+
+    def _validate(self, inputs, reset, state):
+        utils.check_rank(inputs, 3, "inputs")
+        batch, length, width = inputs.shape
+        if width != self.hidden_dim or (
+            self.segment_length is not None and length != self.segment_length
+        ):
+            raise ValueError(
+                f"`inputs` of layer '{self.name}' must have shape (batch_size, "
+                f"{self.segment_length}, {self.hidden_dim}). Received: "
+                f"inputs.shape={tuple(inputs.shape)}"
+            )
+        if state is None:
+            self._require_stateful()
+            if batch != self.batch_size:
+                raise ValueError(
+                    f"Layer '{self.name}' is stateful and was built for batch "
+                    f"size {self.batch_size}. Received: inputs.shape="
+                    f"{tuple(inputs.shape)}. Use a dataset with that batch "
+                    "size (no partial batches), or the explicit-state path."
+                )
+        else:
+            expected = self.state_spec(batch)
+            if not isinstance(state, dict) or set(state) != set(expected):
+                raise ValueError(
+                    f"`state` must be a dict with keys {sorted(expected)}. "
+                    f"Received: keys={sorted(state) if isinstance(state, dict) else state!r}"
+                )
+            for name, spec in expected.items():
+                got = tuple(state[name].shape)
+                if len(got) != len(spec.shape) or any(
+                    e is not None and g is not None and e != g
+                    for e, g in zip(spec.shape, got)
+                ):
+                    raise ValueError(
+                        f"`state['{name}']` must have shape {spec.shape}. "
+                        f"Received: shape={got}"
+                    )
+        if reset is not None:
+            shape = tuple(reset.shape)
+            if len(shape) != 1 or (
+                batch is not None and shape[0] is not None and shape[0] != batch
+            ):
+                raise ValueError(
+                    f"`reset` must have shape ({batch},). Received: "
+                    f"reset.shape={shape}"
+                )
+        utils.check_finite(inputs, "inputs")
+
+    # -- forward -----------------------------------------------------------
+
+    def step(self, inputs, state, reset=None, training=None):
+        """The pure step: `(inputs, state) -> (outputs, new_state, density)`."""
+        x = inputs
+        length = int(inputs.shape[1])
+        mem = self.memory_length
+        state = {k: ops.stop_gradient(ops.cast(v, "float32")) for k, v in state.items()}
+        keep = None
+        if reset is not None:
+            keep = 1.0 - ops.cast(reset, "float32")  # (B,)
+            state = dict(state)
+            state["stm_mask"] = state["stm_mask"] * keep[:, None]
+        stm = ops.cast(state["stm"], self.compute_dtype)
+        stm_mask = state["stm_mask"]
+        new_state = {}
+
+        window = ops.concatenate([stm, x], axis=1)  # (B, mem + L, d)
+        normed_window = (
+            self._attention_norm(window) if self.normalize_first else window
+        )
+        normed_x = normed_window[:, mem:]
+
+        # Long-term memory: absorb the L oldest cached vectors (they leave
+        # the STM now), before attention, so only the past is ever in it.
+        if self.use_long_term_memory:
+            ltm_state = {
+                "coefficients": state["ltm_coefficients"],
+                "filled": state["ltm_filled"],
+            }
+            if keep is not None:
+                ltm_state = {
+                    "coefficients": ltm_state["coefficients"] * keep[:, None, None],
+                    "filled": ltm_state["filled"] * keep,
+                }
+            sample_points = None
+            if self.sticky_memories:
+                density = state["ltm_density"]
+                if keep is not None:
+                    uniform = self._sampler.uniform_histogram(ops.shape(density)[0])
+                    density = ops.where(keep[:, None] > 0.5, density, uniform)
+                sample_points = self._sampler.sample(density)
+            leaving = normed_window[:, :length]
+            coefficients, absorbed = self._ltm.absorb(
+                leaving, ltm_state, sample_points=sample_points
+            )
+            # A row absorbs only once its oldest cached slot holds a token
+            # (the cache fills from the right, so the whole block is real).
+            absorbs = stm_mask[:, 0] > 0.5
+            coefficients = ops.where(
+                absorbs[:, None, None], coefficients, ltm_state["coefficients"]
+            )
+            new_state["ltm_coefficients"] = ops.stop_gradient(coefficients)
+            new_state["ltm_filled"] = ops.where(
+                absorbs, absorbed["filled"], ltm_state["filled"]
+            )
+
+        # Short-term attention, causal over [STM; segment].
+        query = self._query_dense(normed_x)
+        key = self._key_dense(normed_window)
+        value = self._value_dense(normed_window)
+        rotated_query = self._rotary(query, start_index=mem)
+        rotated_key = self._rotary(key)
+        key_valid = ops.concatenate(
+            [stm_mask > 0.5, ops.ones_like(stm_mask[:, :length]) > 0.5], axis=1
+        )  # (B, mem + L)
+        causal = ops.arange(mem + length)[None, :] <= (
+            ops.arange(length)[:, None] + mem
+        )  # (L, mem + L)
+        mask = ops.logical_and(causal[None, :, :], key_valid[:, None, :])
+        attended = ops.dot_product_attention(
+            rotated_query, rotated_key, value, mask=mask[:, None, :, :]
+        )
+        attention_output = self._attention_output_dense(attended)
+
+        mu = sigma_sq = None
+        if self.use_long_term_memory:
+            ltm_output, mu, sigma_sq = self._ltm_attention(
+                query, coefficients, return_density=True
+            )
+            attention_output = attention_output + ops.cast(
+                ltm_output, attention_output.dtype
+            )
+            if self.sticky_memories:
+                new_state["ltm_density"] = ops.stop_gradient(
+                    self._sampler.histogram(mu, sigma_sq)
+                )
+
+        attention_output = self._attention_dropout(attention_output, training=training)
+        x = x + attention_output
+        if not self.normalize_first:
+            x = self._attention_norm(x)
+        residual = x
+        h = self._feedforward_norm(x) if self.normalize_first else x
+        h = self._feedforward_output(self._feedforward_intermediate(h))
+        h = self._feedforward_dropout(h, training=training)
+        x = residual + h
+        if not self.normalize_first:
+            x = self._feedforward_norm(x)
+
+        # The STM keeps the last `memory_length` layer inputs.
+        new_state["stm"] = ops.stop_gradient(ops.cast(window[:, length:], "float32"))
+        new_state["stm_mask"] = ops.concatenate(
+            [stm_mask, ops.ones_like(stm_mask[:, :length])], axis=1
+        )[:, length:]
+        return x, new_state, (mu, sigma_sq)
+
+    def call(self, inputs, reset=None, state=None, training=None, return_density=False):
+        self._validate(inputs, reset, state)
+        if state is not None:
+            outputs, new_state, density = self.step(inputs, state, reset, training)
+            result = (outputs, new_state)
+        else:
+            # ops.copy: PyTorch's autograd must not see the assign in place.
+            current = {k: ops.copy(v.value) for k, v in self._state_variables.items()}
+            outputs, new_state, density = self.step(inputs, current, reset, training)
+            for name, value in new_state.items():
+                self._state_variables[name].assign(value)
+            result = (outputs,)
+        if return_density:
+            if not self.use_long_term_memory:
+                raise ValueError(
+                    "`return_density=True` needs use_long_term_memory=True."
+                )
+            result = result + density
+        return result[0] if len(result) == 1 else result
+
+    def compute_output_spec(
+        self, inputs, reset=None, state=None, training=None, return_density=False
+    ):
+        self._validate(inputs, reset, state)
+        batch, length = inputs.shape[0], inputs.shape[1]
+        outputs = keras.KerasTensor(tuple(inputs.shape), dtype=self.compute_dtype)
+        result = (outputs,)
+        if state is not None:
+            result = result + (self.state_spec(batch),)
+        if return_density:
+            d = keras.KerasTensor((batch, self.num_heads, length), dtype="float32")
+            result = result + (d, keras.KerasTensor(d.shape, dtype="float32"))
+        return result[0] if len(result) == 1 else result
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "intermediate_dim": self.intermediate_dim,
+                "num_heads": self.num_heads,
+                "memory_length": self.memory_length,
+                "use_long_term_memory": self.use_long_term_memory,
+                "num_basis": self.num_basis,
+                "basis_widths": self.basis_widths,
+                "ridge_penalty": self.ridge_penalty,
+                "tau": self.tau,
+                "num_samples": self.num_samples,
+                "sticky_memories": self.sticky_memories,
+                "sticky_mode": self.sticky_mode,
+                "num_bins": self.num_bins,
+                "sigma_0": self.sigma_0,
+                "kl_weight": self.kl_weight,
+                "dropout": self.dropout,
+                "activation": keras.activations.serialize(self.activation),
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "normalize_first": self.normalize_first,
+                "rotary_max_wavelength": self.rotary_max_wavelength,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "stateful": self.stateful,
+            }
+        )
+        return config
