@@ -176,14 +176,17 @@ def test_sorting_dataset():
         x, y, w = dataset[step]
         group, segment = divmod(step, num_segments)
         rows = slice(group * B, (group + 1) * B)
-        assert x["token_ids"].shape == (B, S) and x["token_ids"].dtype == np.int32
+        assert x["token_ids"].shape == (B, S)
+        assert x["token_ids"].dtype == np.int32
         assert x["reset"].shape == (B,) and x["reset"].dtype == bool
         assert y.dtype == np.int32 and w.dtype == np.float32
         np.testing.assert_array_equal(
             x["token_ids"], examples["inputs"][rows, segment]
         )
         np.testing.assert_array_equal(y, examples["targets"][rows, segment])
-        np.testing.assert_array_equal(w, examples["sample_weight"][rows, segment])
+        np.testing.assert_array_equal(
+            w, examples["sample_weight"][rows, segment]
+        )
         assert (x["reset"] == (segment == 0)).all()
         if segment == num_segments - 1:
             np.testing.assert_array_equal(

@@ -94,8 +94,10 @@ def test_rows_targets_and_resets(
 
 def test_targets_never_cross_documents():
     # Each document uses its own token range, so a crossing target would show.
-    documents = [np.arange(100 * k + 1, 100 * k + 1 + n) for k, n in
-                 enumerate([5, 16, 17, 3, 40, 1, 33])]
+    lengths = [5, 16, 17, 3, 40, 1, 33]
+    documents = [
+        np.arange(100 * k + 1, 100 * k + 1 + n) for k, n in enumerate(lengths)
+    ]
     dataset = StreamingDataset(documents, batch_size=3, segment_length=8)
     for s in range(len(dataset)):
         x, y, w = dataset[s]
@@ -151,7 +153,9 @@ def test_greedy_packing_and_pad_id():
 
 def test_from_array():
     tokens = np.arange(1, 104)  # 103 tokens
-    dataset = StreamingDataset.from_array(tokens, batch_size=4, segment_length=8)
+    dataset = StreamingDataset.from_array(
+        tokens, batch_size=4, segment_length=8
+    )
     assert dataset.batch_size == 4
     rows, targets, weights, resets = _collect(dataset)
     parts = np.array_split(tokens, 4)
@@ -217,3 +221,29 @@ def test_from_array_invalid_arguments():
         StreamingDataset.from_array(np.linspace(0, 1, 10), 2, 4)
     with pytest.raises(ValueError, match="tokens"):
         StreamingDataset.from_array(np.array([1, -3, 2]), 1, 4)
+
+
+def test_fit_consumes_the_batches():
+    # A tiny stateless model: checks that the (dict, targets, sample_weight)
+    # batches feed `model.fit` on the active backend.
+    import keras
+
+    token_ids = keras.Input(
+        (8,), batch_size=2, dtype="int32", name="token_ids"
+    )
+    reset = keras.Input((), batch_size=2, dtype="bool", name="reset")
+    hidden = keras.layers.Embedding(50, 4)(token_ids)
+    scale = keras.ops.cast(reset, "float32")[:, None, None]
+    logits = keras.layers.Dense(50)(hidden * (1.0 + 0.0 * scale))
+    model = keras.Model({"token_ids": token_ids, "reset": reset}, logits)
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    dataset = StreamingDataset(
+        [np.arange(1, 30), np.arange(30, 49), np.arange(1, 12)],
+        batch_size=2,
+        segment_length=8,
+    )
+    history = model.fit(dataset, epochs=1, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
