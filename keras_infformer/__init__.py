@@ -1,9 +1,15 @@
 """keras-infformer: the ∞-former (Infinite Memory Transformer) for Keras 3."""
 
 from keras_infformer import basis
+from keras_infformer import data
 from keras_infformer import layers
+from keras_infformer import models
 from keras_infformer.layers import ContinuousLTM
 from keras_infformer.layers import GaussianAttention
+from keras_infformer.layers import InfiniteFormerDecoder
 from keras_infformer.layers import StickyMemorySampler
+from keras_infformer.memory import ResetMemory
+from keras_infformer.memory import reset_memory
+from keras_infformer.models import InfiniteFormerLM
 
 __version__ = "0.1.0"

@@ -138,6 +138,10 @@ class ContinuousLTM(keras.layers.Layer):
                 initializer="zeros",
                 dtype="float32",
                 trainable=False,
+                # Never autocast: the memory stays float32 under mixed
+                # precision, and PyTorch's assign would otherwise write into
+                # a cast copy (the update would be lost).
+                autocast=False,
                 name="coefficients",
             )
             self.filled = self.add_weight(
@@ -145,10 +149,17 @@ class ContinuousLTM(keras.layers.Layer):
                 initializer="zeros",
                 dtype="float32",
                 trainable=False,
+                autocast=False,
                 name="filled",
             )
         if input_shape[1] is not None:
             self._ridge_matrices(int(input_shape[1]))
+
+    @property
+    def input_dtype(self):
+        # The fit runs in float32 whatever the policy: no input (nor the
+        # explicit `state`) is autocast down to the compute dtype.
+        return "float32"
 
     # -- constants ---------------------------------------------------------
 

@@ -75,6 +75,12 @@ class StickyMemorySampler(keras.layers.Layer):
             (np.arange(self.num_samples) + 0.5) / self.num_samples
         )
 
+    @property
+    def input_dtype(self):
+        # The Gaussian terms run in float32: `mu` and `sigma_sq` are not
+        # autocast down to the compute dtype under mixed precision.
+        return "float32"
+
     def histogram(self, mu, sigma_sq):
         """Normalised attention mass per bin, shape `(batch_size, num_bins)`."""
         mu = ops.cast(mu, "float32")

@@ -1,0 +1,312 @@
+import keras
+import numpy as np
+from keras import ops
+
+from keras_infformer import memory
+from keras_infformer import utils
+from keras_infformer.layers.infinite_former_decoder import InfiniteFormerDecoder
+
+
+@keras.saving.register_keras_serializable(package="keras_infformer")
+class InfiniteFormerLM(keras.Model):
+    """A causal language model of stacked ∞-former decoder blocks.
+
+    A functional `keras.Model` with a fixed batch size and segment length,
+    made to read arbitrarily long streams segment by segment: inputs
+    `token_ids` `(batch_size, segment_length)` int32 and `reset`
+    `(batch_size,)` bool (rows that start a new document); output logits
+    `(batch_size, segment_length, vocabulary_size)`. Each block keeps its
+    short- and long-term memory in variables between calls, so `model.fit`
+    on a `keras_infformer.data.StreamingDataset` (with `shuffle=False`)
+    trains on the stream in order. `reset_state()` empties all memory.
+
+    `step(token_ids, reset, state)` is the same model as a pure function of
+    an explicit state (any batch size, no variable touched), used for
+    serving; `get_initial_state(batch_size)` makes the empty state.
+
+    Args:
+        vocabulary_size: int. Size of the token vocabulary.
+        segment_length: int. Tokens per segment (per call).
+        batch_size: int. Number of parallel streams (static).
+        num_layers: int. Number of decoder blocks. Defaults to `3`.
+        hidden_dim: int. Model width. Defaults to `300`.
+        num_heads: int. Attention heads. Defaults to `6`.
+        intermediate_dim: int. Feed-forward width. Defaults to
+            `4 * hidden_dim`.
+        memory_length: int. Short-term memory length. Defaults to
+            `segment_length`.
+        use_long_term_memory: bool. `False` gives the Transformer-XL
+            baseline. Defaults to `True`.
+        num_basis, basis_widths, ridge_penalty, tau, num_samples,
+        sticky_memories, sticky_mode, num_bins, sigma_0, kl_weight: the
+            long-term memory's settings, see `InfiniteFormerDecoder`.
+        dropout: float. Dropout rate. Defaults to `0.1`.
+        normalize_first: bool. Pre-norm blocks. Defaults to `True`.
+        tie_weights: bool. Share the input embedding with the output
+            projection. Defaults to `True`.
+        **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Examples:
+
+    ```python
+    import numpy as np
+    import keras_infformer
+
+    model = keras_infformer.models.InfiniteFormerLM(
+        vocabulary_size=100, segment_length=16, batch_size=2,
+        num_layers=2, hidden_dim=32, num_heads=2, num_basis=32, num_samples=32,
+    )
+    tokens = np.random.randint(0, 100, (2, 16)).astype("int32")
+    logits = model({"token_ids": tokens, "reset": np.array([True, True])})
+    ```
+
+    References:
+     - [Martins et al., 2022](https://arxiv.org/abs/2109.00301)
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        segment_length,
+        batch_size,
+        num_layers=3,
+        hidden_dim=300,
+        num_heads=6,
+        intermediate_dim=None,
+        memory_length=None,
+        use_long_term_memory=True,
+        num_basis=512,
+        basis_widths=(0.01, 0.05),
+        ridge_penalty=1.0,
+        tau=0.75,
+        num_samples=512,
+        sticky_memories=False,
+        sticky_mode="quantile",
+        num_bins=128,
+        sigma_0=0.05,
+        kl_weight=1e-6,
+        dropout=0.1,
+        normalize_first=True,
+        tie_weights=True,
+        dtype=None,
+        **kwargs,
+    ):
+        vocabulary_size = utils.check_positive_int(vocabulary_size, "vocabulary_size")
+        segment_length = utils.check_positive_int(segment_length, "segment_length")
+        batch_size = utils.check_positive_int(batch_size, "batch_size")
+        num_layers = utils.check_positive_int(num_layers, "num_layers")
+        hidden_dim = utils.check_positive_int(hidden_dim, "hidden_dim")
+        intermediate_dim = intermediate_dim or 4 * hidden_dim
+        memory_length = memory_length or segment_length
+
+        # === Layers ===
+        token_embedding = keras.layers.ReversibleEmbedding(
+            vocabulary_size,
+            hidden_dim,
+            tie_weights=tie_weights,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
+            dtype=dtype,
+            name="token_embedding",
+        )
+        blocks = [
+            InfiniteFormerDecoder(
+                intermediate_dim=intermediate_dim,
+                num_heads=num_heads,
+                memory_length=memory_length,
+                use_long_term_memory=use_long_term_memory,
+                num_basis=num_basis,
+                basis_widths=basis_widths,
+                ridge_penalty=ridge_penalty,
+                tau=tau,
+                num_samples=num_samples,
+                sticky_memories=sticky_memories,
+                sticky_mode=sticky_mode,
+                num_bins=num_bins,
+                sigma_0=sigma_0,
+                kl_weight=kl_weight,
+                dropout=dropout,
+                normalize_first=normalize_first,
+                dtype=dtype,
+                name=f"decoder_layer_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        final_norm = keras.layers.LayerNormalization(
+            epsilon=1e-5, dtype=dtype, name="final_norm"
+        )
+
+        # === Functional model ===
+        token_ids = keras.Input(
+            (segment_length,), batch_size=batch_size, dtype="int32", name="token_ids"
+        )
+        reset = keras.Input((), batch_size=batch_size, dtype="bool", name="reset")
+        x = token_embedding(token_ids)
+        for block in blocks:
+            x = block(x, reset=reset)
+        if normalize_first:
+            x = final_norm(x)
+        logits = token_embedding(x, reverse=True)
+        super().__init__(
+            inputs={"token_ids": token_ids, "reset": reset},
+            outputs=logits,
+            dtype=dtype,
+            **kwargs,
+        )
+
+        # === Config ===
+        self.vocabulary_size = vocabulary_size
+        self.segment_length = segment_length
+        self.batch_size = batch_size
+        self.num_layers = num_layers
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.memory_length = memory_length
+        self.use_long_term_memory = use_long_term_memory
+        self.num_basis = num_basis
+        self.basis_widths = tuple(basis_widths)
+        self.ridge_penalty = ridge_penalty
+        self.tau = tau
+        self.num_samples = num_samples
+        self.sticky_memories = sticky_memories
+        self.sticky_mode = sticky_mode
+        self.num_bins = num_bins
+        self.sigma_0 = sigma_0
+        self.kl_weight = kl_weight
+        self.dropout = dropout
+        self.normalize_first = normalize_first
+        self.tie_weights = tie_weights
+        self.token_embedding = token_embedding
+        self.decoder_blocks = blocks
+        self.final_norm = final_norm
+
+    # -- validation ----------------------------------------------------------
+
+    def _validate_inputs(self, token_ids, reset, batch_size=None):
+        shape = tuple(token_ids.shape)
+        if len(shape) != 2 or shape[1] != self.segment_length or (
+            batch_size is not None and shape[0] != batch_size
+        ):
+            expected = (batch_size or "batch_size", self.segment_length)
+            raise ValueError(
+                f"`token_ids` must have shape {expected}. Received: "
+                f"token_ids.shape={shape}"
+            )
+        if reset is not None and (
+            len(reset.shape) != 1 or reset.shape[0] != shape[0]
+        ):
+            raise ValueError(
+                f"`reset` must have shape ({shape[0]},). Received: "
+                f"reset.shape={tuple(reset.shape)}"
+            )
+        tokens = utils.concrete_value(token_ids)
+        if tokens is not None and tokens.size and (
+            tokens.min() < 0 or tokens.max() >= self.vocabulary_size
+        ):
+            bad = tokens[(tokens < 0) | (tokens >= self.vocabulary_size)][0]
+            raise ValueError(
+                "`token_ids` must lie in [0, vocabulary_size="
+                f"{self.vocabulary_size}). Received a token id {bad}."
+            )
+
+    def call(self, inputs, training=None, mask=None):
+        if isinstance(inputs, dict) and "token_ids" in inputs:
+            self._validate_inputs(
+                inputs["token_ids"], inputs.get("reset"), self.batch_size
+            )
+        return super().call(inputs, training=training, mask=mask)
+
+    # -- memory ------------------------------------------------------------
+
+    def reset_state(self):
+        """Empty the memory of every block (all rows)."""
+        memory.reset_memory(self)
+
+    def state_spec(self, batch_size=None):
+        """Flat dict `layer_{i}_{name}` of every piece of memory state."""
+        spec = {}
+        for i, block in enumerate(self.decoder_blocks):
+            for name, tensor in block.state_spec(batch_size).items():
+                spec[f"layer_{i}_{name}"] = tensor
+        return spec
+
+    def get_initial_state(self, batch_size):
+        """The empty memory of every block, as a flat dict."""
+        state = {}
+        for i, block in enumerate(self.decoder_blocks):
+            for name, value in block.get_initial_state(batch_size).items():
+                state[f"layer_{i}_{name}"] = value
+        return state
+
+    def get_state(self):
+        """The memory held in the variables, as a flat dict (copies)."""
+        state = {}
+        for i, block in enumerate(self.decoder_blocks):
+            for name, value in block.get_state().items():
+                state[f"layer_{i}_{name}"] = value
+        return state
+
+    def step(self, token_ids, reset, state, training=False):
+        """Pure streaming step: `(token_ids, reset, state) -> (logits, state)`.
+
+        Any batch size; no variable is read for memory or assigned.
+        """
+        token_ids = ops.convert_to_tensor(token_ids)
+        self._validate_inputs(token_ids, reset)
+        expected = self.state_spec()
+        missing = sorted(set(expected) - set(state))
+        extra = sorted(set(state) - set(expected))
+        if missing or extra:
+            raise ValueError(
+                f"`state` must hold exactly {sorted(expected)}. Missing: "
+                f"{missing}; unexpected: {extra}"
+            )
+        x = self.token_embedding(token_ids)
+        new_state = {}
+        for i, block in enumerate(self.decoder_blocks):
+            prefix = f"layer_{i}_"
+            block_state = {
+                k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)
+            }
+            x, block_new = block(x, reset=reset, state=block_state, training=training)
+            for name, value in block_new.items():
+                new_state[prefix + name] = value
+        if self.normalize_first:
+            x = self.final_norm(x)
+        return self.token_embedding(x, reverse=True), new_state
+
+    def get_config(self):
+        return {
+            "vocabulary_size": self.vocabulary_size,
+            "segment_length": self.segment_length,
+            "batch_size": self.batch_size,
+            "num_layers": self.num_layers,
+            "hidden_dim": self.hidden_dim,
+            "num_heads": self.num_heads,
+            "intermediate_dim": self.intermediate_dim,
+            "memory_length": self.memory_length,
+            "use_long_term_memory": self.use_long_term_memory,
+            "num_basis": self.num_basis,
+            "basis_widths": self.basis_widths,
+            "ridge_penalty": self.ridge_penalty,
+            "tau": self.tau,
+            "num_samples": self.num_samples,
+            "sticky_memories": self.sticky_memories,
+            "sticky_mode": self.sticky_mode,
+            "num_bins": self.num_bins,
+            "sigma_0": self.sigma_0,
+            "kl_weight": self.kl_weight,
+            "dropout": self.dropout,
+            "normalize_first": self.normalize_first,
+            "tie_weights": self.tie_weights,
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
