@@ -8,3 +8,6 @@ __all__ = ["ContinuousLTM", "GaussianAttention", "StickyMemorySampler"]
 from keras_infformer.layers.infinite_former_decoder import InfiniteFormerDecoder
 
 __all__.append("InfiniteFormerDecoder")
+from keras_infformer.layers.compressive_memory import CompressiveMemory
+
+__all__.append("CompressiveMemory")

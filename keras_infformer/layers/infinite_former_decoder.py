@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_infformer import utils
+from keras_infformer.layers.compressive_memory import CompressiveMemory
 from keras_infformer.layers.continuous_ltm import ContinuousLTM
 from keras_infformer.layers.gaussian_attention import GaussianAttention
 from keras_infformer.layers.sticky_memory_sampler import StickyMemorySampler
@@ -68,6 +69,12 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         sigma_0: float. Reference deviation of the KL regulariser. Defaults
             to `0.05`.
         kl_weight: float. Weight of the KL regulariser. Defaults to `1e-6`.
+        compressed_memory_length: int. Slots of a Compressive Transformer
+            memory (`CompressiveMemory`) fed by what leaves the STM and
+            attended jointly with it; `0` (default) disables it. With
+            `use_long_term_memory=False` this is the Compressive Transformer
+            baseline.
+        compression_rate: int. Its compression rate. Defaults to `4`.
         dropout: float. Dropout rate. Defaults to `0.1`.
         activation: activation of the feed-forward network. Defaults to
             `"relu"`.
@@ -131,6 +138,8 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         num_bins=128,
         sigma_0=0.05,
         kl_weight=1e-6,
+        compressed_memory_length=0,
+        compression_rate=4,
         dropout=0.1,
         activation="relu",
         layer_norm_epsilon=1e-5,
@@ -157,6 +166,8 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         self.num_bins = num_bins
         self.sigma_0 = sigma_0
         self.kl_weight = kl_weight
+        self.compressed_memory_length = int(compressed_memory_length)
+        self.compression_rate = compression_rate
         self.dropout = utils.check_range(dropout, "dropout", 0.0, 1.0, low_open=False)
         self.activation = keras.activations.get(activation)
         self.layer_norm_epsilon = layer_norm_epsilon
@@ -165,6 +176,15 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.stateful = bool(stateful)
         self._state_variables = {}
+        if self.compressed_memory_length > 0:
+            self._compressive = CompressiveMemory(
+                memory_length=self.compressed_memory_length,
+                compression_rate=compression_rate,
+                kernel_initializer=kernel_initializer,
+                stateful=False,
+                dtype=self.dtype_policy,
+                name="compressive_memory",
+            )
         if self.use_long_term_memory:
             # Built here so that bad memory hyper-parameters fail at once.
             self._ltm = ContinuousLTM(
@@ -201,12 +221,12 @@ class InfiniteFormerDecoder(keras.layers.Layer):
                 f"hidden_dim={hidden_dim}, num_heads={self.num_heads}"
             )
         if (
-            self.use_long_term_memory
+            (self.use_long_term_memory or self.compressed_memory_length > 0)
             and segment_length is not None
             and segment_length > self.memory_length
         ):
             raise ValueError(
-                "With the long-term memory, `memory_length` must be at least "
+                "With a long-term memory, `memory_length` must be at least "
                 "the segment length, so that only vectors older than the "
                 "short-term window enter the LTM. Received: "
                 f"memory_length={self.memory_length}, segment length "
@@ -271,6 +291,8 @@ class InfiniteFormerDecoder(keras.layers.Layer):
             self.dropout, dtype=self.dtype_policy, name="feedforward_dropout"
         )
 
+        if self.compressed_memory_length > 0:
+            self._compressive.build((batch_size, segment_length, hidden_dim))
         if self.use_long_term_memory:
             # Reuses the short-term attention's (un-rotated) query, as the
             # paper does; keys, values and output are its own.
@@ -319,6 +341,9 @@ class InfiniteFormerDecoder(keras.layers.Layer):
             "stm": (batch_size, self.memory_length, self.hidden_dim),
             "stm_mask": (batch_size, self.memory_length),
         }
+        if self.compressed_memory_length > 0:
+            spec["cmem"] = (batch_size, self.compressed_memory_length, self.hidden_dim)
+            spec["cmem_mask"] = (batch_size, self.compressed_memory_length)
         if self.use_long_term_memory:
             spec["ltm_coefficients"] = (batch_size, self._ltm.num_basis, self.hidden_dim)
             spec["ltm_filled"] = (batch_size,)
@@ -369,7 +394,9 @@ class InfiniteFormerDecoder(keras.layers.Layer):
             )
         if state is None:
             self._require_stateful()
-            if batch != self.batch_size:
+            # An unknown batch size (a traced TF graph fed by a dataset) is
+            # accepted, as in Keras' stateful RNN; a known one must match.
+            if batch is not None and batch != self.batch_size:
                 raise ValueError(
                     f"Layer '{self.name}' is stateful and was built for batch "
                     f"size {self.batch_size}. Received: inputs.shape="
@@ -461,7 +488,8 @@ class InfiniteFormerDecoder(keras.layers.Layer):
                 absorbs, absorbed["filled"], ltm_state["filled"]
             )
 
-        # Short-term attention, causal over [STM; segment].
+        # Short-term attention, causal over [STM; segment] (and the
+        # compressed memory, attended jointly, when there is one).
         query = self._query_dense(normed_x)
         key = self._key_dense(normed_window)
         value = self._value_dense(normed_window)
@@ -474,6 +502,31 @@ class InfiniteFormerDecoder(keras.layers.Layer):
             ops.arange(length)[:, None] + mem
         )  # (L, mem + L)
         mask = ops.logical_and(causal[None, :, :], key_valid[:, None, :])
+        if self.compressed_memory_length > 0:
+            cmem_state = {"memory": state["cmem"], "mask": state["cmem_mask"]}
+            if keep is not None:
+                cmem_state = {
+                    "memory": cmem_state["memory"] * keep[:, None, None],
+                    "mask": cmem_state["mask"] * keep[:, None],
+                }
+            (slots, slots_mask), compressed = self._compressive.absorb(
+                normed_window[:, :length],
+                cmem_state,
+                absorb=stm_mask[:, 0] > 0.5,
+            )
+            new_state["cmem"] = compressed["memory"]
+            new_state["cmem_mask"] = compressed["mask"]
+            slots = ops.cast(slots, normed_window.dtype)
+            slot_key = self._rotary(
+                self._key_dense(slots), positions=self._compressed_positions(length)
+            )
+            rotated_key = ops.concatenate([slot_key, rotated_key], axis=1)
+            value = ops.concatenate([self._value_dense(slots), value], axis=1)
+            slot_visible = ops.broadcast_to(
+                (slots_mask > 0.5)[:, None, :],
+                (ops.shape(slots_mask)[0], length, self.compressed_memory_length),
+            )
+            mask = ops.concatenate([slot_visible, ops.broadcast_to(mask, (ops.shape(slots_mask)[0], length, mem + length))], axis=-1)
         attended = ops.dot_product_attention(
             rotated_query, rotated_key, value, mask=mask[:, None, :, :]
         )
@@ -510,6 +563,17 @@ class InfiniteFormerDecoder(keras.layers.Layer):
             [stm_mask, ops.ones_like(stm_mask[:, :length])], axis=1
         )[:, length:]
         return x, new_state, (mu, sigma_sq)
+
+    def _compressed_positions(self, length):
+        """Rotary positions of the compressed slots, oldest first.
+
+        The newest `L / c` slots summarise the block that just left, window
+        positions [0, L); each older group of `L / c` slots sits `L` earlier.
+        A slot's position is the centre of the `c` tokens it summarises.
+        """
+        c = self.compression_rate
+        index_from_newest = ops.arange(self.compressed_memory_length - 1, -1, -1)
+        return ops.cast(length - c * (index_from_newest + 1), "float32") + 0.5 * (c - 1)
 
     def call(self, inputs, reset=None, state=None, training=None, return_density=False):
         self._validate(inputs, reset, state)
@@ -563,6 +627,8 @@ class InfiniteFormerDecoder(keras.layers.Layer):
                 "num_bins": self.num_bins,
                 "sigma_0": self.sigma_0,
                 "kl_weight": self.kl_weight,
+                "compressed_memory_length": self.compressed_memory_length,
+                "compression_rate": self.compression_rate,
                 "dropout": self.dropout,
                 "activation": keras.activations.serialize(self.activation),
                 "layer_norm_epsilon": self.layer_norm_epsilon,

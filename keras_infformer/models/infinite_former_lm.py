@@ -40,6 +40,9 @@ class InfiniteFormerLM(keras.Model):
         num_basis, basis_widths, ridge_penalty, tau, num_samples,
         sticky_memories, sticky_mode, num_bins, sigma_0, kl_weight: the
             long-term memory's settings, see `InfiniteFormerDecoder`.
+        compressed_memory_length, compression_rate: a Compressive
+            Transformer memory (0 slots by default, i.e. none); with
+            `use_long_term_memory=False` this is that baseline.
         dropout: float. Dropout rate. Defaults to `0.1`.
         normalize_first: bool. Pre-norm blocks. Defaults to `True`.
         tie_weights: bool. Share the input embedding with the output
@@ -85,6 +88,8 @@ class InfiniteFormerLM(keras.Model):
         num_bins=128,
         sigma_0=0.05,
         kl_weight=1e-6,
+        compressed_memory_length=0,
+        compression_rate=4,
         dropout=0.1,
         normalize_first=True,
         tie_weights=True,
@@ -124,6 +129,8 @@ class InfiniteFormerLM(keras.Model):
                 num_bins=num_bins,
                 sigma_0=sigma_0,
                 kl_weight=kl_weight,
+                compressed_memory_length=compressed_memory_length,
+                compression_rate=compression_rate,
                 dropout=dropout,
                 normalize_first=normalize_first,
                 dtype=dtype,
@@ -173,6 +180,8 @@ class InfiniteFormerLM(keras.Model):
         self.num_bins = num_bins
         self.sigma_0 = sigma_0
         self.kl_weight = kl_weight
+        self.compressed_memory_length = compressed_memory_length
+        self.compression_rate = compression_rate
         self.dropout = dropout
         self.normalize_first = normalize_first
         self.tie_weights = tie_weights
@@ -185,7 +194,9 @@ class InfiniteFormerLM(keras.Model):
     def _validate_inputs(self, token_ids, reset, batch_size=None):
         shape = tuple(token_ids.shape)
         if len(shape) != 2 or shape[1] != self.segment_length or (
-            batch_size is not None and shape[0] != batch_size
+            batch_size is not None
+            and shape[0] is not None
+            and shape[0] != batch_size
         ):
             expected = (batch_size or "batch_size", self.segment_length)
             raise ValueError(
@@ -193,7 +204,12 @@ class InfiniteFormerLM(keras.Model):
                 f"token_ids.shape={shape}"
             )
         if reset is not None and (
-            len(reset.shape) != 1 or reset.shape[0] != shape[0]
+            len(reset.shape) != 1
+            or (
+                reset.shape[0] is not None
+                and shape[0] is not None
+                and reset.shape[0] != shape[0]
+            )
         ):
             raise ValueError(
                 f"`reset` must have shape ({shape[0]},). Received: "
@@ -296,6 +312,8 @@ class InfiniteFormerLM(keras.Model):
             "num_bins": self.num_bins,
             "sigma_0": self.sigma_0,
             "kl_weight": self.kl_weight,
+            "compressed_memory_length": self.compressed_memory_length,
+            "compression_rate": self.compression_rate,
             "dropout": self.dropout,
             "normalize_first": self.normalize_first,
             "tie_weights": self.tie_weights,
