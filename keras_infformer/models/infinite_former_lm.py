@@ -225,6 +225,77 @@ class InfiniteFormerLM(keras.Model):
                 f"{self.vocabulary_size}). Received a token id {bad}."
             )
 
+    def _check_data(self, x, batch_size, argument="x"):
+        """Checks data given to fit/evaluate/predict before any step runs.
+
+        Inside a compiled TF step the batch size of a dataset is unknown,
+        and a wrong one would only fail deep inside the graph (and after
+        some steps, for a partial last batch), so the fixed batch size is
+        checked here, on the data itself, while the memory is untouched.
+        Returns the batch size to pass on (the model's, for arrays).
+        """
+        if batch_size is not None and batch_size != self.batch_size:
+            raise ValueError(
+                f"This model is stateful with a fixed batch size of "
+                f"{self.batch_size} (one memory per row). Received: "
+                f"batch_size={batch_size}"
+            )
+        if isinstance(x, keras.utils.PyDataset):
+            if x.num_batches == 0:
+                return batch_size
+            first = x[0]
+            inputs = first[0] if isinstance(first, (tuple, list)) else first
+            if isinstance(inputs, dict) and "token_ids" in inputs:
+                shape = tuple(np.shape(inputs["token_ids"]))
+                if len(shape) != 2 or shape[0] != self.batch_size:
+                    raise ValueError(
+                        f"This model is stateful with a fixed batch size of "
+                        f"{self.batch_size} (one memory per row), but `{argument}` "
+                        f"yields batches of another size. Received: "
+                        f"token_ids.shape={shape} in batch 0"
+                    )
+                self._validate_inputs(
+                    inputs["token_ids"], inputs.get("reset"), self.batch_size
+                )
+            return batch_size
+        if isinstance(x, dict) and isinstance(x.get("token_ids"), np.ndarray):
+            tokens = x["token_ids"]
+            reset = x.get("reset")
+            self._validate_inputs(
+                tokens, None if reset is None else np.asarray(reset)
+            )
+            if tokens.shape[0] % self.batch_size:
+                raise ValueError(
+                    f"This model is stateful with a fixed batch size of "
+                    f"{self.batch_size} (one memory per row): the number of "
+                    "rows of array data must be a multiple of it (no partial "
+                    f"last batch). Received: token_ids.shape={tokens.shape}"
+                )
+            return self.batch_size
+        return batch_size
+
+    def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
+        batch_size = self._check_data(x, batch_size)
+        validation_data = kwargs.get("validation_data")
+        if validation_data is not None:
+            vx = (
+                validation_data[0]
+                if isinstance(validation_data, (tuple, list))
+                else validation_data
+            )
+            self._check_data(
+                vx, kwargs.get("validation_batch_size"), "validation_data"
+            )
+        return super().fit(x, y, batch_size, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, batch_size=None, *args, **kwargs):
+        batch_size = self._check_data(x, batch_size)
+        return super().evaluate(x, y, batch_size, *args, **kwargs)
+
+    def predict(self, x, batch_size=None, *args, **kwargs):
+        batch_size = self._check_data(x, batch_size)
+        return super().predict(x, batch_size, *args, **kwargs)
+
     def call(self, inputs, training=None, mask=None):
         if isinstance(inputs, dict) and "token_ids" in inputs:
             self._validate_inputs(
@@ -254,6 +325,12 @@ class InfiniteFormerLM(keras.Model):
                 state[f"layer_{i}_{name}"] = value
         return state
 
+    def set_state(self, state):
+        """Write a flat state dict (as from `step`) into the variables."""
+        for i, block in enumerate(self.decoder_blocks):
+            for name, variable in block._state_variables.items():
+                variable.assign(state[f"layer_{i}_{name}"])
+
     def get_state(self):
         """The memory held in the variables, as a flat dict (copies)."""
         state = {}
@@ -262,10 +339,12 @@ class InfiniteFormerLM(keras.Model):
                 state[f"layer_{i}_{name}"] = value
         return state
 
-    def step(self, token_ids, reset, state, training=False):
+    def step(self, token_ids, reset, state, training=False, return_density=False):
         """Pure streaming step: `(token_ids, reset, state) -> (logits, state)`.
 
-        Any batch size; no variable is read for memory or assigned.
+        Any batch size; no variable is read for memory or assigned. With
+        `return_density=True` a third output lists, per block, the LTM
+        attention's `(mu, sigma_sq)` (`None` for blocks without an LTM).
         """
         token_ids = ops.convert_to_tensor(token_ids)
         self._validate_inputs(token_ids, reset)
@@ -279,17 +358,31 @@ class InfiniteFormerLM(keras.Model):
             )
         x = self.token_embedding(token_ids)
         new_state = {}
+        densities = []
         for i, block in enumerate(self.decoder_blocks):
             prefix = f"layer_{i}_"
             block_state = {
                 k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)
             }
-            x, block_new = block(x, reset=reset, state=block_state, training=training)
+            if return_density and block.use_long_term_memory:
+                x, block_new, mu, sigma_sq = block(
+                    x, reset=reset, state=block_state, training=training,
+                    return_density=True,
+                )
+                densities.append((mu, sigma_sq))
+            else:
+                x, block_new = block(
+                    x, reset=reset, state=block_state, training=training
+                )
+                densities.append(None)
             for name, value in block_new.items():
                 new_state[prefix + name] = value
         if self.normalize_first:
             x = self.final_norm(x)
-        return self.token_embedding(x, reverse=True), new_state
+        logits = self.token_embedding(x, reverse=True)
+        if return_density:
+            return logits, new_state, densities
+        return logits, new_state
 
     def get_config(self):
         return {

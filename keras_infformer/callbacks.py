@@ -1,0 +1,92 @@
+"""Callbacks: pictures of where the long-term attention looks."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_infformer.memory import ResetMemory  # noqa: F401 (re-export)
+
+
+def attention_density_grid(mu, sigma_sq, num_points=128):
+    """Density of the LTM attention over [0, 1], one row per query.
+
+    Args:
+        mu, sigma_sq: arrays `(batch, heads, Lq)`.
+        num_points: int. Points of the [0, 1] grid.
+
+    Returns:
+        float32 array `(batch, Lq, num_points)`: the Gaussian densities
+        averaged over heads, each row scaled to a maximum of 1.
+    """
+    mu = np.asarray(ops.convert_to_numpy(mu), dtype=np.float64)
+    sigma_sq = np.asarray(ops.convert_to_numpy(sigma_sq), dtype=np.float64)
+    t = (np.arange(num_points) + 0.5) / num_points
+    z = (t - mu[..., None]) ** 2 / sigma_sq[..., None]
+    density = np.exp(-0.5 * z) / np.sqrt(2 * np.pi * sigma_sq[..., None])
+    density = density.mean(axis=1)
+    density /= np.maximum(density.max(axis=-1, keepdims=True), 1e-12)
+    return density.astype(np.float32)
+
+
+class AttentionDensityImages(keras.callbacks.Callback):
+    """Write TensorBoard images of each block's LTM attention density.
+
+    At the end of each epoch, streams `segments` (one batch of segments of
+    the same rows, oldest first) through the model's explicit-state step,
+    and for the last segment writes, per block with a long-term memory, an
+    image whose rows are the query positions and whose columns are [0, 1]
+    (the memory's time axis, oldest left). With sticky memories it also
+    writes the histogram that will place the next memory's samples.
+
+    Args:
+        log_dir: str. TensorBoard log directory (images go to
+            `log_dir/densities`).
+        segments: dict with `"token_ids"` `(num_segments, batch, S)` and
+            `"reset"` `(num_segments, batch)`.
+        num_points: int. Horizontal resolution. Defaults to `128`.
+    """
+
+    def __init__(self, log_dir, segments, num_points=128):
+        super().__init__()
+        self.log_dir = log_dir
+        self.segments = segments
+        self.num_points = num_points
+        self._writer = None
+
+    def compute_images(self):
+        """`{name: float32 image (1, height, width, 1)}` for the last segment."""
+        model = self.model
+        token_ids = np.asarray(self.segments["token_ids"])
+        resets = np.asarray(self.segments["reset"])
+        state = model.get_initial_state(token_ids.shape[1])
+        for s in range(token_ids.shape[0]):
+            _, new_state, densities = model.step(
+                token_ids[s], resets[s], state, return_density=True
+            )
+            if s < token_ids.shape[0] - 1:
+                state = new_state
+        images = {}
+        for i, density in enumerate(densities):
+            if density is None:
+                continue
+            grid = attention_density_grid(*density, num_points=self.num_points)
+            images[f"layer_{i}/ltm_attention_density"] = grid[:1, :, :, None]
+            sticky = state.get(f"layer_{i}_ltm_density")
+            if sticky is not None:
+                hist = np.asarray(ops.convert_to_numpy(sticky))[:1]
+                hist = hist / np.maximum(hist.max(axis=-1, keepdims=True), 1e-12)
+                images[f"layer_{i}/sticky_histogram"] = np.repeat(
+                    hist[:, None, :, None], 16, axis=1
+                ).astype(np.float32)
+        return images
+
+    def on_epoch_end(self, epoch, logs=None):
+        # TensorBoard files are written with tf.summary, whatever the backend.
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(f"{self.log_dir}/densities")
+        with self._writer.as_default():
+            for name, image in self.compute_images().items():
+                tf.summary.image(name, image, step=epoch)
+        self._writer.flush()
