@@ -447,6 +447,9 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         stm = ops.cast(state["stm"], self.compute_dtype)
         stm_mask = state["stm_mask"]
         new_state = {}
+        # (B, L) ones; not sliced from stm_mask, which is shorter than the
+        # segment when memory_length < L (allowed without a long-term memory).
+        segment_valid = ops.ones_like(ops.cast(x[:, :, 0], "float32"))
 
         window = ops.concatenate([stm, x], axis=1)  # (B, mem + L, d)
         normed_window = (
@@ -496,7 +499,7 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         rotated_query = self._rotary(query, start_index=mem)
         rotated_key = self._rotary(key)
         key_valid = ops.concatenate(
-            [stm_mask > 0.5, ops.ones_like(stm_mask[:, :length]) > 0.5], axis=1
+            [stm_mask > 0.5, segment_valid > 0.5], axis=1
         )  # (B, mem + L)
         causal = ops.arange(mem + length)[None, :] <= (
             ops.arange(length)[:, None] + mem
@@ -560,7 +563,7 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         # The STM keeps the last `memory_length` layer inputs.
         new_state["stm"] = ops.stop_gradient(ops.cast(window[:, length:], "float32"))
         new_state["stm_mask"] = ops.concatenate(
-            [stm_mask, ops.ones_like(stm_mask[:, :length])], axis=1
+            [stm_mask, segment_valid], axis=1
         )[:, length:]
         return x, new_state, (mu, sigma_sq)
 
