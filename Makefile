@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml .ci/constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	KERAS_BACKEND=tensorflow $(PY) examples/demo.py
+	KERAS_BACKEND=jax $(PY) examples/demo.py
 
 test: $(STAMP)
 	@status=0; for b in $(BACKENDS); do \
