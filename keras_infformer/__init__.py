@@ -9,6 +9,7 @@ from keras_infformer.layers import GaussianAttention
 from keras_infformer.layers import InfiniteFormerDecoder
 from keras_infformer.layers import StickyMemorySampler
 from keras_infformer import callbacks
+from keras_infformer.export import export_for_serving
 from keras_infformer.memory import ResetMemory
 from keras_infformer.memory import reset_memory
 from keras_infformer.models import InfiniteFormerLM
