@@ -1,0 +1,52 @@
+"""Plot the sorting comparison: accuracy vs sequence length, one line per model.
+
+    python benchmarks/plot_sorting.py [--results benchmarks/results/sorting.json]
+"""
+
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+LABELS = {
+    "infformer": "∞-former",
+    "infformer_sticky": "∞-former (sticky)",
+    "xl": "Transformer-XL",
+    "compressive": "Compressive Transformer",
+}
+
+
+def main(argv=None):
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--results", default=os.path.join(here, "results", "sorting.json"))
+    parser.add_argument("--output", default=None, help="PNG path (default: next to the JSON).")
+    args = parser.parse_args(argv)
+    with open(args.results) as f:
+        runs = json.load(f)["runs"]
+    output = args.output or os.path.splitext(args.results)[0] + ".png"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model in sorted({r["model"] for r in runs}):
+        points = sorted(
+            (r["sequence_length"], r["accuracy"]) for r in runs if r["model"] == model
+        )
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="o", label=LABELS.get(model, model))
+    ax.axhline(1 / 20, color="gray", linestyle=":", label="chance (1/20)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_ylabel("sorting accuracy")
+    ax.set_title("Sorting by frequency, CPU-sized models, equal budget")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(output, dpi=120)
+    print(f"Wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The sorting-task systems and the example's CLI, at a tiny size."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_infformer
+from keras_infformer.data import sorting
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+import sorting_task  # noqa: E402
+
+TINY = [
+    "--lengths", "64",
+    "--segment-length", "32",
+    "--num-layers", "1",
+    "--hidden-dim", "16",
+    "--num-heads", "2",
+    "--num-basis", "16",
+    "--batch-size", "2",
+    "--train-sequences", "4",
+    "--epochs", "1",
+    "--eval-sequences", "4",
+    "--verbose", "0",
+]
+
+
+@pytest.mark.parametrize("kind", sorting_task.MODELS)
+def test_three_systems_build_train_and_evaluate(kind, tmp_path):
+    args = sorting_task.parse_args(TINY + ["--logdir", str(tmp_path)])
+    model, result = sorting_task.run_one(kind, 64, args)
+    assert 0.0 <= result["accuracy"] <= 1.0
+    assert result["parameters"] == model.count_params()
+    weights = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    assert all(np.all(np.isfinite(w)) for w in weights)
+    # TensorBoard wrote event files.
+    assert any("events" in p.name for p in tmp_path.rglob("*"))
+
+
+def test_same_size_systems_share_block_and_window():
+    args = sorting_task.parse_args(TINY)
+    sizes = {}
+    for kind in sorting_task.MODELS:
+        model = sorting_task.build_model(kind, args)
+        block = model.decoder_blocks[0]
+        sizes[kind] = (block.memory_length, model.hidden_dim, model.num_layers)
+    assert len(set(sizes.values())) == 1
+
+
+def test_compressive_memory_keeps_fixed_size():
+    model = keras_infformer.InfiniteFormerLM(
+        vocabulary_size=sorting.VOCABULARY_SIZE, segment_length=8, batch_size=2,
+        num_layers=1, hidden_dim=16, num_heads=2, memory_length=8,
+        use_long_term_memory=False, compressed_memory_length=6, compression_rate=4,
+    )
+    state = model.get_initial_state(2)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    rng = np.random.default_rng(0)
+    for step in range(12):  # 96 tokens through 6 compressed slots.
+        tokens = rng.integers(0, 20, (2, 8)).astype("int32")
+        _, state = model.step(tokens, np.full((2,), step == 0), state)
+        assert {k: tuple(v.shape) for k, v in state.items()} == shapes
+    mask = keras.ops.convert_to_numpy(state["layer_0_cmem_mask"])
+    np.testing.assert_array_equal(mask, np.ones_like(mask))
+
+
+def test_density_images_callback_makes_images(tmp_path):
+    args = sorting_task.parse_args(TINY + ["--sticky"])
+    model = sorting_task.build_model("infformer", args)
+    data = sorting.sorting_examples(2, 64, 32, seed=0)
+    segments = {
+        "token_ids": data["inputs"].transpose(1, 0, 2),
+        "reset": np.arange(data["inputs"].shape[1])[:, None].repeat(2, 1) == 0,
+    }
+    callback = keras_infformer.callbacks.AttentionDensityImages(str(tmp_path), segments)
+    callback.set_model(model)
+    images = callback.compute_images()
+    density = images["layer_0/ltm_attention_density"]
+    assert density.shape == (1, 32, 128, 1)
+    assert np.all(density >= 0) and np.all(density <= 1) and density.max() == 1
+    assert "layer_0/sticky_histogram" in images
+
+
+def test_cli_runs_end_to_end(tmp_path):
+    results = tmp_path / "sorting.json"
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "sorting_task.py"), *TINY,
+         "--models", "infformer", "xl", "--logdir", str(tmp_path / "logs"),
+         "--results", str(results)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(results.read_text())["runs"]
+    assert {r["model"] for r in runs} == {"infformer", "xl"}
+    assert "| infformer | 64 |" in proc.stdout
+    help_text = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "sorting_task.py"), "--help"],
+        capture_output=True, text=True, env=env, timeout=120,
+    ).stdout
+    assert "--paper" in help_text and "--sticky" in help_text
