@@ -181,8 +181,14 @@ def _memory_variables(model):
 
 
 def _weights(model):
+    """The variables `step` reads: every variable but the memory's."""
     memory = _memory_variables(model)
-    return [v for v in model.variables if id(v) not in memory]
+    return [
+        v
+        for v in model.variables
+        # The flag marks memory variables made by keras_infformer.distribution.
+        if id(v) not in memory and not getattr(v, "_keras_infformer_memory", False)
+    ]
 
 
 # -- the served functions --------------------------------------------------------
