@@ -107,8 +107,9 @@ class StreamingDataset(keras.utils.PyDataset):
     particular, every row resets at step 0).
 
     The order of the steps carries the memory, so the dataset must be read
-    in order: call `model.fit(dataset, shuffle=False)` (a `PyDataset` is
-    never shuffled by `fit`, but say it anyway) and do not wrap it in
+    in order: call `model.fit(dataset, shuffle=False)` (Keras' `fit`
+    shuffles the batch order of a `PyDataset` by default; `InfiniteFormerLM`
+    defaults to `shuffle=False` and refuses `True`) and do not wrap it in
     anything that reorders or drops batches. With `workers > 1` Keras still
     delivers the batches in order.
 

@@ -275,6 +275,18 @@ class InfiniteFormerLM(keras.Model):
         return batch_size
 
     def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
+        # The memory carries each row from one batch to the next, so the
+        # batches must come in order: Keras' default `shuffle=True` would
+        # reorder them (a PyDataset's too). Default to False, refuse True.
+        shuffle = args[5] if len(args) > 5 else kwargs.get("shuffle", False)
+        if shuffle:
+            raise ValueError(
+                "InfiniteFormerLM keeps one memory per batch row and must read "
+                "the batches of a stream in order; shuffling would mix "
+                f"unrelated segments into the memory. Received: shuffle={shuffle!r}"
+            )
+        if len(args) <= 5:
+            kwargs["shuffle"] = False
         batch_size = self._check_data(x, batch_size)
         validation_data = kwargs.get("validation_data")
         if validation_data is not None:
