@@ -204,8 +204,10 @@ class ContinuousLTM(keras.layers.Layer):
         """Empty the stored memory of every row."""
         if self.coefficients is None:
             return
-        self.coefficients.assign(ops.zeros_like(self.coefficients))
-        self.filled.assign(ops.zeros_like(self.filled))
+        # ops.zeros, not ops.zeros_like(variable): JAX cannot take the dtype
+        # of a Keras variable.
+        self.coefficients.assign(ops.zeros(self.coefficients.shape, "float32"))
+        self.filled.assign(ops.zeros(self.filled.shape, "float32"))
 
     def get_state(self):
         """The stored memory as a state dict (copies)."""
