@@ -270,10 +270,18 @@ def test_stateless_layer_has_only_the_explicit_state_path():
         block.get_state()
 
 
-@pytest.mark.parametrize("sticky", [False, True], ids=["ltm", "sticky"])
-def test_reset_isolates_rows_and_forgets_the_past(sticky):
-    """Row 0's outputs depend neither on row 1 nor on its own pre-reset past."""
-    block = _block(memory_length=SEGMENT, sticky_memories=sticky)
+@pytest.mark.parametrize(
+    "sticky,memory_length",
+    [(False, SEGMENT), (True, SEGMENT), (False, 12)],
+    ids=["ltm", "sticky", "ltm-memory-12"],
+)
+def test_reset_isolates_rows_and_forgets_the_past(sticky, memory_length):
+    """Row 0's outputs depend neither on row 1 nor on its own pre-reset past.
+
+    With memory_length = 12 (not a multiple of L = 8) the first block that
+    leaves the STM after a reset is only partly filled.
+    """
+    block = _block(memory_length=memory_length, sticky_memories=sticky)
     rng = np.random.default_rng(5)
     history = _stream(6, 6)  # Six segments before the reset.
     document = _stream(7, 6)  # The new document, row 0.
@@ -302,6 +310,34 @@ def test_reset_isolates_rows_and_forgets_the_past(sticky):
     # Without the reset, the past would matter (so the test can fail).
     out_d = run(stream_a, [np.array([s == 0, s == 0]) for s in range(12)])
     assert not np.allclose(out_d[7][0], out_c[1][0], atol=1e-4)
+
+
+def test_every_token_enters_the_ltm_when_memory_is_not_a_multiple_of_l():
+    """memory_length = 12, L = 8: the first block to leave the STM after a
+    reset holds only 4 tokens (the first 4 of the document). They must still
+    reach the LTM (they used to be dropped), and only in their own row."""
+    block = _block(memory_length=12)
+    segments = _stream(11, 5)
+    changed = segments.copy()
+    changed[0, 0, :4] += np.random.default_rng(12).normal(size=(4, HIDDEN))
+
+    def run(stream):
+        block.reset_state()
+        outputs, filled = [], []
+        for x in stream:
+            outputs.append(_np(block(x)))
+            filled.append(_np(block.get_state()["ltm_filled"]))
+        return outputs, filled, _np(block.get_state()["ltm_coefficients"])
+
+    out_a, filled, coefficients_a = run(segments)
+    out_b, _, coefficients_b = run(changed)
+    # Segment 1 absorbs the partly filled block [4 empty slots, tokens 0-3].
+    assert [f.tolist() for f in filled[:2]] == [[0.0, 0.0], [1.0, 1.0]]
+    assert np.abs(coefficients_a[0] - coefficients_b[0]).max() > 1e-3
+    np.testing.assert_array_equal(coefficients_a[1], coefficients_b[1])
+    # Segment 4 (tokens 32-39) sees tokens 0-3 only through the LTM.
+    assert np.abs(out_a[4][0] - out_b[4][0]).max() > 1e-4
+    np.testing.assert_array_equal(out_a[4][1], out_b[4][1])
 
 
 def test_memory_length_shorter_than_segment_with_ltm_fails_at_build():

@@ -139,7 +139,7 @@ def test_causality_through_both_memories(sticky):
         assert diff[p] > 1e-4
         # ... and, through the LTM, segments later.
         last = slice((num_segments - 1) * SEGMENT, num_segments * SEGMENT)
-        assert diff[last].max() > 1e-6, (p, diff)
+        assert diff[last].max() > 1e-4, (p, diff)
         # The changed token has been absorbed into the first block's LTM.
         assert np.all(_np(model.get_state()["layer_0_ltm_filled"]) == 1.0)
 

@@ -476,13 +476,19 @@ class InfiniteFormerDecoder(keras.layers.Layer):
                     uniform = self._sampler.uniform_histogram(ops.shape(density)[0])
                     density = ops.where(keep[:, None] > 0.5, density, uniform)
                 sample_points = self._sampler.sample(density)
-            leaving = normed_window[:, :length]
+            # The cache fills from the right, so the leaving block holds a
+            # token iff its newest slot does. When memory_length is not a
+            # multiple of L, the first block to leave after a reset is only
+            # partly filled: its empty (or stale, pre-reset) slots enter as
+            # zeros, rather than the block being dropped with its tokens.
+            leaving_mask = stm_mask[:, :length]
+            leaving = normed_window[:, :length] * ops.cast(
+                leaving_mask[:, :, None], normed_window.dtype
+            )
             coefficients, absorbed = self._ltm.absorb(
                 leaving, ltm_state, sample_points=sample_points
             )
-            # A row absorbs only once its oldest cached slot holds a token
-            # (the cache fills from the right, so the whole block is real).
-            absorbs = stm_mask[:, 0] > 0.5
+            absorbs = leaving_mask[:, length - 1] > 0.5
             coefficients = ops.where(
                 absorbs[:, None, None], coefficients, ltm_state["coefficients"]
             )
