@@ -127,7 +127,7 @@ def padding_positions(num_positions):
     return left, right
 
 
-def ridge_matrix(positions, centers, widths, ridge_penalty, edge_padding=True):
+def ridge_matrix(positions, centers, widths, ridge_penalty, edge_padding=False):
     """Ridge-regression matrix `G` such that the fit is `B = Gᵀ X`.
 
     `G = Fᵀ (F Fᵀ + λ I)⁻¹` with `F[j, i] = ψ_j(t_i)`, solved in float64.
@@ -142,7 +142,8 @@ def ridge_matrix(positions, centers, widths, ridge_penalty, edge_padding=True):
         centers: array of shape `(N,)`.
         widths: array of shape `(N,)`.
         ridge_penalty: float. The ridge penalty `λ > 0`.
-        edge_padding: bool. Whether to use the edge trick.
+        edge_padding: bool. Whether to use the edge trick. Defaults to
+            `False` (see `ContinuousLTM`).
 
     Returns:
         float64 NumPy array of shape `(P, N)`.

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keras_infformer import basis
 from keras_infformer.layers import ContinuousLTM
 
 # Small sizes used by most tests.
@@ -475,3 +476,34 @@ def test_explicit_state_errors(rng):
         layer(x, state=bad)
     with pytest.raises(ValueError, match=r"state.*'coefficients'"):
         layer(x, state={"coefficients": np.zeros((BATCH, N, E), "float32")})
+
+
+def test_unstable_settings_are_refused():
+    # N=64, M=32, L=32: the update map has spectral radius ~1.54 (diverges).
+    layer = ContinuousLTM(num_basis=64, num_samples=32)
+    with pytest.raises(ValueError, match="num_samples=32"):
+        layer.build((2, 32, 4))
+    # Independent check of the claim: iterate the update map in NumPy.
+    centers, widths = basis.basis_parameters(64, (0.01, 0.05))
+    psi = np.stack([
+        np.exp(-0.5 * ((m / 32 - centers) / widths) ** 2) / (widths * np.sqrt(2 * np.pi))
+        for m in range(1, 33)
+    ])
+    g = basis.ridge_matrix(basis.update_positions(32, 32, 0.75), centers, widths, 1.0)
+    b = np.random.default_rng(0).normal(size=(64, 1))
+    for _ in range(50):
+        b = g[:32].T @ (psi @ b)
+    assert np.linalg.norm(b) > 1e6
+    # Enough samples: accepted.
+    ContinuousLTM(num_basis=64, num_samples=64).build((2, 32, 4))
+
+
+def test_default_fit_reconstructs_smooth_signal_over_whole_interval(to_numpy):
+    t = (np.arange(256) + 0.5) / 256
+    x = np.stack([np.sin(2 * np.pi * t) + 0.5 * np.cos(6 * np.pi * t), np.cos(4 * np.pi * t)], -1)
+    layer = ContinuousLTM(num_basis=128, num_samples=128, ridge_penalty=0.5)
+    coefficients = layer(np.repeat(x[None], 2, 0).astype("float32"))
+    rec = to_numpy(layer.reconstruct(coefficients, t))[0]
+    error = np.linalg.norm(rec - x) / np.linalg.norm(x)
+    print(f"default (no edge padding) smooth-signal error over [0, 1]: {error:.4f}")
+    assert error < 0.05

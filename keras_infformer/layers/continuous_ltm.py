@@ -40,8 +40,11 @@ class ContinuousLTM(keras.layers.Layer):
         num_samples: int. Number of points `M` at which the old signal is
             read at an update. Defaults to `512`.
         edge_padding: bool. Fit with zero-signal padding beyond both ends of
-            [0, 1], which removes the droop of the fit at the edges.
-            Defaults to `True`.
+            [0, 1] (the reference code's edge trick). Measured here it pulls
+            the fit towards zero at the ends (6.6 % relative L2 error on a
+            smooth signal vs 0.3 % without) and leaves dips where the old
+            signal's end is squeezed, so it is off by default.
+            Defaults to `False`.
         stateful: bool. Keep the memory in variables (see above). Defaults
             to `True`.
         **kwargs: other keyword arguments passed to `keras.layers.Layer`,
@@ -87,7 +90,7 @@ class ContinuousLTM(keras.layers.Layer):
         ridge_penalty=1.0,
         tau=0.75,
         num_samples=512,
-        edge_padding=True,
+        edge_padding=False,
         stateful=True,
         **kwargs,
     ):
@@ -184,10 +187,33 @@ class ContinuousLTM(keras.layers.Layer):
             psi_uniform = basis.design_matrix(
                 basis.uniform_sample_points(self.num_samples), centers, widths
             ).T
+            self._check_stable(g_update, psi_uniform, length)
             self._ridge_cache[length] = tuple(
                 utils.constant(m) for m in (g_empty, g_update, psi_uniform)
             )
         return self._ridge_cache[length]
+
+    def _check_stable(self, g_update, psi_uniform, length):
+        """Refuse settings whose update map amplifies the old memory.
+
+        An update maps the old coefficients linearly, `B ↦ A B + (new)`, with
+        `A = G_oldᵀ Ψ_read`; if the spectral radius of `A` reaches 1, errors
+        grow at every update and the memory diverges (e.g. `num_samples`
+        much smaller than `num_basis`).
+        """
+        a = g_update[: self.num_samples].T @ psi_uniform
+        radius = float(np.max(np.abs(np.linalg.eigvals(a))))
+        if not radius < 1.0:
+            raise ValueError(
+                "These memory settings are unstable: each update multiplies "
+                f"the old memory by a map of spectral radius {radius:.3f} >= 1, "
+                "so it diverges over a long stream. Increase `num_samples` "
+                "(at least `num_basis` is safe) or `ridge_penalty`. Received: "
+                f"num_basis={self.num_basis}, num_samples={self.num_samples}, "
+                f"input length={length}, tau={self.tau}, "
+                f"ridge_penalty={self.ridge_penalty}, "
+                f"basis_widths={self.basis_widths}"
+            )
 
     # -- state -------------------------------------------------------------
 
