@@ -5,6 +5,8 @@ import heapq
 import keras
 import numpy as np
 
+from keras_infformer import distribution
+
 _INT32_MAX = np.iinfo(np.int32).max
 
 
@@ -113,6 +115,14 @@ class StreamingDataset(keras.utils.PyDataset):
     anything that reorders or drops batches. With `workers > 1` Keras still
     delivers the batches in order.
 
+    Several devices. Under `keras.distribution` (JAX) or a `tf.distribute`
+    strategy each global batch is split on the batch axis into `num_shards`
+    contiguous blocks of `batch_size // num_shards` rows, one per device, at
+    every step alike: row `b` always lands on shard
+    `b // (batch_size // num_shards)`, next to its memory (see
+    `keras_infformer.distribution`). So `batch_size` must be a multiple of
+    the number of devices; a ValueError says so at construction.
+
     Args:
         documents: list of 1-D integer arrays (or lists). The token streams,
             of any positive length. Token ids must be non-negative and fit
@@ -121,6 +131,10 @@ class StreamingDataset(keras.utils.PyDataset):
             match the fixed batch size of the stateful model.
         segment_length: int. The number of tokens per segment (per step).
         pad_id: int. The token id used for padding. Defaults to `0`.
+        num_shards: int. The number of devices the batch is split over.
+            Defaults to that of the distribution active at construction
+            (`keras_infformer.distribution.num_batch_shards()`; 1 without
+            one).
         **kwargs: passed to `keras.utils.PyDataset` (`workers`,
             `use_multiprocessing`, `max_queue_size`). Defaults to a single
             worker in the main process.
@@ -130,6 +144,7 @@ class StreamingDataset(keras.utils.PyDataset):
         batch_size: int. The number of rows of a batch.
         segment_length: int. The number of tokens of a segment.
         pad_id: int. The padding token id.
+        num_shards: int. The number of devices the batch is split over.
         num_documents: int. The number of documents.
         stream_documents: list of `batch_size` lists. The indices (into
             `documents`) of the documents of each stream, in stream order.
@@ -161,11 +176,22 @@ class StreamingDataset(keras.utils.PyDataset):
     """
 
     def __init__(
-        self, documents, batch_size, segment_length, pad_id=0, **kwargs
+        self,
+        documents,
+        batch_size,
+        segment_length,
+        pad_id=0,
+        num_shards=None,
+        **kwargs,
     ):
         stream_documents = kwargs.pop("_stream_documents", None)
         super().__init__(**kwargs)
         self.batch_size = _check_positive_int("batch_size", batch_size)
+        if num_shards is not None:
+            num_shards = _check_positive_int("num_shards", num_shards)
+        self.num_shards = distribution.check_batch_shards(
+            self.batch_size, num_shards, "The `batch_size` of a StreamingDataset"
+        )
         self.segment_length = _check_positive_int(
             "segment_length", segment_length
         )
@@ -262,7 +288,8 @@ class StreamingDataset(keras.utils.PyDataset):
             batch_size: int. The number of rows.
             segment_length: int. The number of tokens per segment.
             pad_id: int. The padding token id. Defaults to `0`.
-            **kwargs: passed to `keras.utils.PyDataset`.
+            **kwargs: `num_shards` (see the class), and the arguments of
+                `keras.utils.PyDataset`.
 
         Returns:
             A `StreamingDataset`.

@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_infformer import distribution
 from keras_infformer import utils
 
 
@@ -74,6 +75,7 @@ class CompressiveMemory(keras.layers.Layer):
         self.stateful = bool(stateful)
         self.memory = None
         self.mask = None
+        self._memory_rows = None
 
     def build(self, input_shape):
         if len(input_shape) != 3 or input_shape[-1] is None:
@@ -105,13 +107,14 @@ class CompressiveMemory(keras.layers.Layer):
                     f"Received: input_shape={input_shape}"
                 )
             self.batch_size = batch_size
-            self.memory = self.add_weight(
-                shape=(batch_size, self.memory_length, dim), initializer="zeros",
-                dtype="float32", trainable=False, name="memory",
+            # Under a tf.distribute strategy each replica keeps the memory of
+            # its own rows only (see keras_infformer.distribution).
+            self._memory_rows = distribution.per_replica_batch(batch_size, self)
+            self.memory = distribution.add_memory_variable(
+                self, (self._memory_rows, self.memory_length, dim), "memory"
             )
-            self.mask = self.add_weight(
-                shape=(batch_size, self.memory_length), initializer="zeros",
-                dtype="float32", trainable=False, name="mask",
+            self.mask = distribution.add_memory_variable(
+                self, (self._memory_rows, self.memory_length), "mask"
             )
         self.built = True
 
@@ -129,7 +132,17 @@ class CompressiveMemory(keras.layers.Layer):
     def get_state(self):
         if self.memory is None:
             raise ValueError(f"Layer '{self.name}' keeps no memory variables.")
-        return {"memory": ops.copy(self.memory.value), "mask": ops.copy(self.mask.value)}
+        return {
+            "memory": distribution.read_memory(self.memory),
+            "mask": distribution.read_memory(self.mask),
+        }
+
+    def save_own_variables(self, store):
+        # Every row of the memory, also from per-replica (tf.distribute) variables.
+        distribution.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        distribution.load_own_variables(self, store)
 
     def absorb(self, inputs, state, reset=None, absorb=None):
         """Pure update: `(inputs, state) -> ((memory, mask), new_state)`."""
@@ -170,7 +183,8 @@ class CompressiveMemory(keras.layers.Layer):
                 f"Layer '{self.name}' keeps no memory variables "
                 f"(stateful={self.stateful}). Pass `state=`."
             )
-        if inputs.shape[0] != self.batch_size:
+        # Inside a tf.distribute replica it is the per-replica batch.
+        if inputs.shape[0] not in (self.batch_size, self._memory_rows):
             raise ValueError(
                 f"Layer '{self.name}' is stateful and was built for batch size "
                 f"{self.batch_size}. Received: inputs.shape={tuple(inputs.shape)}"

@@ -3,6 +3,7 @@ import numpy as np
 from keras import ops
 
 from keras_infformer import basis
+from keras_infformer import distribution
 from keras_infformer import utils
 
 
@@ -111,6 +112,7 @@ class ContinuousLTM(keras.layers.Layer):
         self.widths = utils.constant(widths)
         self._ridge_cache = {}
         self.batch_size = None
+        self._memory_rows = None
         self.memory_dim = None
         self.coefficients = None
         self.filled = None
@@ -136,24 +138,19 @@ class ContinuousLTM(keras.layers.Layer):
                     "concrete batch), or use `stateful=False` with `state=`. "
                     f"Received: input_shape={input_shape}"
                 )
-            self.coefficients = self.add_weight(
-                shape=(self.batch_size, self.num_basis, self.memory_dim),
-                initializer="zeros",
-                dtype="float32",
-                trainable=False,
-                # Never autocast: the memory stays float32 under mixed
-                # precision, and PyTorch's assign would otherwise write into
-                # a cast copy (the update would be lost).
-                autocast=False,
-                name="coefficients",
+            # Under a tf.distribute strategy each replica keeps the memory of
+            # its own rows only (see keras_infformer.distribution).
+            self._memory_rows = distribution.per_replica_batch(self.batch_size, self)
+            # Never autocast (the helper's default): the memory stays float32
+            # under mixed precision, and PyTorch's assign would otherwise
+            # write into a cast copy (the update would be lost).
+            self.coefficients = distribution.add_memory_variable(
+                self,
+                (self._memory_rows, self.num_basis, self.memory_dim),
+                "coefficients",
             )
-            self.filled = self.add_weight(
-                shape=(self.batch_size,),
-                initializer="zeros",
-                dtype="float32",
-                trainable=False,
-                autocast=False,
-                name="filled",
+            self.filled = distribution.add_memory_variable(
+                self, (self._memory_rows,), "filled"
             )
         if input_shape[1] is not None:
             self._ridge_matrices(int(input_shape[1]))
@@ -239,9 +236,16 @@ class ContinuousLTM(keras.layers.Layer):
         """The stored memory as a state dict (copies)."""
         self._require_stateful()
         return {
-            "coefficients": ops.copy(self.coefficients.value),
-            "filled": ops.copy(self.filled.value),
+            "coefficients": distribution.read_memory(self.coefficients),
+            "filled": distribution.read_memory(self.filled),
         }
+
+    def save_own_variables(self, store):
+        # Every row of the memory, also from per-replica (tf.distribute) variables.
+        distribution.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        distribution.load_own_variables(self, store)
 
     def _require_stateful(self):
         if not self.stateful or self.coefficients is None:
@@ -274,7 +278,8 @@ class ContinuousLTM(keras.layers.Layer):
                     f"size equal to {self.batch_size}. Received: "
                     f"inputs.shape={tuple(inputs.shape)}"
                 )
-            if batch != self.batch_size:
+            # Inside a tf.distribute replica it is the per-replica batch.
+            if batch not in (self.batch_size, self._memory_rows):
                 raise ValueError(
                     f"Layer '{self.name}' is stateful and was built for batch "
                     f"size {self.batch_size}. Received: "

@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_infformer import distribution
 from keras_infformer import utils
 from keras_infformer.layers.compressive_memory import CompressiveMemory
 from keras_infformer.layers.continuous_ltm import ContinuousLTM
@@ -176,6 +177,7 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.stateful = bool(stateful)
         self._state_variables = {}
+        self._memory_rows = None
         if self.compressed_memory_length > 0:
             self._compressive = CompressiveMemory(
                 memory_length=self.compressed_memory_length,
@@ -323,10 +325,12 @@ class InfiniteFormerDecoder(keras.layers.Layer):
                     f"inputs_shape={inputs_shape}"
                 )
             self.batch_size = batch_size
-            for name, spec in self.state_spec(batch_size).items():
-                self._state_variables[name] = self.add_weight(
-                    shape=spec.shape, initializer="zeros", dtype=spec.dtype,
-                    trainable=False, name=name,
+            # Under a tf.distribute strategy each replica keeps the memory of
+            # its own rows only (see keras_infformer.distribution).
+            self._memory_rows = distribution.per_replica_batch(batch_size, self)
+            for name, spec in self.state_spec(self._memory_rows).items():
+                self._state_variables[name] = distribution.add_memory_variable(
+                    self, spec.shape, name
                 )
             self.reset_state()
         else:
@@ -365,13 +369,22 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         """Empty the memory of every row."""
         if not self._state_variables:
             return
-        for name, value in self.get_initial_state(self.batch_size).items():
+        for name, value in self.get_initial_state(self._memory_rows).items():
             self._state_variables[name].assign(value)
 
     def get_state(self):
-        """The stored memory as a dict of tensors (copies)."""
+        """The stored memory as a dict of tensors (copies, every row)."""
         self._require_stateful()
-        return {k: ops.copy(v.value) for k, v in self._state_variables.items()}
+        return {
+            k: distribution.read_memory(v) for k, v in self._state_variables.items()
+        }
+
+    def save_own_variables(self, store):
+        # Every row of the memory, also from per-replica (tf.distribute) variables.
+        distribution.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        distribution.load_own_variables(self, store)
 
     def _require_stateful(self):
         if not self._state_variables:
@@ -396,7 +409,11 @@ class InfiniteFormerDecoder(keras.layers.Layer):
             self._require_stateful()
             # An unknown batch size (a traced TF graph fed by a dataset) is
             # accepted, as in Keras' stateful RNN; a known one must match.
-            if batch is not None and batch != self.batch_size:
+            # Inside a tf.distribute replica it is the per-replica batch.
+            if batch is not None and batch not in (
+                self.batch_size,
+                self._memory_rows,
+            ):
                 raise ValueError(
                     f"Layer '{self.name}' is stateful and was built for batch "
                     f"size {self.batch_size}. Received: inputs.shape="

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_infformer import distribution
 from keras_infformer import memory
 from keras_infformer import utils
 from keras_infformer.layers.infinite_former_decoder import InfiniteFormerDecoder
@@ -310,10 +311,25 @@ class InfiniteFormerLM(keras.Model):
 
     def call(self, inputs, training=None, mask=None):
         if isinstance(inputs, dict) and "token_ids" in inputs:
+            batch_size = self.batch_size
+            # Inside a tf.distribute replica the batch is the replica's part.
+            local = distribution.per_replica_batch(self.batch_size)
+            if inputs["token_ids"].shape[0] == local:
+                batch_size = local
             self._validate_inputs(
-                inputs["token_ids"], inputs.get("reset"), self.batch_size
+                inputs["token_ids"], inputs.get("reset"), batch_size
             )
         return super().call(inputs, training=training, mask=mask)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # TensorFlow trainer with a tf.distribute strategy only: Keras would
+        # average the first batch over the replicas to build symbolically,
+        # which fails on the bool `reset`; replica 0's part builds the same.
+        if iterator is not None and data_batch is None:
+            data_batch = distribution.first_replica_batch(self, iterator)
+            if data_batch is not None:
+                iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # -- memory ------------------------------------------------------------
 
@@ -341,7 +357,8 @@ class InfiniteFormerLM(keras.Model):
         """Write a flat state dict (as from `step`) into the variables."""
         for i, block in enumerate(self.decoder_blocks):
             for name, variable in block._state_variables.items():
-                variable.assign(state[f"layer_{i}_{name}"])
+                # Every row, also into per-replica (tf.distribute) variables.
+                distribution.assign_memory(variable, state[f"layer_{i}_{name}"])
 
     def get_state(self):
         """The memory held in the variables, as a flat dict (copies)."""

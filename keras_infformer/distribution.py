@@ -1,0 +1,393 @@
+"""Stateful memory under Keras' own distribution engines.
+
+Every memory variable of the package (`InfiniteFormerDecoder`,
+`ContinuousLTM`, `CompressiveMemory`) holds one slice per batch row, so on
+several devices it must be split on the batch axis exactly like the data,
+with each device keeping only its rows. Nothing here moves data itself; the
+work is done by the engines Keras already has:
+
+- JAX, `keras.distribution`: `layout_map(mesh)` returns `LayoutMap` rules
+  that give every memory variable the layout `("batch", None, ...)`, to be
+  used in `keras.distribution.ModelParallel` (with `batch_dim_name` the same
+  mesh axis), alone or merged with the user's own rules for the weights.
+  `data_parallel()` builds that distribution over a 1-D mesh in one call.
+  Plain `keras.distribution.DataParallel` is also correct, but it replicates
+  the memory on every device and all-gathers it at every step.
+- TensorFlow, `tf.distribute` (e.g. `MirroredStrategy`): a model built
+  inside `strategy.scope()` sizes its memory to the per-replica batch
+  (global batch / `num_replicas_in_sync`) and keeps it in per-replica
+  variables (`synchronization="on_read"`), so replica `k` holds the rows of
+  the `k`-th slice of every global batch.
+
+Either way the rows of a global batch are split into `num_shards` contiguous
+blocks of `batch_size / num_shards` rows: row `i` is always on shard
+`i // (batch_size / num_shards)`, which is why the batch size must be a
+multiple of the number of devices (a clear `ValueError` otherwise).
+
+`read_memory` / `assign_memory` read and write every row of a memory
+variable (on TensorFlow, all replicas' parts); the layers use them in
+`get_state`, and in `save_own_variables` / `load_own_variables`, so that
+`model.save()`, `save_weights()` and `ModelCheckpoint` keep the memory of
+every row, not replica 0's only.
+
+PyTorch has no multi-device engine in Keras 3: there the helpers reduce to
+the single-device behaviour.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+# Names of the memory variables of the package's stateful layers, by rank.
+# The layout rules match a variable path ending in one of them.
+MEMORY_VARIABLE_NAMES = {
+    3: ("stm", "cmem", "ltm_coefficients", "coefficients", "memory"),
+    2: ("stm_mask", "cmem_mask", "ltm_density", "mask"),
+    1: ("ltm_filled", "filled"),
+}
+
+_MEMORY_ATTRIBUTE = "_keras_infformer_memory"
+
+
+def memory_path_patterns():
+    """`{rank: regex}` matching the paths of the memory variables.
+
+    Each regex matches (`re.fullmatch`, as `LayoutMap` does) a path whose
+    last component is one of `MEMORY_VARIABLE_NAMES[rank]`.
+    """
+    return {
+        rank: r"(?:.*/)?(?:" + "|".join(names) + r")"
+        for rank, names in MEMORY_VARIABLE_NAMES.items()
+    }
+
+
+# -- which engine is active --------------------------------------------------
+
+
+def _tf_strategy():
+    """The active `tf.distribute` strategy with several replicas, or None."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy():
+        return None
+    strategy = tf.distribute.get_strategy()
+    return strategy if strategy.num_replicas_in_sync > 1 else None
+
+
+def _keras_distribution():
+    """The active `keras.distribution` with a batch axis (JAX), or None."""
+    try:
+        current = keras.distribution.distribution()
+    except Exception:  # No distribution API on this backend.
+        return None
+    if current is None or getattr(current, "batch_dim_name", None) is None:
+        return None
+    return current
+
+
+def num_batch_shards():
+    """Over how many devices the active engine splits the batch axis.
+
+    `num_replicas_in_sync` of an active `tf.distribute` strategy (TF), the
+    size of the batch axis of the mesh of the active `keras.distribution`
+    (JAX), else 1.
+    """
+    strategy = _tf_strategy()
+    if strategy is not None:
+        return int(strategy.num_replicas_in_sync)
+    current = _keras_distribution()
+    if current is not None:
+        mesh = current.device_mesh
+        axis = list(mesh.axis_names).index(current.batch_dim_name)
+        return int(mesh.shape[axis])
+    return 1
+
+
+def check_batch_shards(batch_size, num_shards=None, what="The batch size"):
+    """Raise a ValueError unless `batch_size` splits into equal shards.
+
+    Args:
+        batch_size: int. The global batch size (rows of memory).
+        num_shards: int or None. Defaults to `num_batch_shards()`.
+        what: str. What is checked, for the message.
+
+    Returns:
+        The number of shards.
+    """
+    if num_shards is None:
+        num_shards = num_batch_shards()
+    if batch_size % num_shards:
+        raise ValueError(
+            f"{what} must be a multiple of the number of devices the batch is "
+            f"split over ({num_shards}): every device keeps the memory of its "
+            "own rows, so each must get the same number of rows. Received: "
+            f"batch_size={batch_size}. Use a batch size divisible by "
+            f"{num_shards}, or fewer devices."
+        )
+    return num_shards
+
+
+def per_replica_batch(batch_size, layer=None):
+    """Rows of memory a stateful layer keeps for a global `batch_size`.
+
+    Inside a `tf.distribute` strategy with several replicas each replica
+    runs on `batch_size / num_replicas_in_sync` rows and keeps only those;
+    everywhere else (one device, or JAX, whose arrays are global and
+    sharded) it is `batch_size`. Raises a ValueError when the batch does not
+    split evenly over the devices (naming `layer` when given).
+    """
+    what = "The batch size"
+    if layer is not None:
+        what = f"The batch size of the stateful layer '{layer.name}'"
+    num_shards = check_batch_shards(batch_size, what=what)
+    if _tf_strategy() is not None:
+        return batch_size // num_shards
+    return batch_size
+
+
+# -- creating, reading and writing memory --------------------------------------
+
+
+def add_memory_variable(layer, shape, name, initializer="zeros", autocast=False):
+    """Create a memory variable of `layer` (float32, non-trainable).
+
+    Behaves as `layer.add_weight(...)` (same name and path, tracked by the
+    layer, saved with it), except under a `tf.distribute` strategy with
+    several replicas, where the variable is per-replica. Its rows must
+    already be the per-replica count (`per_replica_batch`).
+
+    Args:
+        layer: the `keras.layers.Layer` that owns the memory.
+        shape: tuple. `(rows, ...)`.
+        name: str. The variable name (one of `MEMORY_VARIABLE_NAMES` for
+            `layout_map` to find it).
+        initializer: initializer. Defaults to `"zeros"`.
+        autocast: bool. Defaults to `False`: memory is read in float32
+            whatever the dtype policy.
+    """
+    shape = tuple(int(s) for s in shape)
+    if _tf_strategy() is None:
+        variable = layer.add_weight(
+            shape=shape,
+            initializer=initializer,
+            dtype="float32",
+            trainable=False,
+            autocast=autocast,
+            name=name,
+        )
+    else:
+        # TF only: each replica keeps its own rows. `add_weight` takes no
+        # `synchronization`, and the default (on write, mirrored) would copy
+        # replica 0's rows to every replica; on_read with only_first_replica
+        # is the per-replica state tf.distribute has for this.
+        with keras.name_scope(layer.name, caller=layer):
+            variable = keras.Variable(
+                initializer=keras.initializers.get(initializer),
+                shape=shape,
+                dtype="float32",
+                trainable=False,
+                autocast=autocast,
+                name=name,
+                synchronization="on_read",
+                aggregation="only_first_replica",
+            )
+        layer._track_variable(variable)
+    setattr(variable, _MEMORY_ATTRIBUTE, True)
+    return variable
+
+
+def is_memory_variable(variable):
+    """Whether `variable` was made by `add_memory_variable`."""
+    return bool(getattr(variable, _MEMORY_ATTRIBUTE, False))
+
+
+def _replica_parts(variable):
+    """The per-replica TF variables of a per-replica memory, else None."""
+    if keras.backend.backend() != "tensorflow" or not is_memory_variable(variable):
+        return None
+    import tensorflow as tf
+
+    value = variable.value
+    if not isinstance(value, tf.distribute.DistributedValues):
+        return None
+    parts = list(value.values)
+    return parts if len(parts) > 1 else None
+
+
+def read_memory(variable):
+    """Every row of a memory variable, as a tensor (a copy).
+
+    On TensorFlow under a strategy the replicas' parts are concatenated in
+    replica order (replica `k` holds the `k`-th block of rows); elsewhere
+    this is `ops.copy(variable.value)` (JAX gathers a sharded array when
+    it is converted to NumPy).
+    """
+    parts = _replica_parts(variable)
+    if parts is None:
+        return ops.copy(variable.value)
+    return ops.concatenate([ops.copy(p.read_value()) for p in parts], axis=0)
+
+
+def assign_memory(variable, value):
+    """Write every row of a memory variable (the inverse of `read_memory`)."""
+    parts = _replica_parts(variable)
+    if parts is None:
+        variable.assign(value)
+        return
+    value = np.asarray(ops.convert_to_numpy(value), dtype="float32")
+    rows = int(parts[0].shape[0])
+    if value.shape[0] != rows * len(parts):
+        raise ValueError(
+            f"Memory variable '{variable.path}' holds {rows * len(parts)} rows "
+            f"over {len(parts)} replicas. Received: value.shape={value.shape}"
+        )
+    for k, part in enumerate(parts):
+        part.assign(value[k * rows : (k + 1) * rows])
+
+
+def save_own_variables(layer, store):
+    """`Layer.save_own_variables`, with every row of the memory variables."""
+    all_vars = layer._trainable_variables + layer._non_trainable_variables
+    for i, v in enumerate(all_vars):
+        if _replica_parts(v) is not None:
+            store[f"{i}"] = ops.convert_to_numpy(read_memory(v))
+        else:
+            store[f"{i}"] = v
+
+
+def load_own_variables(layer, store):
+    """`Layer.load_own_variables`, splitting the memory rows over replicas."""
+    layer._check_load_own_variables(store)
+    all_vars = layer._trainable_variables + layer._non_trainable_variables
+    for i, v in enumerate(all_vars):
+        if is_memory_variable(v):
+            assign_memory(v, np.asarray(store[f"{i}"]))
+        else:
+            v.assign(store[f"{i}"])
+
+
+def first_replica_batch(model, iterator):
+    """The first batch of a TF epoch iterator as replica 0 receives it.
+
+    For `InfiniteFormerLM._maybe_symbolic_build` (TensorFlow with a
+    strategy only, else `None`): Keras builds the model symbolically from
+    the first distributed batch averaged over the replicas, which
+    tf.distribute cannot do for the bool `reset` input; replica 0's part has
+    the same shapes and dtypes, which is all the build reads.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return None
+    strategy = getattr(model, "_distribute_strategy", None)
+    if strategy is None:
+        return None
+    import tensorflow as tf
+
+    for _, _, it in iterator:
+        batch = next(it)
+        break
+    else:
+        return None
+
+    def first(x):
+        if isinstance(x, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(x)[0]
+        return x
+
+    return tf.nest.map_structure(first, batch)
+
+
+# -- JAX: layouts ----------------------------------------------------------------
+
+
+def _default_batch_dim(mesh, batch_dim_name):
+    if batch_dim_name is None:
+        batch_dim_name = "batch" if "batch" in mesh.axis_names else mesh.axis_names[0]
+    if batch_dim_name not in mesh.axis_names:
+        raise ValueError(
+            f"`batch_dim_name` must be an axis of the mesh "
+            f"{tuple(mesh.axis_names)}. Received: batch_dim_name={batch_dim_name!r}"
+        )
+    return batch_dim_name
+
+
+def layout_map(mesh, base=None, batch_dim_name=None):
+    """`LayoutMap` rules that shard every memory variable on the batch axis.
+
+    For `keras.distribution.ModelParallel` (JAX): each memory variable gets
+    the layout `(batch_dim_name, None, ...)`, so each device keeps only the
+    memory of its own rows, as the data; the memory never travels between
+    devices. Rules for the model's weights (replicated when no rule
+    matches) can be passed in `base`, or added to the returned map; a
+    user rule must not also match a memory variable (`LayoutMap` refuses a
+    path that matches two rules).
+
+    Memory variables are found by path: a path ending in one of
+    `MEMORY_VARIABLE_NAMES` (e.g. `decoder_layer_0/stm`,
+    `continuous_ltm/coefficients`); no weight of the package ends so.
+
+    Args:
+        mesh: `keras.distribution.DeviceMesh`.
+        base: optional `keras.distribution.LayoutMap` (or dict of regex ->
+            layout) of the user's own rules, copied first.
+        batch_dim_name: str. The mesh axis of the batch. Defaults to
+            `"batch"` when the mesh has such an axis, else its first axis.
+            Pass the same name as `batch_dim_name` to `ModelParallel`.
+
+    Returns:
+        A new `keras.distribution.LayoutMap`.
+
+    Examples:
+
+    ```python
+    devices = keras.distribution.list_devices()
+    mesh = keras.distribution.DeviceMesh((len(devices),), ["batch"], devices)
+    keras.distribution.set_distribution(
+        keras.distribution.ModelParallel(
+            layout_map=keras_infformer.distribution.layout_map(mesh),
+            batch_dim_name="batch",
+        )
+    )
+    ```
+    """
+    batch_dim_name = _default_batch_dim(mesh, batch_dim_name)
+    result = keras.distribution.LayoutMap(mesh)
+    if base is not None:
+        for key in base:
+            result[key] = base[key]
+    for rank, pattern in memory_path_patterns().items():
+        axes = (batch_dim_name,) + (None,) * (rank - 1)
+        # The mesh is given explicitly: a TensorLayout without one is only
+        # completed by a LayoutMap whose mesh is set, which `base` may lack.
+        result[pattern] = keras.distribution.TensorLayout(axes, mesh)
+    return result
+
+
+def data_parallel(devices=None, base=None, batch_dim_name="batch"):
+    """A `ModelParallel` distribution: data and memory split on the batch.
+
+    Over a 1-D mesh of `devices` (default: all of them), the batch of every
+    step and the memory of every stateful layer are both split into
+    contiguous blocks of rows, one per device; weights are replicated (or
+    laid out by the rules in `base`). Pass it to
+    `keras.distribution.set_distribution()` before building the model.
+
+    Args:
+        devices: optional list of device names
+            (`keras.distribution.list_devices()`).
+        base: optional `LayoutMap` of rules for the weights.
+        batch_dim_name: str. Name of the mesh axis. Defaults to `"batch"`.
+
+    Returns:
+        A `keras.distribution.ModelParallel`.
+    """
+    if devices is None:
+        devices = keras.distribution.list_devices()
+    mesh = keras.distribution.DeviceMesh(
+        (len(devices),), [batch_dim_name], devices
+    )
+    return keras.distribution.ModelParallel(
+        layout_map=layout_map(mesh, base=base, batch_dim_name=batch_dim_name),
+        batch_dim_name=batch_dim_name,
+    )
