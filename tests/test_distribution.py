@@ -136,6 +136,38 @@ def test_single_device_save_and_state_unchanged(tmp_path):
 
 # -- several simulated devices, own processes ----------------------------------
 
+
+def _doc_examples():
+    """The runnable examples of "Training on several devices", by backend."""
+    root = os.path.dirname(HERE)
+    examples = []
+    for name in ("docs/distribution.md", "README.md"):
+        path = os.path.join(root, name)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            examples += re.findall(
+                r"<!-- distribution-example: (\w+) -->\s*```python\n(.*?)```",
+                text, flags=re.S,
+            )
+    return examples
+
+
+@pytest.mark.slow
+def test_documented_example_runs(tmp_path):
+    examples = {}
+    for backend, code in _doc_examples():
+        examples.setdefault(backend, code)  # README and docs may both hold it.
+    if BACKEND not in examples:
+        pytest.skip(f"no multi-device example for the {BACKEND} backend")
+    script = tmp_path / "example.py"
+    script.write_text(examples[BACKEND], encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+        text=True, timeout=900, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
 _RUNS = {}
 
 
