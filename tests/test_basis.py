@@ -154,7 +154,7 @@ def test_ridge_matrix_padding_grid_of_the_reference_code(ref, rng):
     full = np.linspace(-0.5 + 1 / (2 * L), 1.5 - 1 / (2 * L), 2 * L)
     F = ref.rbf(full, centers, widths).T
     G_full = F.T @ np.linalg.inv(F @ F.T + 1.0 * np.eye(16))
-    G = basis.ridge_matrix((np.arange(L) + 0.5) / L, centers, widths, 1.0)
+    G = basis.ridge_matrix((np.arange(L) + 0.5) / L, centers, widths, 1.0, edge_padding=True)
     np.testing.assert_allclose(G, G_full[L // 2 : L // 2 + L], rtol=1e-8, atol=1e-12)
 
 
