@@ -66,7 +66,7 @@ def main(argv=None):
     predicted = sort_sequence(args.export_dir, tokens, int(data["segment_length"]))
     counts = np.bincount(tokens, minlength=NUM_SYMBOLS)
     print(f"Loaded {args.export_dir} with TensorFlow {tf.__version__} only "
-          f"(keras imported: {'keras' in sys.modules}).")
+          f"(keras_infformer imported: {'keras_infformer' in sys.modules}).")
     print(f"Input: {len(tokens)} symbols; counts by symbol: {counts.tolist()}")
     print(f"  first 10%: most frequent {np.bincount(tokens[: len(tokens) // 10], minlength=20).argmax()}, "
           f"last 10%: most frequent {np.bincount(tokens[-len(tokens) // 10:], minlength=20).argmax()}")
