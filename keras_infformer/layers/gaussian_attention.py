@@ -192,14 +192,20 @@ class GaussianAttention(keras.layers.Layer):
         """`(mu, sigma_sq)` of shape `(batch_size, num_heads, Lq)`, float32."""
         q = self._query_dense(query) if self.project_query else query
         k = self._key_dense(ops.cast(coefficients, self.compute_dtype))
-        scores = ops.einsum(
-            "bqhk,bnhk->bhqn", ops.cast(q, "float32"), ops.cast(k, "float32")
+        # μ and σ² see the scores s = K_h q / √d_h only through w·s, and
+        # w·s = q · (K_hᵀ w) / √d_h: contracting the keys with the two
+        # kernels first gives the same values without ever forming the
+        # (L × N) score matrix per head (O((L + N)·e) instead of O(L·N·e)).
+        kernels = ops.stack(
+            [ops.cast(self.mu_kernel, "float32"), ops.cast(self.sigma_kernel, "float32")],
+            axis=-1,
+        )  # (N, 2)
+        weighted_keys = ops.einsum("bnhk,nj->bhkj", ops.cast(k, "float32"), kernels)
+        logits = ops.einsum(
+            "bqhk,bhkj->bhqj", ops.cast(q, "float32"), weighted_keys
         ) / math.sqrt(self.key_dim)
-        mu = ops.sigmoid(ops.einsum("bhqn,n->bhq", scores, ops.cast(self.mu_kernel, "float32")))
-        sigma_sq = ops.softplus(
-            ops.einsum("bhqn,n->bhq", scores, ops.cast(self.sigma_kernel, "float32"))
-        )
-        sigma_sq = ops.maximum(sigma_sq, self.min_variance)
+        mu = ops.sigmoid(logits[..., 0])
+        sigma_sq = ops.maximum(ops.softplus(logits[..., 1]), self.min_variance)
         return mu, sigma_sq
 
     def kl_regularizer(self, sigma_sq):

@@ -1,0 +1,138 @@
+"""Correctness of what the benchmarks run (timings are never asserted).
+
+- `ContinuousLTM.absorb`, as timed by `layer_throughput.py`, selects the
+  empty-memory or the update fit row by row, eagerly and compiled, for every
+  mix of filled rows.
+- The full-attention baseline of `benchmarks/context_scaling.py` streamed
+  segment by segment (growing cache, or fixed-capacity cache) must equal one
+  causal pass over the whole sequence.
+- Each benchmark script runs end to end in `--tiny` mode and writes JSON
+  with the fields the README reports.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_infformer.layers import ContinuousLTM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+
+
+def _reference_absorb(ltm, x, coefficients, filled):
+    """The update written out in NumPy: both fits, then a row-wise select."""
+    g_empty, g_update, psi = (
+        np.asarray(ops.convert_to_numpy(m), np.float64) for m in ltm._ridge_matrices(x.shape[1])
+    )
+    x = x.astype(np.float64)
+    x_old = np.einsum("mn,bne->bme", psi, coefficients.astype(np.float64))
+    update = np.einsum("pn,bpe->bne", g_update, np.concatenate([x_old, x], 1))
+    empty = np.einsum("pn,bpe->bne", g_empty, x)
+    return np.where(filled[:, None, None] > 0.5, update, empty)
+
+
+@pytest.mark.parametrize("filled", [[1, 1, 1], [0, 0, 0], [1, 0, 1]], ids=["all", "none", "mixed"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_absorb_selects_the_fit_row_by_row(filled, compiled, rng, to_numpy):
+    batch, length, n, e = 3, 12, 8, 5
+    ltm = ContinuousLTM(num_basis=n, num_samples=6, stateful=False)
+    ltm.build((batch, length, e))
+    x = rng.standard_normal((batch, length, e)).astype("float32")
+    coefficients = rng.standard_normal((batch, n, e)).astype("float32")
+    filled = np.asarray(filled, "float32")
+    expected = _reference_absorb(ltm, x, coefficients, filled)
+    if compiled:
+        xi = keras.Input((length, e), batch_size=batch)
+        ci = keras.Input((n, e), batch_size=batch)
+        fi = keras.Input((), batch_size=batch)
+        out, _ = ltm(xi, state={"coefficients": ci, "filled": fi})
+        model = keras.Model([xi, ci, fi], out)
+        got = to_numpy(model.predict_on_batch([x, coefficients, filled]))
+    else:
+        got, _ = ltm.absorb(x, {"coefficients": coefficients, "filled": filled})
+        got = to_numpy(got)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def _context_scaling():
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    import context_scaling
+
+    return context_scaling
+
+
+def test_full_attention_baseline_streams_like_one_pass(rng, to_numpy):
+    Decoder, _ = _context_scaling().full_attention_classes()
+    length, d, segments = 4, 8, 3
+    block = Decoder(intermediate_dim=16, num_heads=2)
+    block.build((1, length, d))
+    x = ops.convert_to_tensor(rng.standard_normal((1, segments * length, d)).astype("float32"))
+
+    whole, _ = block.step(x, block.get_initial_state(1))  # one causal pass
+    growing, fixed = block.get_initial_state(1), block.get_initial_state(1, segments * length)
+    outs_growing, outs_fixed = [], []
+    for i in range(segments):
+        seg = x[:, i * length : (i + 1) * length]
+        out, growing = block.step(seg, growing)
+        outs_growing.append(to_numpy(out))
+        out, fixed = block.stream_step(seg, fixed, i * length)
+        outs_fixed.append(to_numpy(out))
+    np.testing.assert_allclose(np.concatenate(outs_growing, 1), to_numpy(whole), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate(outs_fixed, 1), to_numpy(whole), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(fixed["key"]), to_numpy(growing["key"]), rtol=1e-5, atol=1e-6)
+
+
+def _run(script, tmp_path, *extra):
+    out = tmp_path / f"{script}.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    subprocess.run(
+        [sys.executable, os.path.join(BENCH, f"{script}.py"), "--tiny", "--no-plot",
+         "--out", str(out), *extra],
+        check=True, env=env, timeout=600, stdout=subprocess.DEVNULL,
+    )
+    with open(out) as f:
+        return json.load(f)
+
+
+@pytest.mark.slow
+def test_context_scaling_script(tmp_path):
+    result = _run(
+        "context_scaling", tmp_path, "--systems", "infformer_uniform,full_attention",
+        "--units", "layer", "--no-paper", "--rounds", "2",
+    )
+    contexts = result["config"]["contexts"]
+    scaling = result["scaling"]["infformer_uniform/layer/infer"]
+    assert scaling["peak_bytes_equal_at_all_contexts"] and scaling["state_finite"]
+    assert result["streams"]["infformer_uniform/layer"]["tokens"] == contexts[-1]
+    cache = [r["state_bytes"] for r in result["rows"]
+             if r["system"] == "full_attention" and "state_bytes" in r]
+    assert len(cache) >= 2 and cache == sorted(cache) and cache[0] < cache[-1]
+    assert all(r["infer_ms"] > 0 for r in result["rows"] if "infer_ms" in r)
+
+
+@pytest.mark.slow
+def test_memory_stability_script(tmp_path):
+    result = _run(
+        "memory_stability", tmp_path, "--runs", "float32/uniform,mixed_bfloat16/uniform",
+    )
+    assert set(result["runs"]) == {"float32/uniform", "mixed_bfloat16/uniform"}
+    for run in result["runs"].values():
+        assert run["all_finite"]
+        assert run["tokens"] == result["config"]["tokens"]
+
+
+@pytest.mark.slow
+def test_layer_throughput_script(tmp_path):
+    result = _run("layer_throughput", tmp_path)
+    (entry,) = result["backends"].values()
+    ops_ = {(r["op"], r["mode"]) for r in entry["results"]}
+    assert {op for op, _ in ops_} == {"ltm_absorb", "ltm_absorb_sticky", "gaussian_attention"}
+    assert all(r["ratio_to_floor"] > 0 for r in entry["results"])
