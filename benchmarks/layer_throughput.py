@@ -82,6 +82,7 @@ def build_cases(size, jit, seed):
     state = {
         "coefficients": f32(0.1 * rng.standard_normal((b, N, e))),
         "filled": f32(np.ones((b,))),
+        "max_abs": f32(np.full((b,), 1e3)),
     }
     points = f32(np.sort(rng.uniform(0.0, 1.0, (b, M)), axis=-1))
     _, g_update, psi_uniform = ltm._ridge_matrices(L)

@@ -3,8 +3,7 @@
 Streams 1M tokens (`--short`: 100k) of random token ids through a small
 `InfiniteFormerLM` with its compiled explicit-state step
 (`InfiniteFormerLM.step`, the serving path), in float32 and under the
-`mixed_bfloat16` policy (uniform memories; sticky memories over 256k tokens
-in full mode), and a shorter stream
+`mixed_bfloat16` policy (uniform and sticky memories), and a shorter stream
 through the stateful model with `predict_on_batch` (memory in variables, the
 `model.fit`/`predict` path). Every `--every` segments it records the process
 RSS, the largest |LTM coefficient| of any layer, whether the whole state and
@@ -36,7 +35,7 @@ import _common  # noqa: E402
 CONFIGS = {
     "full": dict(batch=1, length=512, dim=64, heads=2, ffn=256, num_basis=256,
                  num_samples=256, vocab=256, layers=2, tokens=1024 * 1024,
-                 sticky_tokens=256 * 1024, stateful_tokens=100 * 1024, every=32),
+                 sticky_tokens=1024 * 1024, stateful_tokens=100 * 1024, every=32),
     "short": dict(batch=1, length=512, dim=64, heads=2, ffn=256, num_basis=256,
                   num_samples=256, vocab=256, layers=2, tokens=100 * 1024,
                   sticky_tokens=100 * 1024, stateful_tokens=20 * 1024, every=10),

@@ -43,7 +43,7 @@ from keras import ops
 MEMORY_VARIABLE_NAMES = {
     3: ("stm", "cmem", "ltm_coefficients", "coefficients", "memory"),
     2: ("stm_mask", "cmem_mask", "ltm_density", "mask"),
-    1: ("ltm_filled", "filled"),
+    1: ("ltm_filled", "filled", "ltm_max_abs", "max_abs"),
 }
 
 _MEMORY_ATTRIBUTE = "_keras_infformer_memory"

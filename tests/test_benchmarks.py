@@ -47,16 +47,20 @@ def test_absorb_selects_the_fit_row_by_row(filled, compiled, rng, to_numpy):
     x = rng.standard_normal((batch, length, e)).astype("float32")
     coefficients = rng.standard_normal((batch, n, e)).astype("float32")
     filled = np.asarray(filled, "float32")
+    # Large enough that the read bound never clips (covered in test_continuous_ltm).
+    max_abs = np.full((batch,), 1e3, "float32")
     expected = _reference_absorb(ltm, x, coefficients, filled)
     if compiled:
         xi = keras.Input((length, e), batch_size=batch)
         ci = keras.Input((n, e), batch_size=batch)
         fi = keras.Input((), batch_size=batch)
-        out, _ = ltm(xi, state={"coefficients": ci, "filled": fi})
-        model = keras.Model([xi, ci, fi], out)
-        got = to_numpy(model.predict_on_batch([x, coefficients, filled]))
+        ai = keras.Input((), batch_size=batch)
+        out, _ = ltm(xi, state={"coefficients": ci, "filled": fi, "max_abs": ai})
+        model = keras.Model([xi, ci, fi, ai], out)
+        got = to_numpy(model.predict_on_batch([x, coefficients, filled, max_abs]))
     else:
-        got, _ = ltm.absorb(x, {"coefficients": coefficients, "filled": filled})
+        state = {"coefficients": coefficients, "filled": filled, "max_abs": max_abs}
+        got, _ = ltm.absorb(x, state)
         got = to_numpy(got)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 

@@ -60,8 +60,9 @@ def test_empty_memory_fit_solves_normal_equations(ref, rng, to_numpy, edge_paddi
 @pytest.mark.parametrize("edge_padding", [False, True])
 @pytest.mark.parametrize("sticky", [False, True])
 def test_update_solves_normal_equations(ref, rng, to_numpy, edge_padding, sticky):
-    """Second update: old signal read at m/M (or at the given points), placed
-    at tau m/M; new vectors at tau + (1 - tau) l/L; one ridge fit."""
+    """Second update: old signal read at m/M (or at the given points), clipped
+    to the absorbed range, placed at tau m/M; new vectors at
+    tau + (1 - tau) l/L; one ridge fit."""
     tau = 0.6
     x1 = rng.standard_normal((BATCH, L, E)).astype("float32")
     x2 = rng.standard_normal((BATCH, L, E)).astype("float32")
@@ -80,7 +81,9 @@ def test_update_solves_normal_equations(ref, rng, to_numpy, edge_padding, sticky
     for b in range(BATCH):
         b1 = ref.ridge_fit((np.arange(L) + 0.5) / L, x1[b], centers, widths, 1.0, edge_padding)
         _assert_coefficients_close(first[b], b1)
-        old_values = ref.signal(b1, reads[b], centers, widths)
+        # Read back clipped to twice the largest |value| the row absorbed.
+        peak = 2.0 * np.abs(x1[b]).max()
+        old_values = np.clip(ref.signal(b1, reads[b], centers, widths), -peak, peak)
         targets = np.concatenate([old_values, x2[b]])
         b2 = ref.ridge_fit(positions, targets, centers, widths, 1.0, edge_padding)
         err = np.abs(second[b] - b2).max() / np.abs(b2).max()
@@ -292,20 +295,28 @@ def test_explicit_state_in_a_jitted_function(rng, to_numpy):
     x = keras.Input((L, E))
     coefficients_in = keras.Input((N, E))
     filled_in = keras.Input(())
+    max_abs_in = keras.Input(())
     out, new_state = explicit(
-        x, state={"coefficients": coefficients_in, "filled": filled_in}
+        x,
+        state={"coefficients": coefficients_in, "filled": filled_in,
+               "max_abs": max_abs_in},
     )
-    model = keras.Model([x, coefficients_in, filled_in], [out, new_state["filled"]])
+    model = keras.Model(
+        [x, coefficients_in, filled_in, max_abs_in],
+        [out, new_state["filled"], new_state["max_abs"]],
+    )
     eager = _ltm(stateful=False)
     eager.build((BATCH, L, E))
     state = eager.get_initial_state(BATCH)
     coeffs = np.zeros((BATCH, N, E), "float32")
     filled = np.zeros((BATCH,), "float32")
+    max_abs = np.zeros((BATCH,), "float32")
     for _ in range(3):
         xs = rng.standard_normal((BATCH, L, E)).astype("float32")
-        coeffs, filled = model.predict_on_batch([xs, coeffs, filled])
+        coeffs, filled, max_abs = model.predict_on_batch([xs, coeffs, filled, max_abs])
         expected, state = eager(xs, state=state)
         np.testing.assert_allclose(to_numpy(coeffs), to_numpy(expected), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(to_numpy(max_abs), to_numpy(state["max_abs"]))
     np.testing.assert_array_equal(to_numpy(filled), 1.0)
 
 
@@ -319,9 +330,12 @@ def test_no_gradient_into_the_stored_past(rng, gradients):
     past = rng.standard_normal((BATCH, N, E)).astype("float32")
     weights = ops.convert_to_tensor(rng.standard_normal((BATCH, N, E)).astype("float32"))
     filled = ops.ones((BATCH,))
+    max_abs = ops.full((BATCH,), 100.0)
 
     def loss(inputs, old):
-        out, _ = layer(inputs, state={"coefficients": old, "filled": filled})
+        out, _ = layer(
+            inputs, state={"coefficients": old, "filled": filled, "max_abs": max_abs}
+        )
         return ops.sum(out * weights)
 
     _, (grad_inputs, grad_past) = gradients(loss, [], [x, past])
@@ -384,10 +398,12 @@ def test_symbolic_call_shapes():
     explicit = _ltm(stateful=False)
     out, state = explicit(
         keras.Input((L, E)),
-        state={"coefficients": keras.Input((N, E)), "filled": keras.Input(())},
+        state={"coefficients": keras.Input((N, E)), "filled": keras.Input(()),
+               "max_abs": keras.Input(())},
     )
     assert tuple(out.shape) == (None, N, E)
     assert tuple(state["filled"].shape) == (None,)
+    assert tuple(state["max_abs"].shape) == (None,)
 
 
 # -- errors --------------------------------------------------------------------
@@ -471,7 +487,8 @@ def test_explicit_state_errors(rng):
     with pytest.raises(ValueError, match=r"keeps no memory variables"):
         layer(x)
     bad = {"coefficients": np.zeros((BATCH, N + 2, E), "float32"),
-           "filled": np.zeros((BATCH,), "float32")}
+           "filled": np.zeros((BATCH,), "float32"),
+           "max_abs": np.zeros((BATCH,), "float32")}
     with pytest.raises(ValueError, match=rf"coefficients.*\({BATCH}, {N + 2}, {E}\)"):
         layer(x, state=bad)
     with pytest.raises(ValueError, match=r"state.*'coefficients'"):
@@ -507,3 +524,53 @@ def test_default_fit_reconstructs_smooth_signal_over_whole_interval(to_numpy):
     error = np.linalg.norm(rec - x) / np.linalg.norm(x)
     print(f"default (no edge padding) smooth-signal error over [0, 1]: {error:.4f}")
     assert error < 0.05
+
+
+def _sticky_growth_setting():
+    """Sticky reads that make the read-and-squeeze map expand (NumPy check).
+
+    A broad density leaning left (μ = 0.075, σ = 0.3) parks a point of the
+    signal near the left edge where the fit overshoots; every update re-reads
+    it, so the unbounded map has spectral radius ~1.18 for N = M = 64, L = 32.
+    """
+    from keras_infformer.layers import StickyMemorySampler
+
+    n, m, length = 64, 64, 32
+    sampler = StickyMemorySampler(num_samples=m, num_bins=128)
+    mu = np.full((1, 1, 1), 0.075, "float32")
+    points = np.asarray(ops.convert_to_numpy(sampler(mu, np.full_like(mu, 0.3**2))))
+    return n, m, length, points.astype("float32")
+
+
+def test_sticky_reads_that_expand_stay_bounded(rng, to_numpy):
+    n, m, length, points = _sticky_growth_setting()
+    centers, widths = basis.basis_parameters(n, WIDTHS)
+    g = basis.ridge_matrix(basis.update_positions(m, length, 0.75), centers, widths, 1.0)
+    psi = basis.design_matrix(points[0].astype(np.float64), centers, widths).T
+    radius = np.max(np.abs(np.linalg.eigvals(g[:m].T @ psi)))
+    assert radius > 1.05  # the setting really expands without the bound
+
+    layer = ContinuousLTM(num_basis=n, num_samples=m, stateful=False)
+    layer.build((1, length, 2))
+    state = layer.get_initial_state(1)
+    xs = rng.uniform(-1.0, 1.0, (400, 1, length, 2)).astype("float32")
+    unbounded = None
+    for x in xs:
+        _, state = layer.absorb(x, state, sample_points=points)
+        # The same map without the bound, in float64.
+        if unbounded is None:
+            unbounded = basis.ridge_matrix(
+                basis.uniform_positions(length), centers, widths, 1.0
+            ).T @ x[0]
+        else:
+            unbounded = g.T @ np.concatenate([psi @ unbounded, x[0]])
+    t = np.linspace(0.0, 1.0, 501)
+    signal = to_numpy(layer.reconstruct(state["coefficients"], t))
+    free = basis.design_matrix(t, centers, widths).T @ unbounded
+    peak = np.abs(xs).max()
+    print(f"sticky reads with radius {radius:.3f}, 400 updates: max |X(t)| "
+          f"bounded {np.abs(signal).max():.2f}, unbounded {np.abs(free).max():.3g} "
+          f"(inputs within ±{peak:.2f})")
+    np.testing.assert_allclose(to_numpy(state["max_abs"]), [peak], rtol=1e-6)
+    assert np.abs(free).max() > 1e6
+    assert np.all(np.isfinite(signal)) and np.abs(signal).max() < 10 * peak

@@ -151,6 +151,7 @@ def test_config_round_trip_symbolic_and_eager_call():
         "stm_mask": (BATCH, MEMORY),
         "ltm_coefficients": (BATCH, 16, HIDDEN),
         "ltm_filled": (BATCH,),
+        "ltm_max_abs": (BATCH,),
         "ltm_density": (BATCH, 16),
     }
     for value in block.get_state().values():

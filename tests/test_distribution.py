@@ -82,7 +82,7 @@ def test_memory_variables_are_found_by_the_layout_rules():
     patterns = distribution.memory_path_patterns()
     variables = model.variables + ltm.variables + cmem.variables
     memory = [v for v in variables if distribution.is_memory_variable(v)]
-    assert len(memory) == 7 + 2 + 2
+    assert len(memory) == 8 + 3 + 2
     for variable in variables:
         matches = [
             rank for rank, pattern in patterns.items()
@@ -227,7 +227,7 @@ def test_distributed_fit_equals_single_device(report):
     kinds = {k.split("_", 2)[2] for k in report["memory_max_abs"]}
     assert kinds == {
         "stm", "stm_mask", "cmem", "cmem_mask",
-        "ltm_coefficients", "ltm_filled", "ltm_density",
+        "ltm_coefficients", "ltm_filled", "ltm_max_abs", "ltm_density",
     }
     assert all(v > 0 for v in report["memory_max_abs"].values())
 
@@ -264,7 +264,8 @@ def test_per_row_reset_under_distribution(report):
 def test_standalone_stateful_layers_under_distribution(report):
     assert report["layers_max_diff"] <= TOLERANCE
     assert set(report["layers_layouts"]) == {
-        "ltm/coefficients", "ltm/filled", "cmem/memory", "cmem/mask",
+        "ltm/coefficients", "ltm/filled", "ltm/max_abs", "cmem/memory",
+        "cmem/mask",
     }
 
 

@@ -46,15 +46,21 @@ def test_flat_histogram_gives_uniform_points(ref, to_numpy):
         points = to_numpy(sampler.sample(sampler.uniform_histogram(2)))
         ks = [ref.ks_distance(row, lambda x: x) for row in points]
         print(f"{mode}: KS distance to U(0, 1) from the flat histogram: {ks}")
-        # quantile: exactly (m - 1/2) / M, KS = 1 / (2M); random: 1.95/sqrt(M)
+        # quantile: exactly m / M, KS = 1 / M; random: 1.95/sqrt(M)
         # is the 0.1% critical value (the seeded draws are deterministic per
         # backend, so this cannot flake).
-        bound = 0.5 / 512 + 1e-6 if mode == "quantile" else 1.95 / np.sqrt(512)
+        bound = 1.0 / 512 + 1e-6 if mode == "quantile" else 1.95 / np.sqrt(512)
         assert max(ks) <= bound
     np.testing.assert_allclose(
         to_numpy(StickyMemorySampler(num_samples=4, num_bins=8).sample(
             np.full((1, 8), 1 / 8, "float32"))),
-        [[0.125, 0.375, 0.625, 0.875]], atol=1e-6,
+        [[0.25, 0.5, 0.75, 1.0]], atol=1e-6,
+    )
+    # A flat histogram reads exactly where the uniform update reads.
+    flat = StickyMemorySampler(num_samples=100, num_bins=128)
+    np.testing.assert_allclose(
+        to_numpy(flat.sample(flat.uniform_histogram(1)))[0],
+        np.arange(1, 101) / 100, atol=2e-6,
     )
 
 
@@ -83,7 +89,7 @@ def test_quantile_mode_is_the_inverse_cdf(ref, to_numpy):
     num_samples, num_bins = 64, 40
     sampler = StickyMemorySampler(num_samples=num_samples, num_bins=num_bins)
     points = to_numpy(sampler(mu, sigma_sq))
-    levels = (np.arange(num_samples) + 0.5) / num_samples
+    levels = np.arange(1, num_samples + 1) / num_samples
     hist = ref.sticky_histogram(mu, sigma_sq, num_bins)
     for row in range(len(mu)):
         expected = ref.inverse_cdf(hist[row], levels)

@@ -6,6 +6,12 @@ from keras_infformer import basis
 from keras_infformer import distribution
 from keras_infformer import utils
 
+# The memory state of a row: the coefficients B, whether the row holds a
+# past, and the largest |value| it has absorbed (the bound on reads).
+STATE_KEYS = ("coefficients", "filled", "max_abs")
+# Reads of the old signal are clipped to this multiple of that largest value.
+READ_BOUND = 2.0
+
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
 class ContinuousLTM(keras.layers.Layer):
@@ -21,6 +27,15 @@ class ContinuousLTM(keras.layers.Layer):
     constants computed once in float64; only where the old signal is read can
     depend on the data (sticky memories). The cost of an update is
     `O((num_samples + L) · num_basis · e)` whatever has been absorbed.
+
+    The old signal is read back clipped to `[-2a, 2a]`, where `a` is the
+    largest |value| the row has absorbed since its reset (kept in the
+    state), which bounds the memory over streams of any length. Uniform reads
+    are stable without it, but sticky reads can park a point of the signal
+    where the fit overshoots (next to the old/new junction or an edge) and
+    re-read it at every update: a growth of a few % per update that
+    compounds over a long stream. The margin of 2 leaves the ripple of an
+    honest fit untouched (a constant keeps its level).
 
     With `stateful=True` the coefficients live in a non-trainable variable of
     shape `(batch_size, num_basis, e)` (float32 whatever the dtype policy) and
@@ -58,8 +73,9 @@ class ContinuousLTM(keras.layers.Layer):
             `StickyMemorySampler`). Defaults to the uniform points `m / M`.
         reset: optional bool tensor of shape `(batch_size,)`. Rows flagged
             `True` are emptied before absorbing (a new document starts).
-        state: optional dict with `"coefficients"` `(batch_size, N, e)` and
-            `"filled"` `(batch_size,)`, as made by `get_initial_state()`. When
+        state: optional dict with `"coefficients"` `(batch_size, N, e)`,
+            `"filled"` `(batch_size,)` and `"max_abs"` `(batch_size,)`, as
+            made by `get_initial_state()`. When
             given, the explicit-state path runs and `(coefficients,
             new_state)` is returned.
 
@@ -116,6 +132,7 @@ class ContinuousLTM(keras.layers.Layer):
         self.memory_dim = None
         self.coefficients = None
         self.filled = None
+        self.max_abs = None
 
     def build(self, input_shape):
         if len(input_shape) != 3:
@@ -151,6 +168,9 @@ class ContinuousLTM(keras.layers.Layer):
             )
             self.filled = distribution.add_memory_variable(
                 self, (self._memory_rows,), "filled"
+            )
+            self.max_abs = distribution.add_memory_variable(
+                self, (self._memory_rows,), "max_abs"
             )
         if input_shape[1] is not None:
             self._ridge_matrices(int(input_shape[1]))
@@ -221,6 +241,7 @@ class ContinuousLTM(keras.layers.Layer):
                 (batch_size, self.num_basis, self.memory_dim), dtype="float32"
             ),
             "filled": ops.zeros((batch_size,), dtype="float32"),
+            "max_abs": ops.zeros((batch_size,), dtype="float32"),
         }
 
     def reset_state(self):
@@ -231,6 +252,7 @@ class ContinuousLTM(keras.layers.Layer):
         # of a Keras variable.
         self.coefficients.assign(ops.zeros(self.coefficients.shape, "float32"))
         self.filled.assign(ops.zeros(self.filled.shape, "float32"))
+        self.max_abs.assign(ops.zeros(self.max_abs.shape, "float32"))
 
     def get_state(self):
         """The stored memory as a state dict (copies)."""
@@ -238,6 +260,7 @@ class ContinuousLTM(keras.layers.Layer):
         return {
             "coefficients": distribution.read_memory(self.coefficients),
             "filled": distribution.read_memory(self.filled),
+            "max_abs": distribution.read_memory(self.max_abs),
         }
 
     def save_own_variables(self, store):
@@ -288,10 +311,10 @@ class ContinuousLTM(keras.layers.Layer):
                     "or use the explicit-state path (`state=`)."
                 )
         else:
-            if not isinstance(state, dict) or set(state) != {"coefficients", "filled"}:
+            if not isinstance(state, dict) or set(state) != set(STATE_KEYS):
                 raise ValueError(
-                    "`state` must be a dict with keys 'coefficients' and "
-                    f"'filled'. Received: state={state!r}"
+                    f"`state` must be a dict with keys {STATE_KEYS}. Received: "
+                    f"state={state!r}"
                 )
             expected = (batch, self.num_basis, self.memory_dim)
             got = tuple(state["coefficients"].shape)
@@ -303,11 +326,13 @@ class ContinuousLTM(keras.layers.Layer):
                     f"`state['coefficients']` must have shape {expected}. "
                     f"Received: shape={got}"
                 )
-            if tuple(state["filled"].shape)[:1] != (batch,) and batch is not None:
-                raise ValueError(
-                    f"`state['filled']` must have shape ({batch},). "
-                    f"Received: shape={tuple(state['filled'].shape)}"
-                )
+            for key in ("filled", "max_abs"):
+                got = tuple(state[key].shape)
+                if len(got) != 1 or (batch is not None and got != (batch,)):
+                    raise ValueError(
+                        f"`state['{key}']` must have shape ({batch},). "
+                        f"Received: shape={got}"
+                    )
         if sample_points is not None:
             shape = tuple(sample_points.shape)
             if len(shape) != 2 or shape[1] != self.num_samples or (
@@ -346,8 +371,11 @@ class ContinuousLTM(keras.layers.Layer):
         x = ops.cast(inputs, "float32")
         old = ops.stop_gradient(ops.cast(state["coefficients"], "float32"))
         filled = ops.stop_gradient(ops.cast(state["filled"], "float32"))
+        max_abs = ops.stop_gradient(ops.cast(state["max_abs"], "float32"))
         if reset is not None:
-            filled = filled * (1.0 - ops.cast(reset, "float32"))
+            keep = 1.0 - ops.cast(reset, "float32")
+            filled = filled * keep
+            max_abs = max_abs * keep
         # Read the old signal at M points: X_old[m] = B_oldᵀ ψ(t_m).
         if sample_points is None:
             x_old = ops.einsum("mn,bne->bme", psi_uniform, old)
@@ -355,6 +383,8 @@ class ContinuousLTM(keras.layers.Layer):
             points = ops.stop_gradient(ops.cast(sample_points, "float32"))
             psi = basis.rbf(points, self.centers, self.widths)
             x_old = ops.einsum("bmn,bne->bme", psi, old)
+        bound = READ_BOUND * ops.reshape(max_abs, (-1, 1, 1))
+        x_old = ops.minimum(ops.maximum(x_old, -bound), bound)
         fit_update = ops.einsum(
             "pn,bpe->bne", g_update, ops.concatenate([x_old, x], axis=1)
         )
@@ -364,6 +394,10 @@ class ContinuousLTM(keras.layers.Layer):
         new_state = {
             "coefficients": ops.stop_gradient(coefficients),
             "filled": ops.ones_like(filled),
+            "max_abs": ops.maximum(
+                ops.where(filled > 0.5, max_abs, 0.0),
+                ops.stop_gradient(ops.max(ops.abs(x), axis=(1, 2))),
+            ),
         }
         return coefficients, new_state
 
@@ -373,12 +407,12 @@ class ContinuousLTM(keras.layers.Layer):
             return self.absorb(inputs, state, sample_points, reset)
         # ops.copy: PyTorch's autograd must not see the assign below in place.
         current = {
-            "coefficients": ops.copy(self.coefficients.value),
-            "filled": ops.copy(self.filled.value),
+            key: ops.copy(getattr(self, key).value) for key in STATE_KEYS
         }
         coefficients, new_state = self.absorb(inputs, current, sample_points, reset)
         self.coefficients.assign(new_state["coefficients"])
         self.filled.assign(new_state["filled"])
+        self.max_abs.assign(new_state["max_abs"])
         return coefficients
 
     def reconstruct(self, coefficients, t):
@@ -409,6 +443,7 @@ class ContinuousLTM(keras.layers.Layer):
         return out, {
             "coefficients": keras.KerasTensor(out.shape, dtype="float32"),
             "filled": keras.KerasTensor((batch,), dtype="float32"),
+            "max_abs": keras.KerasTensor((batch,), dtype="float32"),
         }
 
     def get_config(self):

@@ -4,6 +4,7 @@ from keras import ops
 from keras_infformer import distribution
 from keras_infformer import utils
 from keras_infformer.layers.compressive_memory import CompressiveMemory
+from keras_infformer.layers.continuous_ltm import STATE_KEYS as LTM_STATE_KEYS
 from keras_infformer.layers.continuous_ltm import ContinuousLTM
 from keras_infformer.layers.gaussian_attention import GaussianAttention
 from keras_infformer.layers.sticky_memory_sampler import StickyMemorySampler
@@ -351,6 +352,7 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         if self.use_long_term_memory:
             spec["ltm_coefficients"] = (batch_size, self._ltm.num_basis, self.hidden_dim)
             spec["ltm_filled"] = (batch_size,)
+            spec["ltm_max_abs"] = (batch_size,)
             if self.sticky_memories:
                 spec["ltm_density"] = (batch_size, self._sampler.num_bins)
         return {k: keras.KerasTensor(s, dtype="float32") for k, s in spec.items()}
@@ -477,14 +479,11 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         # Long-term memory: absorb the L oldest cached vectors (they leave
         # the STM now), before attention, so only the past is ever in it.
         if self.use_long_term_memory:
-            ltm_state = {
-                "coefficients": state["ltm_coefficients"],
-                "filled": state["ltm_filled"],
-            }
+            ltm_state = {key: state["ltm_" + key] for key in LTM_STATE_KEYS}
             if keep is not None:
                 ltm_state = {
-                    "coefficients": ltm_state["coefficients"] * keep[:, None, None],
-                    "filled": ltm_state["filled"] * keep,
+                    key: value * ops.reshape(keep, (-1,) + (1,) * (len(value.shape) - 1))
+                    for key, value in ltm_state.items()
                 }
             sample_points = None
             if self.sticky_memories:
@@ -510,9 +509,10 @@ class InfiniteFormerDecoder(keras.layers.Layer):
                 absorbs[:, None, None], coefficients, ltm_state["coefficients"]
             )
             new_state["ltm_coefficients"] = ops.stop_gradient(coefficients)
-            new_state["ltm_filled"] = ops.where(
-                absorbs, absorbed["filled"], ltm_state["filled"]
-            )
+            for key in ("filled", "max_abs"):
+                new_state["ltm_" + key] = ops.where(
+                    absorbs, absorbed[key], ltm_state[key]
+                )
 
         # Short-term attention, causal over [STM; segment] (and the
         # compressed memory, attended jointly, when there is one).

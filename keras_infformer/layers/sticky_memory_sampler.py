@@ -17,8 +17,10 @@ class StickyMemorySampler(keras.layers.Layer):
     queries and heads and normalised into a histogram `p`. `num_samples`
     points are then drawn from the piecewise-uniform density of `p`:
 
-    - `mode="quantile"`: deterministic, the inverse CDF at `(m − ½)/M`
-      (reproducible, XLA-friendly);
+    - `mode="quantile"`: deterministic, the inverse CDF at `m/M`,
+      `m = 1..M` (reproducible, XLA-friendly). A flat histogram gives
+      exactly the points `m/M` of the uniform update, so a memory without
+      preference is updated as without sticky memories;
     - `mode="random"`: the paper's behaviour, `M` bins drawn from `p` with
       replacement, each point uniform within its bin.
 
@@ -72,7 +74,10 @@ class StickyMemorySampler(keras.layers.Layer):
             self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
         self.bin_edges = utils.constant(np.linspace(0.0, 1.0, self.num_bins + 1))
         self.quantile_levels = utils.constant(
-            (np.arange(self.num_samples) + 0.5) / self.num_samples
+            # m/M rather than (m - 1/2)/M: the latter parks a point of the
+            # signal near t = 0 that every update re-reads (a fixed point of
+            # the read-and-squeeze map) where the fit overshoots.
+            np.arange(1, self.num_samples + 1) / self.num_samples
         )
 
     @property
