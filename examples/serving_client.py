@@ -27,6 +27,7 @@ the previous response's outputs (minus "logits"):
                 "reset": [true, ...B bools],      # rows that start a document
                 "layer_0_stm": [...], "layer_0_stm_mask": [...],
                 "layer_0_ltm_coefficients": [...], "layer_0_ltm_filled": [...],
+                "layer_0_ltm_max_abs": [...],
                 ...every state name of every layer...}}
     -> {"outputs": {"logits": [B x S x vocabulary_size], "layer_0_stm": ...}}
 
