@@ -107,3 +107,102 @@ def test_cli_runs_end_to_end(tmp_path):
         capture_output=True, text=True, env=env, timeout=120,
     ).stdout
     assert "--paper" in help_text and "--sticky" in help_text
+
+
+def _compressive_block(weight=1.0):
+    block = keras_infformer.InfiniteFormerDecoder(
+        intermediate_dim=32, num_heads=2, memory_length=8,
+        use_long_term_memory=False, compressed_memory_length=4,
+        compression_rate=4, reconstruction_weight=weight, dropout=0.0,
+        stateful=False,
+    )
+    block.build((2, 8, 16))
+    return block
+
+
+def _numpy_reconstruction_loss(block, query, leaving, valid):
+    """Rae et al.'s attention-reconstruction loss written out in float64."""
+    to64 = lambda v: np.asarray(keras.ops.convert_to_numpy(v), np.float64)  # noqa: E731
+    wk, wv = to64(block._key_dense.kernel), to64(block._value_dense.kernel)
+    conv = block._compressive._compression
+    kernel, bias = to64(conv.kernel), to64(conv.bias)  # (c, d, d), (d,)
+    c = kernel.shape[0]
+    b, length, d = leaving.shape
+    windows = leaving.reshape(b, length // c, c, d)
+    compressed = np.einsum("bncd,cde->bne", windows, kernel) + bias
+
+    def attend(memory):
+        k = np.einsum("btd,dhk->bthk", memory, wk)
+        v = np.einsum("btd,dhk->bthk", memory, wv)
+        scores = np.einsum("bqhk,bthk->bhqt", query, k) / np.sqrt(query.shape[-1])
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        return np.einsum("bhqt,bthk->bqhk", p, v)
+
+    error = ((attend(leaving) - attend(compressed)) ** 2).mean(axis=(1, 2, 3))
+    return (error * valid).sum() / max(valid.sum(), 1.0)
+
+
+def test_attention_reconstruction_loss_matches_numpy(to_numpy):
+    block = _compressive_block()
+    rng = np.random.default_rng(0)
+    query = rng.standard_normal((2, 8, 2, 8)).astype("float32")
+    leaving = rng.standard_normal((2, 8, 16)).astype("float32")
+    for valid in ([1.0, 1.0], [1.0, 0.0]):
+        valid = np.asarray(valid, "float32")
+        got = float(to_numpy(block.attention_reconstruction_loss(query, leaving, valid)))
+        expected = _numpy_reconstruction_loss(
+            block, query.astype(np.float64), leaving.astype(np.float64), valid
+        )
+        assert expected > 1e-3
+        np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_attention_reconstruction_loss_trains_only_the_compression(gradients):
+    block = _compressive_block()
+    rng = np.random.default_rng(1)
+    query = rng.standard_normal((2, 8, 2, 8)).astype("float32")
+    leaving = rng.standard_normal((2, 8, 16)).astype("float32")
+    conv = block._compressive._compression
+    held = [block._key_dense.kernel, block._value_dense.kernel, block._query_dense.kernel]
+
+    def loss(q, x):
+        return block.attention_reconstruction_loss(q, x, np.ones((2,), "float32"))
+
+    (g_kernel, g_bias, *g_held), (g_query, g_block) = gradients(
+        loss, [conv.kernel, conv.bias] + held, [query, leaving]
+    )
+    assert np.abs(g_kernel).max() > 1e-4 and np.abs(g_bias).max() > 0
+    for g in g_held + [g_query, g_block]:
+        np.testing.assert_array_equal(g, 0.0)
+
+
+def test_compressive_lm_adds_the_reconstruction_loss_in_training(to_numpy):
+    def collected(model, tokens, reset, state, training):
+        with keras.StatelessScope(collect_losses=True) as scope:
+            _, new_state = model.step(tokens, reset, state, training=training)
+        return [float(to_numpy(x)) for x in scope.losses], new_state
+
+    rng = np.random.default_rng(2)
+    tokens = [rng.integers(0, 20, (2, 8)).astype("int32") for _ in range(2)]
+    for weight in (1.0, 0.0):
+        model = keras_infformer.InfiniteFormerLM(
+            vocabulary_size=20, segment_length=8, batch_size=2, num_layers=1,
+            hidden_dim=16, num_heads=2, memory_length=8, dropout=0.0,
+            use_long_term_memory=False, compressed_memory_length=4,
+            compression_rate=4, reconstruction_weight=weight,
+        )
+        state = model.get_initial_state(2)
+        first, state = collected(model, tokens[0], np.ones((2,), bool), state, True)
+        second, _ = collected(model, tokens[1], np.zeros((2,), bool), state, True)
+        inference, _ = collected(model, tokens[1], np.zeros((2,), bool), state, False)
+        assert inference == []
+        if weight == 0.0:
+            assert first == [] and second == []
+        else:
+            # Nothing leaves the empty STM at the first step; a block does next.
+            assert first == [0.0]
+            assert len(second) == 1 and second[0] > 1e-4
+    config = model.get_config()
+    assert config["reconstruction_weight"] == 0.0
+    assert keras_infformer.InfiniteFormerLM.from_config(config).reconstruction_weight == 0.0

@@ -144,6 +144,10 @@ class CompressiveMemory(keras.layers.Layer):
     def load_own_variables(self, store):
         distribution.load_own_variables(self, store)
 
+    def compress(self, inputs):
+        """The compression alone: `(B, L, d) -> (B, L / c, d)`, float32."""
+        return ops.cast(self._compression(inputs), "float32")
+
     def absorb(self, inputs, state, reset=None, absorb=None):
         """Pure update: `(inputs, state) -> ((memory, mask), new_state)`."""
         memory = ops.stop_gradient(ops.cast(state["memory"], "float32"))
@@ -152,7 +156,7 @@ class CompressiveMemory(keras.layers.Layer):
             keep = 1.0 - ops.cast(reset, "float32")
             memory = memory * keep[:, None, None]
             mask = mask * keep[:, None]
-        compressed = ops.cast(self._compression(inputs), "float32")
+        compressed = self.compress(inputs)
         num_new = compressed.shape[1]
         appended = ops.concatenate([memory, compressed], axis=1)[:, num_new:]
         appended_mask = ops.concatenate(

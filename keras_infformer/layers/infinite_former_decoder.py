@@ -77,6 +77,13 @@ class InfiniteFormerDecoder(keras.layers.Layer):
             `use_long_term_memory=False` this is the Compressive Transformer
             baseline.
         compression_rate: int. Its compression rate. Defaults to `4`.
+        reconstruction_weight: float. Weight of the Compressive
+            Transformer's attention-reconstruction loss (Rae et al., 2019),
+            added with `add_loss` in training: the content attention of the
+            segment's queries over the block that leaves the STM, versus over
+            its compression. Its gradient reaches the compression only (the
+            block, queries and projections are held fixed). `0` disables it.
+            Defaults to `1.0`; unused without a compressed memory.
         dropout: float. Dropout rate. Defaults to `0.1`.
         activation: activation of the feed-forward network. Defaults to
             `"relu"`.
@@ -142,6 +149,7 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         kl_weight=1e-6,
         compressed_memory_length=0,
         compression_rate=4,
+        reconstruction_weight=1.0,
         dropout=0.1,
         activation="relu",
         layer_norm_epsilon=1e-5,
@@ -170,6 +178,10 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         self.kl_weight = kl_weight
         self.compressed_memory_length = int(compressed_memory_length)
         self.compression_rate = compression_rate
+        self.reconstruction_weight = utils.check_range(
+            reconstruction_weight, "reconstruction_weight", 0.0, float("inf"),
+            low_open=False,
+        )
         self.dropout = utils.check_range(dropout, "dropout", 0.0, 1.0, low_open=False)
         self.activation = keras.activations.get(activation)
         self.layer_norm_epsilon = layer_norm_epsilon
@@ -535,11 +547,16 @@ class InfiniteFormerDecoder(keras.layers.Layer):
                     "memory": cmem_state["memory"] * keep[:, None, None],
                     "mask": cmem_state["mask"] * keep[:, None],
                 }
+            leaving_block = normed_window[:, :length]
+            leaves = stm_mask[:, 0] > 0.5
             (slots, slots_mask), compressed = self._compressive.absorb(
-                normed_window[:, :length],
-                cmem_state,
-                absorb=stm_mask[:, 0] > 0.5,
+                leaving_block, cmem_state, absorb=leaves
             )
+            if training and self.reconstruction_weight > 0:
+                self.add_loss(
+                    self.reconstruction_weight
+                    * self.attention_reconstruction_loss(query, leaving_block, leaves)
+                )
             new_state["cmem"] = compressed["memory"]
             new_state["cmem_mask"] = compressed["mask"]
             slots = ops.cast(slots, normed_window.dtype)
@@ -601,6 +618,32 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         index_from_newest = ops.arange(self.compressed_memory_length - 1, -1, -1)
         return ops.cast(length - c * (index_from_newest + 1), "float32") + 0.5 * (c - 1)
 
+    def attention_reconstruction_loss(self, query, block, valid):
+        """Rae et al.'s auxiliary loss for the compression, a scalar.
+
+        Mean squared difference between the content attention (no positions)
+        of `query` `(B, Lq, heads, head_dim)` over `block` `(B, L, d)` and
+        over its compression, averaged over the rows flagged in `valid`
+        `(B,)`. Everything but the compression is held fixed.
+        """
+        block = ops.stop_gradient(ops.cast(block, "float32"))
+        query = ops.stop_gradient(ops.cast(query, "float32"))
+        kernels = [
+            ops.stop_gradient(ops.cast(dense.kernel, "float32"))
+            for dense in (self._key_dense, self._value_dense)
+        ]
+
+        def attend(memory):
+            key, value = (
+                ops.einsum("btd,dhk->bthk", memory, kernel) for kernel in kernels
+            )
+            return ops.dot_product_attention(query, key, value)
+
+        compressed = self._compressive.compress(block)
+        error = ops.mean(ops.square(attend(block) - attend(compressed)), axis=(1, 2, 3))
+        weight = ops.cast(valid, "float32")
+        return ops.sum(error * weight) / ops.maximum(ops.sum(weight), 1.0)
+
     def call(self, inputs, reset=None, state=None, training=None, return_density=False):
         self._validate(inputs, reset, state)
         if state is not None:
@@ -655,6 +698,7 @@ class InfiniteFormerDecoder(keras.layers.Layer):
                 "kl_weight": self.kl_weight,
                 "compressed_memory_length": self.compressed_memory_length,
                 "compression_rate": self.compression_rate,
+                "reconstruction_weight": self.reconstruction_weight,
                 "dropout": self.dropout,
                 "activation": keras.activations.serialize(self.activation),
                 "layer_norm_epsilon": self.layer_norm_epsilon,

@@ -41,8 +41,9 @@ class InfiniteFormerLM(keras.Model):
         num_basis, basis_widths, ridge_penalty, tau, num_samples,
         sticky_memories, sticky_mode, num_bins, sigma_0, kl_weight: the
             long-term memory's settings, see `InfiniteFormerDecoder`.
-        compressed_memory_length, compression_rate: a Compressive
-            Transformer memory (0 slots by default, i.e. none); with
+        compressed_memory_length, compression_rate, reconstruction_weight: a
+            Compressive Transformer memory (0 slots by default, i.e. none)
+            and the weight of its attention-reconstruction loss; with
             `use_long_term_memory=False` this is that baseline.
         dropout: float. Dropout rate. Defaults to `0.1`.
         normalize_first: bool. Pre-norm blocks. Defaults to `True`.
@@ -91,6 +92,7 @@ class InfiniteFormerLM(keras.Model):
         kl_weight=1e-6,
         compressed_memory_length=0,
         compression_rate=4,
+        reconstruction_weight=1.0,
         dropout=0.1,
         normalize_first=True,
         tie_weights=True,
@@ -132,6 +134,7 @@ class InfiniteFormerLM(keras.Model):
                 kl_weight=kl_weight,
                 compressed_memory_length=compressed_memory_length,
                 compression_rate=compression_rate,
+                reconstruction_weight=reconstruction_weight,
                 dropout=dropout,
                 normalize_first=normalize_first,
                 dtype=dtype,
@@ -183,6 +186,7 @@ class InfiniteFormerLM(keras.Model):
         self.kl_weight = kl_weight
         self.compressed_memory_length = compressed_memory_length
         self.compression_rate = compression_rate
+        self.reconstruction_weight = reconstruction_weight
         self.dropout = dropout
         self.normalize_first = normalize_first
         self.tie_weights = tie_weights
@@ -436,6 +440,7 @@ class InfiniteFormerLM(keras.Model):
             "kl_weight": self.kl_weight,
             "compressed_memory_length": self.compressed_memory_length,
             "compression_rate": self.compression_rate,
+            "reconstruction_weight": self.reconstruction_weight,
             "dropout": self.dropout,
             "normalize_first": self.normalize_first,
             "tie_weights": self.tie_weights,
