@@ -15,8 +15,10 @@ class CompressiveMemory(keras.layers.Layer):
     the oldest slots fall off. The memory has a fixed size however long the
     stream; attention over it is done by the caller (e.g. jointly with the
     short-term memory, as in the Compressive Transformer). The compression
-    is trained by the loss through the slots compressed at the current step
-    (older slots are stored without gradient).
+    is trained by the task loss through the slots compressed at the current
+    step (older slots are stored without gradient) and, inside
+    `InfiniteFormerDecoder`, by the attention-reconstruction loss of Rae et
+    al. (`reconstruction_weight`).
 
     With `stateful=True` the memory lives in non-trainable variables (static
     batch size); passing `state=` runs the explicit-state path instead.
