@@ -140,7 +140,8 @@ def _numpy_reconstruction_loss(block, query, leaving, valid):
         return np.einsum("bhqt,bthk->bqhk", p, v)
 
     error = ((attend(leaving) - attend(compressed)) ** 2).mean(axis=(1, 2, 3))
-    return (error * valid).sum() / max(valid.sum(), 1.0)
+    # Rows with nothing leaving count zero in the batch mean.
+    return (error * valid).sum() / len(valid)
 
 
 def test_attention_reconstruction_loss_matches_numpy(to_numpy):
@@ -156,6 +157,27 @@ def test_attention_reconstruction_loss_matches_numpy(to_numpy):
         )
         assert expected > 1e-3
         np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_attention_reconstruction_loss_splits_evenly_across_replicas(to_numpy):
+    """Replicas holding equal halves of the batch, with different numbers of
+    rows that have a block leaving, average to the whole batch's loss (what
+    tf.distribute does with an `add_loss` value)."""
+    block = _compressive_block()
+    rng = np.random.default_rng(3)
+    query = rng.standard_normal((4, 8, 2, 8)).astype("float32")
+    leaving = rng.standard_normal((4, 8, 16)).astype("float32")
+    valid = np.asarray([1.0, 1.0, 1.0, 0.0], "float32")
+
+    def loss(rows):
+        return float(
+            to_numpy(block.attention_reconstruction_loss(query[rows], leaving[rows], valid[rows]))
+        )
+
+    whole = loss(slice(0, 4))
+    halves = 0.5 * (loss(slice(0, 2)) + loss(slice(2, 4)))
+    assert whole > 1e-3
+    np.testing.assert_allclose(halves, whole, rtol=1e-5)
 
 
 def test_attention_reconstruction_loss_trains_only_the_compression(gradients):

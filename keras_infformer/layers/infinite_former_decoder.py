@@ -623,8 +623,11 @@ class InfiniteFormerDecoder(keras.layers.Layer):
 
         Mean squared difference between the content attention (no positions)
         of `query` `(B, Lq, heads, head_dim)` over `block` `(B, L, d)` and
-        over its compression, averaged over the rows flagged in `valid`
-        `(B,)`. Everything but the compression is held fixed.
+        over its compression, averaged over the batch with the rows not
+        flagged in `valid` `(B,)` counting zero: a mean over every row, like
+        Keras' `"sum_over_batch_size"`, so that replicas holding equal
+        shares of the batch average to the single-device value.
+        Everything but the compression is held fixed.
         """
         block = ops.stop_gradient(ops.cast(block, "float32"))
         query = ops.stop_gradient(ops.cast(query, "float32"))
@@ -641,8 +644,7 @@ class InfiniteFormerDecoder(keras.layers.Layer):
 
         compressed = self._compressive.compress(block)
         error = ops.mean(ops.square(attend(block) - attend(compressed)), axis=(1, 2, 3))
-        weight = ops.cast(valid, "float32")
-        return ops.sum(error * weight) / ops.maximum(ops.sum(weight), 1.0)
+        return ops.mean(error * ops.cast(valid, "float32"))
 
     def call(self, inputs, reset=None, state=None, training=None, return_density=False):
         self._validate(inputs, reset, state)
