@@ -7,7 +7,10 @@ forcing; loss and accuracy on those 20 positions only). A model whose window
 is shorter than T must remember the early part of the stream.
 
 The three models share the block, width, depth, heads, segment length and
-short-term window; they differ only in what holds the older past:
+short-term window, and have the same number of trainable parameters (the
+feed-forward width of xl and compressive is set to match the ∞-former's
+count; --no-equal-size turns that off); they differ only in what holds the
+older past:
   infformer    continuous long-term memory (N basis functions), optionally
                with sticky memories (--sticky)
   xl           nothing (Transformer-XL)
@@ -59,6 +62,13 @@ def parse_args(argv=None):
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--hidden-dim", type=int, default=64)
     parser.add_argument("--num-heads", type=int, default=4)
+    parser.add_argument("--intermediate-dim", type=int, default=None,
+                        help="Feed-forward width of the ∞-former (default 4 x hidden).")
+    parser.add_argument("--equal-size", action=argparse.BooleanOptionalAction,
+                        default=True,
+                        help="Widen or narrow the feed-forward of xl and "
+                        "compressive so that every model has the ∞-former's "
+                        "number of trainable parameters.")
     parser.add_argument("--segment-length", type=int, default=128,
                         help="Tokens per segment (at least 21).")
     parser.add_argument("--memory-length", type=int, default=None,
@@ -99,6 +109,7 @@ def parse_args(argv=None):
         args.segment_length, args.memory_length = 1024, 1024
         args.num_basis, args.num_samples, args.tau = 512, 512, 0.75
         args.dropout, args.learning_rate, args.batch_size = 0.1, 2e-4, 8
+    args.intermediate_dim = args.intermediate_dim or 4 * args.hidden_dim
     if "all" in args.models:
         args.models = list(MODELS)
     for name in args.models:
@@ -110,8 +121,11 @@ def parse_args(argv=None):
     return args
 
 
-def build_model(kind, args):
-    """One of the three systems, same block and size."""
+def trainable_parameters(model):
+    return sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+
+
+def _language_model(kind, args, intermediate_dim):
     common = dict(
         vocabulary_size=sorting.VOCABULARY_SIZE,
         segment_length=args.segment_length,
@@ -119,12 +133,13 @@ def build_model(kind, args):
         num_layers=args.num_layers,
         hidden_dim=args.hidden_dim,
         num_heads=args.num_heads,
+        intermediate_dim=intermediate_dim,
         memory_length=args.memory_length,
         dropout=args.dropout,
         name=kind,
     )
     if kind == "infformer":
-        model = keras_infformer.InfiniteFormerLM(
+        return keras_infformer.InfiniteFormerLM(
             use_long_term_memory=True,
             num_basis=args.num_basis,
             num_samples=args.num_samples,
@@ -134,15 +149,36 @@ def build_model(kind, args):
             sticky_memories=args.sticky,
             **common,
         )
-    elif kind == "xl":
-        model = keras_infformer.InfiniteFormerLM(use_long_term_memory=False, **common)
-    else:
-        model = keras_infformer.InfiniteFormerLM(
-            use_long_term_memory=False,
-            compressed_memory_length=args.compressed_memory_length,
-            compression_rate=args.compression_rate,
-            **common,
-        )
+    if kind == "xl":
+        return keras_infformer.InfiniteFormerLM(use_long_term_memory=False, **common)
+    return keras_infformer.InfiniteFormerLM(
+        use_long_term_memory=False,
+        compressed_memory_length=args.compressed_memory_length,
+        compression_rate=args.compression_rate,
+        **common,
+    )
+
+
+def matched_intermediate_dim(kind, args):
+    """Feed-forward width giving `kind` the ∞-former's trainable size.
+
+    The count is linear in the width: each layer's two feed-forward kernels
+    and first bias add 2 d + 1 per unit.
+    """
+    if kind == "infformer" or not args.equal_size:
+        return args.intermediate_dim
+    target = trainable_parameters(_language_model("infformer", args, args.intermediate_dim))
+    own = trainable_parameters(_language_model(kind, args, args.intermediate_dim))
+    per_unit = args.num_layers * (2 * args.hidden_dim + 1)
+    return max(1, args.intermediate_dim + round((target - own) / per_unit))
+
+
+def build_model(kind, args):
+    """One of the three systems: same block, window and trainable size."""
+    intermediate_dim = matched_intermediate_dim(kind, args)
+    # Same initial draw whether or not the sizing above built models.
+    keras.utils.set_random_seed(args.seed)
+    model = _language_model(kind, args, intermediate_dim)
     model.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate, clipnorm=args.clipnorm),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -249,12 +285,14 @@ def run_one(kind, length, args):
         "sequence_length": length,
         "accuracy": accuracy,
         "train_seconds": round(train_seconds, 1),
-        "parameters": int(model.count_params()),
+        "parameters": trainable_parameters(model),
+        "intermediate_dim": model.intermediate_dim,
     }
 
 
 def config_summary(args):
-    keys = ("num_layers", "hidden_dim", "num_heads", "segment_length",
+    keys = ("num_layers", "hidden_dim", "num_heads", "intermediate_dim",
+            "equal_size", "segment_length",
             "memory_length", "num_basis", "num_samples", "tau", "ridge_penalty",
             "basis_widths", "sticky", "compression_rate",
             "compressed_memory_length", "dropout", "learning_rate", "clipnorm",

@@ -38,21 +38,34 @@ def test_three_systems_build_train_and_evaluate(kind, tmp_path):
     args = sorting_task.parse_args(TINY + ["--logdir", str(tmp_path)])
     model, result = sorting_task.run_one(kind, 64, args)
     assert 0.0 <= result["accuracy"] <= 1.0
-    assert result["parameters"] == model.count_params()
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert result["parameters"] == trainable
     weights = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
     assert all(np.all(np.isfinite(w)) for w in weights)
     # TensorBoard wrote event files.
     assert any("events" in p.name for p in tmp_path.rglob("*"))
 
 
-def test_same_size_systems_share_block_and_window():
-    args = sorting_task.parse_args(TINY)
-    sizes = {}
+@pytest.mark.parametrize("extra", [[], ["--hidden-dim", "24", "--num-layers", "2"]])
+def test_same_size_systems_share_block_window_and_size(extra):
+    args = sorting_task.parse_args(TINY + extra)
+    shapes, trainable, ffn = {}, {}, {}
     for kind in sorting_task.MODELS:
         model = sorting_task.build_model(kind, args)
         block = model.decoder_blocks[0]
-        sizes[kind] = (block.memory_length, model.hidden_dim, model.num_layers)
-    assert len(set(sizes.values())) == 1
+        shapes[kind] = (block.memory_length, model.hidden_dim, model.num_layers)
+        trainable[kind] = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+        ffn[kind] = model.intermediate_dim
+    assert len(set(shapes.values())) == 1
+    # Equal trainable size: within one feed-forward unit of the ∞-former's.
+    per_unit = args.num_layers * (2 * args.hidden_dim + 1)
+    for kind in ("xl", "compressive"):
+        assert abs(trainable[kind] - trainable["infformer"]) <= per_unit / 2
+    # The ∞-former's extra memory projections make the baseline's FFN wider;
+    # the compression convolution makes the compressive one's narrower.
+    assert ffn["xl"] > ffn["infformer"] > ffn["compressive"]
+    unequal = sorting_task.parse_args(TINY + extra + ["--no-equal-size"])
+    assert sorting_task.build_model("xl", unequal).intermediate_dim == ffn["infformer"]
 
 
 def test_compressive_memory_keeps_fixed_size():
