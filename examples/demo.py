@@ -8,7 +8,7 @@
 3. Reloads that export in a fresh process that imports TensorFlow only and
    sorts one fresh sequence through it, as a serving client would.
 
-Sized to finish in under 10 minutes on 2 CPU cores (500 training steps per
+Sized to finish in under 10 minutes on 2 CPU cores (400 training steps per
 model); the flags of
 `sorting_task.py` are accepted to change it (e.g. `--lengths 2048`).
 """
@@ -32,7 +32,7 @@ from keras_infformer.data import sorting  # noqa: E402
 DEMO_DEFAULTS = [
     "--models", "infformer", "xl",
     "--lengths", "1024",
-    "--train-sequences", "8000",
+    "--train-sequences", "6400",
     "--epochs", "1",
     "--eval-sequences", "256",
     "--learning-rate", "3e-3",
