@@ -106,6 +106,13 @@ def _run(script, tmp_path, *extra):
         return json.load(f)
 
 
+def test_sorting_generation_script(tmp_path):
+    result = _run("sorting_generation", tmp_path)
+    assert result["tokens_shape"] == [result["num_sequences"], result["sequence_length"]]
+    assert result["targets_shape"] == [result["num_sequences"], 20]
+    assert result["generator_s"] > 0 and result["floor_s"] > 0
+
+
 @pytest.mark.slow
 def test_context_scaling_script(tmp_path):
     result = _run(

@@ -1,7 +1,6 @@
 """Tests of keras_infformer.data.sorting (NumPy only, any backend)."""
 
 import collections
-import time
 
 import numpy as np
 import pytest
@@ -223,11 +222,13 @@ def test_generate_sequences_invalid(args, error):
         sorting.generate_sequences(*args)
 
 
-def test_generation_time_1000_by_16k():
-    start = time.perf_counter()
+def test_generation_at_the_issue_size_1000_by_16k():
+    # Its speed is measured in benchmarks/sorting_generation.py.
     tokens, targets = sorting.generate_sequences(1000, 16_384, seed=0)
-    elapsed = time.perf_counter() - start
-    print(f"\ngenerate_sequences(1000, 16384): {elapsed:.2f} s")
-    assert tokens.shape == (1000, 16_384) and targets.shape == (1000, 20)
-    # A sanity bound only: a per-token Python loop would take minutes.
-    assert elapsed < 60
+    assert tokens.shape == (1000, 16_384) and tokens.dtype == np.int32
+    assert targets.shape == (1000, 20)
+    assert tokens.min() >= 0 and tokens.max() < sorting.NUM_SYMBOLS
+    # The last chunk's targets list its symbols by non-increasing count.
+    counts = np.bincount(tokens[-1], minlength=20)
+    assert sorted(targets[-1].tolist()) == list(range(20))
+    assert np.all(np.diff(counts[targets[-1]]) <= 0)
