@@ -17,6 +17,22 @@ def constant(array, dtype="float32"):
     return ops.convert_to_tensor(np.asarray(array), dtype=dtype)
 
 
+def clone_initializer(initializer, salt=0):
+    """A fresh copy of `initializer` for one sublayer.
+
+    An unseeded Keras 3 initializer *instance* returns the same values at
+    every call, so one instance shared by several sublayers makes their
+    kernels equal (Q = K = V). The copy draws a new seed; an integer seed is
+    offset by `salt`, so a seeded layer stays reproducible while its
+    sublayers still differ. Strings and dicts are resolved first.
+    """
+    initializer = keras.initializers.get(initializer)
+    config = initializer.get_config()
+    if isinstance(config.get("seed"), int):
+        config["seed"] = config["seed"] + int(salt)
+    return initializer.__class__.from_config(config)
+
+
 def concrete_value(x):
     """`x` as a NumPy array when it holds data now, else `None` (traced)."""
     if x is None or isinstance(x, keras.KerasTensor):

@@ -97,7 +97,7 @@ class CompressiveMemory(keras.layers.Layer):
             dim,
             kernel_size=self.compression_rate,
             strides=self.compression_rate,
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=utils.clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy,
             name="compression",
         )

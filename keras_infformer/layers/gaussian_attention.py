@@ -135,7 +135,7 @@ class GaussianAttention(keras.layers.Layer):
             self._query_dense = keras.layers.EinsumDense(
                 "bqd,dhk->bqhk",
                 output_shape=(None, h, dk),
-                kernel_initializer=self.kernel_initializer,
+                kernel_initializer=utils.clone_initializer(self.kernel_initializer, 1),
                 dtype=self.dtype_policy,
                 name="query",
             )
@@ -152,7 +152,7 @@ class GaussianAttention(keras.layers.Layer):
         self._key_dense = keras.layers.EinsumDense(
             "bne,ehk->bnhk",
             output_shape=(None, h, dk),
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=utils.clone_initializer(self.kernel_initializer, 2),
             dtype=self.dtype_policy,
             name="key",
         )
@@ -160,7 +160,7 @@ class GaussianAttention(keras.layers.Layer):
         self._value_dense = keras.layers.EinsumDense(
             "bne,ehk->bnhk",
             output_shape=(None, h, dv),
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=utils.clone_initializer(self.kernel_initializer, 3),
             dtype=self.dtype_policy,
             name="value",
         )
@@ -168,7 +168,7 @@ class GaussianAttention(keras.layers.Layer):
         self._output_dense = keras.layers.EinsumDense(
             "bqhk,hko->bqo",
             output_shape=(None, output_dim),
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=utils.clone_initializer(self.kernel_initializer, 4),
             dtype=self.dtype_policy,
             name="output",
         )

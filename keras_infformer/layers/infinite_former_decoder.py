@@ -195,7 +195,7 @@ class InfiniteFormerDecoder(keras.layers.Layer):
             self._compressive = CompressiveMemory(
                 memory_length=self.compressed_memory_length,
                 compression_rate=compression_rate,
-                kernel_initializer=kernel_initializer,
+                kernel_initializer=utils.clone_initializer(kernel_initializer, 40),
                 stateful=False,
                 dtype=self.dtype_policy,
                 name="compressive_memory",
@@ -252,9 +252,17 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         head_dim = hidden_dim // self.num_heads
         self._head_dim = head_dim
         window_shape = (batch_size, None, hidden_dim)
-        dense = dict(
-            kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy
-        )
+        salts = iter(range(1, 100))
+
+        def dense():
+            # Each sublayer its own initializer: a shared unseeded instance
+            # would give every kernel the same values (Q = K = V).
+            return dict(
+                kernel_initializer=utils.clone_initializer(
+                    self.kernel_initializer, next(salts)
+                ),
+                dtype=self.dtype_policy,
+            )
 
         self._attention_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
@@ -263,22 +271,22 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         self._attention_norm.build(window_shape)
         self._query_dense = keras.layers.EinsumDense(
             "btd,dhk->bthk", output_shape=(None, self.num_heads, head_dim),
-            name="query", **dense,
+            name="query", **dense(),
         )
         self._query_dense.build(window_shape)
         self._key_dense = keras.layers.EinsumDense(
             "btd,dhk->bthk", output_shape=(None, self.num_heads, head_dim),
-            name="key", **dense,
+            name="key", **dense(),
         )
         self._key_dense.build(window_shape)
         self._value_dense = keras.layers.EinsumDense(
             "btd,dhk->bthk", output_shape=(None, self.num_heads, head_dim),
-            name="value", **dense,
+            name="value", **dense(),
         )
         self._value_dense.build(window_shape)
         self._attention_output_dense = keras.layers.EinsumDense(
             "bthk,hkd->btd", output_shape=(None, hidden_dim),
-            name="attention_output", **dense,
+            name="attention_output", **dense(),
         )
         self._attention_output_dense.build((batch_size, None, self.num_heads, head_dim))
         self._rotary = _rotary_embedding_class()(
@@ -295,11 +303,11 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         self._feedforward_norm.build(window_shape)
         self._feedforward_intermediate = keras.layers.Dense(
             self.intermediate_dim, activation=self.activation,
-            name="feedforward_intermediate", **dense,
+            name="feedforward_intermediate", **dense(),
         )
         self._feedforward_intermediate.build(window_shape)
         self._feedforward_output = keras.layers.Dense(
-            hidden_dim, name="feedforward_output", **dense,
+            hidden_dim, name="feedforward_output", **dense(),
         )
         self._feedforward_output.build((batch_size, None, self.intermediate_dim))
         self._feedforward_dropout = keras.layers.Dropout(
@@ -319,7 +327,9 @@ class InfiniteFormerDecoder(keras.layers.Layer):
                 sigma_0=self.sigma_0,
                 kl_weight=self.kl_weight,
                 project_query=False,
-                kernel_initializer=self.kernel_initializer,
+                kernel_initializer=utils.clone_initializer(
+                    self.kernel_initializer, 20
+                ),
                 dtype=self.dtype_policy,
                 name="long_term_attention",
             )
