@@ -14,6 +14,11 @@ def constant(array, dtype="float32"):
 
         with tf.init_scope():
             return tf.constant(np.asarray(array), dtype=dtype)
+    if keras.backend.backend() == "jax":
+        # JAX only: a NumPy array is a valid operand and never a tracer, so
+        # a layer built inside a trace (a subclassed model's symbolic build)
+        # cannot leak one into later calls.
+        return np.asarray(array, dtype=dtype)
     return ops.convert_to_tensor(np.asarray(array), dtype=dtype)
 
 
