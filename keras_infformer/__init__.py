@@ -4,6 +4,7 @@ from keras_infformer import basis
 from keras_infformer import data
 from keras_infformer import distribution
 from keras_infformer import layers
+from keras_infformer import metrics
 from keras_infformer import models
 from keras_infformer.layers import ContinuousLTM
 from keras_infformer.layers import GaussianAttention

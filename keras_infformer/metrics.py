@@ -1,0 +1,126 @@
+"""Losses and metrics of a language model that count only real tokens.
+
+A stream's batches hold padding where a row has run out of documents; the
+`sample_weight` of `StreamingDataset` is 0 there. Keras' default loss
+reduction divides by every position, padding included, so a mostly padded
+batch reports a loss far below the truth. Everything here divides by the
+sum of the weights instead.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+
+def masked_token_loss():
+    """Sparse cross-entropy over logits, the mean over real tokens only.
+
+    The `"mean_with_sample_weight"` reduction sums the weighted losses and
+    divides by the sum of the weights (positions with weight 0 count for
+    nothing); without weights it is the plain mean.
+    """
+    return keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction="mean_with_sample_weight", name="token_loss"
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_infformer")
+class BitsPerToken(keras.metrics.Metric):
+    """Cross-entropy in bits, averaged over real tokens.
+
+    Accumulates `Σ w · CE` (nats) and `Σ w · n` over every batch, where `n`
+    is the number of bytes (or characters) the target token stands for, and
+    reports `Σ w · CE / (ln 2 · Σ w · n)`. With the default `n = 1` this is
+    bits per token, which is bits per byte for a byte-level tokenizer
+    (`keras_hub.tokenizers.ByteTokenizer`); pass `token_lengths` (one length
+    per vocabulary entry) to get bits per byte for any other tokenizer.
+
+    Args:
+        token_lengths: optional sequence of `vocabulary_size` positive
+            numbers, the bytes each token id stands for. Defaults to `None`
+            (every token counts 1).
+        from_logits: bool. Whether `y_pred` holds logits. Defaults to `True`.
+        name: str. Defaults to `"bits_per_token"`.
+        **kwargs: passed to `keras.metrics.Metric`.
+
+    Examples:
+
+    ```python
+    import numpy as np
+    import keras_infformer
+
+    metric = keras_infformer.metrics.BitsPerToken()
+    metric.update_state(
+        np.array([[1, 2, 0]]), np.zeros((1, 3, 4)), np.array([[1.0, 1.0, 0.0]])
+    )
+    float(metric.result())  # log2(4) = 2.0 bits: the padded position is ignored.
+    ```
+    """
+
+    def __init__(
+        self, token_lengths=None, from_logits=True, name="bits_per_token", **kwargs
+    ):
+        super().__init__(name=name, **kwargs)
+        self.token_lengths = (
+            None if token_lengths is None else [float(n) for n in token_lengths]
+        )
+        if self.token_lengths is not None and min(self.token_lengths) <= 0:
+            raise ValueError(
+                "`token_lengths` must all be positive. Received a minimum of "
+                f"{min(self.token_lengths)}"
+            )
+        self.from_logits = bool(from_logits)
+        self.total_nats = self.add_variable((), initializer="zeros", name="total_nats")
+        self.total_units = self.add_variable((), initializer="zeros", name="total_units")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(y_true, "int32")
+        y_pred = ops.cast(y_pred, "float32")
+        nats = keras.losses.sparse_categorical_crossentropy(
+            y_true, y_pred, from_logits=self.from_logits
+        )
+        weight = (
+            ops.ones_like(nats)
+            if sample_weight is None
+            else ops.cast(ops.broadcast_to(sample_weight, ops.shape(nats)), "float32")
+        )
+        units = weight
+        if self.token_lengths is not None:
+            lengths = ops.convert_to_tensor(self.token_lengths, dtype="float32")
+            units = weight * ops.take(lengths, y_true)
+        self.total_nats.assign_add(ops.sum(nats * weight))
+        self.total_units.assign_add(ops.sum(units))
+
+    def result(self):
+        return ops.where(
+            self.total_units > 0,
+            self.total_nats / (math.log(2.0) * ops.maximum(self.total_units, 1e-12)),
+            0.0,
+        )
+
+    def reset_state(self):
+        self.total_nats.assign(0.0)
+        self.total_units.assign(0.0)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"token_lengths": self.token_lengths, "from_logits": self.from_logits}
+        )
+        return config
+
+
+def language_model_metrics():
+    """The default `weighted_metrics` of `InfiniteFormerCausalLM.compile()`.
+
+    Accuracy, perplexity (`keras_hub.metrics.Perplexity`) and bits per token,
+    all over real tokens only (pass them as `weighted_metrics`).
+    """
+    import keras_hub
+
+    return [
+        keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+        keras_hub.metrics.Perplexity(from_logits=True, name="perplexity"),
+        BitsPerToken(),
+    ]
