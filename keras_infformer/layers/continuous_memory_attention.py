@@ -1,0 +1,318 @@
+import keras
+from keras import ops
+
+from keras_infformer import memory
+from keras_infformer import utils
+from keras_infformer.layers.continuous_ltm import ContinuousLTM
+from keras_infformer.layers.gaussian_attention import GaussianAttention
+from keras_infformer.layers.sticky_memory_sampler import StickyMemorySampler
+
+
+@keras.saving.register_keras_serializable(package="keras_infformer")
+class ContinuousMemoryAttention(memory.MemoryLayer):
+    """Attention over a continuous memory of everything before this segment.
+
+    Adds an ∞-former long-term memory to any transformer block, causal by
+    construction. Each call takes a segment's queries and the vectors the
+    block wants remembered (e.g. its input hidden states) and, in this order:
+
+    1. absorbs the vectors kept by the *previous* call into the
+       `ContinuousLTM` (with sticky memories, read where the previous
+       call's attention went);
+    2. attends to the memory with the queries (`GaussianAttention`);
+    3. keeps this call's vectors for the next call.
+
+    So a position never reads its own segment (nor anything after it)
+    through the memory: what it reads was written at least one call
+    earlier. Add the output to the block's own attention output, as the
+    paper does for GPT-2. An empty memory reads as zeros.
+
+    With `zero_output=True` the output projection starts at zero, so a
+    pretrained block is unchanged until fine-tuning moves it.
+
+    Args:
+        num_heads: int. Attention heads.
+        key_dim: int. Size of a query/key head.
+        output_dim: int. Size of the output. Defaults to the query's width
+            (`num_heads * key_dim` when `project_query=False`).
+        project_query: bool. Project the query with an own kernel. With
+            `False` the query comes split in heads,
+            `(batch_size, L, num_heads, key_dim)` (e.g. the block's own
+            projected query). Defaults to `True`.
+        num_basis: int. Basis functions of the memory. Defaults to `512`.
+        basis_widths: tuple of floats. Defaults to `(0.01, 0.05)`.
+        ridge_penalty: float. Defaults to `1.0`.
+        tau: float. Share of [0, 1] kept for the old signal. Defaults to
+            `0.75`.
+        num_samples: int. Points where the old signal is read. Defaults to
+            `512`.
+        sticky_memories: bool. Read the old signal where attention went.
+            Defaults to `False`.
+        sticky_mode: `"quantile"` or `"random"`. Defaults to `"quantile"`.
+        num_bins: int. Histogram bins of the sticky memories. Defaults to
+            `128`.
+        sigma_0: float. Reference deviation of the KL regulariser. Defaults
+            to `0.05`.
+        kl_weight: float. Weight of the KL regulariser. Defaults to `1e-6`.
+        zero_output: bool. Start the output projection at zero. Defaults to
+            `False`.
+        kernel_initializer: initializer of the projections. Defaults to
+            `"glorot_uniform"`.
+        stateful: bool. Keep the memory in variables (static batch size).
+            Defaults to `True`.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`,
+            including `name`, `dtype` etc.
+
+    Call arguments:
+        inputs: tensor `(batch_size, L, e)`. The vectors to remember (kept
+            now, absorbed at the next call).
+        query: tensor `(batch_size, Lq, d)`, or `(batch_size, Lq, num_heads,
+            key_dim)` with `project_query=False`.
+        reset: optional bool tensor `(batch_size,)`: rows that start a new
+            document; their memory is emptied first.
+        state: optional dict from `get_initial_state()`; selects the
+            explicit-state path.
+
+    Returns:
+        Tensor `(batch_size, Lq, output_dim)`; with `state`, `(outputs,
+        new_state)`.
+
+    Examples:
+
+    ```python
+    import numpy as np
+    import keras_infformer
+
+    memory = keras_infformer.layers.ContinuousMemoryAttention(
+        num_heads=2, key_dim=8, num_basis=32, num_samples=32
+    )
+    for _ in range(5):  # A stream of segments of 16 vectors of width 16.
+        hidden = np.random.rand(2, 16, 16).astype("float32")
+        read = memory(hidden, query=hidden)  # Reads only earlier segments.
+    ```
+
+    References:
+     - [Martins et al., 2022](https://arxiv.org/abs/2109.00301)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim,
+        output_dim=None,
+        project_query=True,
+        num_basis=512,
+        basis_widths=(0.01, 0.05),
+        ridge_penalty=1.0,
+        tau=0.75,
+        num_samples=512,
+        sticky_memories=False,
+        sticky_mode="quantile",
+        num_bins=128,
+        sigma_0=0.05,
+        kl_weight=1e-6,
+        zero_output=False,
+        kernel_initializer="glorot_uniform",
+        stateful=True,
+        **kwargs,
+    ):
+        super().__init__(stateful=stateful, **kwargs)
+        self.num_heads = utils.check_positive_int(num_heads, "num_heads")
+        self.key_dim = utils.check_positive_int(key_dim, "key_dim")
+        self.output_dim = (
+            None if output_dim is None else utils.check_positive_int(output_dim, "output_dim")
+        )
+        self.project_query = bool(project_query)
+        ContinuousLTM.check_arguments(
+            num_basis, basis_widths, ridge_penalty, tau, num_samples
+        )
+        self.num_basis = int(num_basis)
+        self.basis_widths = tuple(float(w) for w in basis_widths)
+        self.ridge_penalty = float(ridge_penalty)
+        self.tau = float(tau)
+        self.num_samples = int(num_samples)
+        self.sticky_memories = bool(sticky_memories)
+        self.sticky_mode = sticky_mode
+        self.num_bins = utils.check_positive_int(num_bins, "num_bins")
+        self.sigma_0 = sigma_0
+        self.kl_weight = kl_weight
+        self.zero_output = bool(zero_output)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, inputs_shape, query_shape=None):
+        if len(inputs_shape) != 3 or inputs_shape[1] is None or inputs_shape[2] is None:
+            raise ValueError(
+                "`inputs` must have shape (batch_size, L, e) with static L "
+                f"and e. Received: inputs_shape={inputs_shape}"
+            )
+        if query_shape is None:
+            raise ValueError("ContinuousMemoryAttention needs `query=`.")
+        batch_size, length, width = inputs_shape
+        self.segment_length = int(length)
+        self.memory_dim = int(width)
+        self._ltm = ContinuousLTM(
+            num_basis=self.num_basis,
+            basis_widths=self.basis_widths,
+            ridge_penalty=self.ridge_penalty,
+            tau=self.tau,
+            num_samples=self.num_samples,
+            stateful=False,
+            dtype=self.dtype_policy,
+            name="long_term_memory",
+        )
+        self._ltm.build(inputs_shape)
+        if self.sticky_memories:
+            self._sampler = StickyMemorySampler(
+                num_samples=self.num_samples,
+                num_bins=self.num_bins,
+                mode=self.sticky_mode,
+                dtype=self.dtype_policy,
+                name="sticky_memory_sampler",
+            )
+        self._attention = GaussianAttention(
+            num_heads=self.num_heads,
+            key_dim=self.key_dim,
+            output_dim=self.output_dim,
+            basis_widths=self.basis_widths,
+            sigma_0=self.sigma_0,
+            kl_weight=self.kl_weight,
+            project_query=self.project_query,
+            kernel_initializer=utils.clone_initializer(self.kernel_initializer),
+            dtype=self.dtype_policy,
+            name="attention",
+        )
+        self._attention.build(
+            tuple(query_shape), (batch_size, self.num_basis, self.memory_dim)
+        )
+        if self.zero_output:
+            kernel = self._attention._output_dense.kernel
+            kernel.assign(ops.zeros(kernel.shape, kernel.dtype))
+        super().build(inputs_shape)
+
+    def state_spec(self, batch_size=None):
+        spec = {
+            memory.state_name("ltm", name): tensor
+            for name, tensor in self._ltm.state_spec(batch_size).items()
+        }
+        spec["pending"] = keras.KerasTensor(
+            (batch_size, self.segment_length, self.memory_dim), dtype="float32"
+        )
+        spec["pending_filled"] = keras.KerasTensor((batch_size,), dtype="float32")
+        if self.sticky_memories:
+            spec["density"] = keras.KerasTensor((batch_size, self.num_bins), dtype="float32")
+        return spec
+
+    def get_initial_state(self, batch_size):
+        state = super().get_initial_state(batch_size)
+        if self.sticky_memories:
+            state["density"] = self._sampler.uniform_histogram(batch_size)
+        return state
+
+    def validate_inputs(self, inputs, query=None):
+        utils.check_rank(inputs, 3, "inputs")
+        if query is None:
+            raise ValueError("ContinuousMemoryAttention needs `query=`.")
+        if inputs.shape[0] is not None and query.shape[0] is not None and (
+            inputs.shape[0] != query.shape[0]
+        ):
+            raise ValueError(
+                "`inputs` and `query` must have the same batch size. Received: "
+                f"inputs.shape={tuple(inputs.shape)}, query.shape={tuple(query.shape)}"
+            )
+        if self.built and tuple(inputs.shape[1:]) != (self.segment_length, self.memory_dim):
+            raise ValueError(
+                f"`inputs` of layer '{self.name}' must have shape (batch_size, "
+                f"{self.segment_length}, {self.memory_dim}). Received: "
+                f"inputs.shape={tuple(inputs.shape)}"
+            )
+        utils.check_finite(query, "query")
+
+    def call(self, inputs, query=None, reset=None, state=None, training=None):
+        # `query` named here (not in **kwargs) so Keras builds with its shape.
+        return super().call(
+            inputs, reset=reset, state=state, training=training, query=query
+        )
+
+    def compute_output_spec(
+        self, inputs, query=None, reset=None, state=None, training=None
+    ):
+        return super().compute_output_spec(
+            inputs, reset=reset, state=state, training=training, query=query
+        )
+
+    def read(self, state, query):
+        """The memory's answer to `query` for a (read-only) `state`.
+
+        Nothing is absorbed: `state` as it stands is read. Returns
+        `(outputs, mu, sigma_sq)`.
+        """
+        coefficients = ops.cast(state[memory.state_name("ltm", "coefficients")], "float32")
+        return self._attention(query, coefficients, return_density=True)
+
+    def absorb_pending(self, state):
+        """The state after absorbing the vectors kept by the last call."""
+        ltm_state = {
+            name: state[memory.state_name("ltm", name)]
+            for name in self._ltm.state_spec()
+        }
+        points = None
+        if self.sticky_memories:
+            points = self._sampler.sample(state["density"])
+        _, ltm_state = self._ltm.step(
+            state["pending"],
+            ltm_state,
+            sample_points=points,
+            absorb=state["pending_filled"] > 0.5,
+        )
+        state = dict(state)
+        for name, value in ltm_state.items():
+            state[memory.state_name("ltm", name)] = value
+        return state
+
+    def step(self, inputs, state, reset=None, query=None):
+        state = self.read_state(state, reset)
+        # 1. What the last call kept enters the memory now, not earlier:
+        #    this call's queries may read it, never their own segment.
+        state = self.absorb_pending(state)
+        # 2. Read.
+        outputs, mu, sigma_sq = self.read(state, query)
+        # 3. Keep this segment for the next call.
+        state["pending"] = ops.stop_gradient(ops.cast(inputs, "float32"))
+        state["pending_filled"] = ops.ones_like(state["pending_filled"])
+        if self.sticky_memories:
+            state["density"] = ops.stop_gradient(self._sampler.histogram(mu, sigma_sq))
+        return outputs, state
+
+    def compute_step_output_spec(self, inputs, query=None):
+        width = self.output_dim
+        if width is None:
+            width = query.shape[-1] if self.project_query else self.num_heads * self.key_dim
+        return keras.KerasTensor(
+            (query.shape[0], query.shape[1], width), dtype=self.compute_dtype
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "key_dim": self.key_dim,
+                "output_dim": self.output_dim,
+                "project_query": self.project_query,
+                "num_basis": self.num_basis,
+                "basis_widths": self.basis_widths,
+                "ridge_penalty": self.ridge_penalty,
+                "tau": self.tau,
+                "num_samples": self.num_samples,
+                "sticky_memories": self.sticky_memories,
+                "sticky_mode": self.sticky_mode,
+                "num_bins": self.num_bins,
+                "sigma_0": self.sigma_0,
+                "kl_weight": self.kl_weight,
+                "zero_output": self.zero_output,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+            }
+        )
+        return config
