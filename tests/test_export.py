@@ -238,6 +238,11 @@ def test_contract_values_are_checked():
     class NoSegment(RunningSumLM):
         segment_length = property(lambda self: 0, lambda self, value: None)
 
+    class Unbuilt(RunningSumLM):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.built = False
+
     def with_spec(spec):
         class Model(RunningSumLM):
             def state_spec(self, batch_size=None):
@@ -249,6 +254,8 @@ def test_contract_values_are_checked():
         export_lib._check_model(BadSignature())
     with pytest.raises(TypeError, match="`segment_length` an int >= 1"):
         export_lib._check_model(NoSegment())
+    with pytest.raises(ValueError, match="must be built"):
+        export_lib._check_model(Unbuilt())
     with pytest.raises(TypeError, match="must return a dict"):
         export_lib._check_model(with_spec([]))
     with pytest.raises(TypeError, match=r"\.shape.*\.dtype"):
@@ -672,6 +679,8 @@ def test_tensorflow_model_server_predict(exported, tmp_path):
             f"--rest_api_port={rest_port}",
             "--model_name=infformer",
             f"--model_base_path={os.path.abspath(exported['base'])}",
+            # The JAX export's step is XLA-compiled (jit_compile=True).
+            "--xla_cpu_compilation_enabled=true",
         ],
         stdout=log, stderr=subprocess.STDOUT,
     )
