@@ -11,7 +11,11 @@ and prints the latency of each segment.
 The same round trip through TensorFlow Serving:
 
     tensorflow_model_server --port=8500 --rest_api_port=8501 \\
-        --model_name=lm --model_base_path=$PWD/saved_models/lm
+        --model_name=lm --model_base_path=$PWD/saved_models/lm \\
+        --xla_cpu_compilation_enabled=true
+
+(the last flag lets a CPU server run an export made with `jit_compile=True`,
+the default from JAX.)
 
 REST (`POST http://localhost:8501/v1/models/lm:predict`), first the empty
 state for a batch of B streams:

@@ -1,9 +1,10 @@
-"""SavedModel export of an `InfiniteFormerLM` for TensorFlow Serving.
+"""SavedModel export of a streaming model for TensorFlow Serving.
 
-The served model is the LM's pure, explicit-state step: every request carries
-the memory of its own stream(s) and gets the new memory back, so the server
-holds no per-client state (TF Serving assumes pure functions; a memory kept in
-server-side variables would be shared by every request). Two signatures:
+The served model is the model's pure, explicit-state step: every request
+carries the memory of its own stream(s) and gets the new memory back, so the
+server holds no per-client state (TF Serving assumes pure functions; a memory
+kept in server-side variables would be shared by every request). Two
+signatures:
 
 - `serving_default`: `token_ids` int32 `(batch, segment_length)`, `reset`
   bool `(batch,)` and every piece of memory state by name (the model's
@@ -12,26 +13,50 @@ server-side variables would be shared by every request). Two signatures:
   names. Any batch size, whatever batch the training model was built with.
 - `initial_state`: `batch_size` int32 scalar -> the empty state.
 
-Backend-specific code lives only here: the TensorFlow backend traces
-`model.step` with `tf.function`; the JAX backend converts it with `jax2tf`
-(batch-polymorphic shapes). PyTorch models cannot be exported to a SavedModel.
+The served graph is always traced by TensorFlow from the model's own Keras
+code, so it holds plain TensorFlow ops (and, with `jit_compile=True`, one
+XLA-compiled function) whichever backend the model was trained with. Under
+the TensorFlow backend this happens in-process. Under JAX the model is saved
+as a `.keras` file and traced by a fresh Python process started with
+`KERAS_BACKEND=tensorflow` (Keras' own cross-backend path), so that no JAX
+lowering, StableHLO serialisation or JAX/TensorFlow version pairing is
+involved. PyTorch models cannot be exported directly (save them as `.keras`
+and export under TensorFlow or JAX).
 """
 
-import contextlib
+import importlib
+import inspect
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
+from collections.abc import Mapping
 
 import keras
 import numpy as np
 
-# Platforms a JAX export is lowered for, so that a model exported on a CPU
-# machine also serves on a GPU one.
-_JAX_PLATFORMS = ("cpu", "cuda")
+# Inputs and outputs of `serving_default` besides the state.
+_RESERVED_NAMES = ("token_ids", "reset", "logits")
+# TensorFlow's rule for op (and so SignatureDef tensor) names.
+_TF_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
+# Graph ops that would make a served step impure: they write variables
+# (shared by every request of a server) or draw from a stateful generator.
+_IMPURE_PREFIXES = (
+    "Assign", "ResourceScatter", "ResourceApply", "ResourceSparseApply",
+    "RngReadAndSkip", "RngSkip", "StatefulUniform", "StatefulStandardNormal",
+    "StatefulTruncatedNormal", "StatefulRandomBinomial",
+)
+_IMPURE_OPS = {
+    "RandomUniform", "RandomUniformInt", "RandomStandardNormal",
+    "TruncatedNormal", "ParameterizedTruncatedNormal", "Multinomial",
+    "RandomShuffle", "RandomGamma", "RandomPoisson", "RandomPoissonV2",
+}
 
 
-def export_for_serving(model, export_dir, version=None, verbose=False):
+def export_for_serving(model, export_dir, version=None, jit_compile=None, verbose=False):
     """Write `model` as a TF Serving SavedModel under `export_dir/<version>/`.
 
     The layout is the one `tensorflow_model_server --model_base_path=
@@ -39,13 +64,50 @@ def export_for_serving(model, export_dir, version=None, verbose=False):
     `saved_model.pb` and `variables/`. The version is written to a temporary
     folder first and renamed into place, so a server never sees half of it.
 
+    The model contract. `model` is a built Keras model (TensorFlow or JAX
+    backend; `keras_infformer.models.InfiniteFormerLM` follows it) with:
+
+    - `segment_length`: int >= 1. Tokens per request row (the static second
+      axis of `token_ids`).
+    - `vocabulary_size`: int >= 1. The last axis of the logits; token ids
+      must lie in `[0, vocabulary_size)`.
+    - `state_spec(batch_size=None)`: a dict `name -> spec` (anything with
+      `.shape` and `.dtype`, e.g. a `keras.KerasTensor`) of every piece of
+      memory state. Float32, batch first, batch axis `None` when
+      `batch_size` is `None`. The names become the served tensor names:
+      valid TensorFlow names, none of `token_ids`, `reset`, `logits`.
+    - `get_initial_state(batch_size)`: the empty state, a dict with the same
+      names of tensors `(batch_size, ...)`, every row equal (one row is
+      served, tiled per request).
+    - `step(token_ids, reset, state, training=False)`: the streaming step,
+      `token_ids` int32 `(batch, segment_length)`, `reset` bool `(batch,)`
+      (rows whose memory is emptied before this segment), `state` a dict as
+      above -> `(logits, new_state)`, logits `(batch, segment_length,
+      vocabulary_size)` and `new_state` with the same names and shapes. Any
+      batch size; pure: it reads the weights and its inputs only, and
+      assigns no variable and draws from no random generator (checked on the
+      traced graph).
+    - Under JAX, the model must also round-trip through `model.save()` /
+      `keras.saving.load_model()` (a registered class with `get_config()`),
+      in a process that imports the package (module) of its class.
+
+    `_check_model` checks the members above (a `TypeError` names what is
+    missing); purity is checked on the traced graph (a `ValueError` names the
+    ops).
+
     Args:
-        model: a built `keras_infformer.models.InfiniteFormerLM` (TensorFlow
-            or JAX backend).
+        model: a built Keras model that follows the contract above.
         export_dir: str or path-like. The model's base path.
         version: optional int >= 1. Defaults to one more than the highest
             version already in `export_dir` (`1` for an empty folder). An
             existing version is never overwritten.
+        jit_compile: optional bool. `True` serves the step as one
+            XLA-compiled function (compiled at the first request of each batch
+            size; faster per request, but a CPU `tensorflow_model_server`
+            needs `--xla_cpu_compilation_enabled=true`). `False` serves it as
+            plain TensorFlow ops, which every TensorFlow Serving runs.
+            Defaults to `None`: `True` when exporting from JAX, `False` from
+            TensorFlow (what each backend has always written).
         verbose: bool. Print the endpoints written. Defaults to `False`.
 
     Returns:
@@ -77,37 +139,36 @@ def export_for_serving(model, export_dir, version=None, verbose=False):
         raise NotImplementedError(
             "`export_for_serving()` can export from the TensorFlow and JAX "
             "backends only (the served graph is a TensorFlow SavedModel, "
-            "traced with tf.function or converted with jax2tf). Received: "
+            "traced with tf.function). Received: "
             f"backend={backend!r}. Save the model (`model.save('lm.keras')`), "
             "then load and export it in a process started with "
             "KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax."
         )
     _check_model(model)
+    if jit_compile is None:
+        jit_compile = backend == "jax"
+    elif not isinstance(jit_compile, bool):
+        raise ValueError(
+            "`jit_compile` must be True, False or None. Received: "
+            f"jit_compile={jit_compile!r}"
+        )
     version_dir = _version_dir(export_dir, version)
 
-    import tensorflow as tf
-
-    weights = _weights(model)
-    if backend == "tensorflow":
-        step, patches = _tensorflow_step(model), contextlib.nullcontext()
-    else:
-        step, patches = _jax_step(model, weights, tf), _stablehlo_for_tensorflow()
-    with patches:  # JAX only: jax2tf serialises while the graph is traced.
-        serving_default = _serving_function(model, step, tf)
-        initial_state = _initial_state_function(model, tf)
-
-    archive = keras.export.ExportArchive()
-    archive.add_endpoint("serving_default", serving_default)
-    archive.add_endpoint("initial_state", initial_state)
-
     parent = os.path.dirname(version_dir)
+    created = [] if os.path.isdir(parent) else [parent]
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
-        archive.write_out(staging, verbose=verbose)
+        if backend == "tensorflow":
+            _write_saved_model(model, staging, jit_compile, verbose)
+        else:
+            _write_saved_model_in_tensorflow_process(model, staging, jit_compile, verbose)
         os.rename(staging, version_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # Leave no empty base folder behind.
+            if not os.listdir(folder):
+                os.rmdir(folder)
         raise
     return version_dir
 
@@ -116,26 +177,90 @@ def export_for_serving(model, export_dir, version=None, verbose=False):
 
 
 def _check_model(model):
-    needed = ("step", "state_spec", "get_initial_state", "segment_length")
-    if not all(hasattr(model, name) for name in needed):
-        raise ValueError(
-            "`model` must be a keras_infformer InfiniteFormerLM (with "
-            "`step()`, `state_spec()` and `get_initial_state()`). Received: "
-            f"model={model!r} of type {type(model).__name__}"
+    """Check that `model` offers the members `export_for_serving` relies on.
+
+    Exactly the contract of `export_for_serving`'s docstring: a `TypeError`
+    names every missing or ill-typed member, a `ValueError` a bad value.
+    """
+    described = f"Received: model={model!r} of type {type(model).__name__}"
+    problems = []
+    if not isinstance(model, keras.layers.Layer):
+        problems.append("be a Keras Model or Layer (its weights are served as variables)")
+    for name in ("segment_length", "vocabulary_size"):
+        if not hasattr(model, name):
+            problems.append(f"have an int attribute `{name}`")
+            continue
+        value = getattr(model, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            problems.append(f"have `{name}` an int >= 1 (it is {value!r})")
+    signatures = {
+        "state_spec": "state_spec(batch_size=None)",
+        "get_initial_state": "get_initial_state(batch_size)",
+        "step": "step(token_ids, reset, state, training=False)",
+    }
+    calls = {
+        "state_spec": ((), {}),
+        "get_initial_state": ((1,), {}),
+        "step": ((None, None, {}), {"training": False}),
+    }
+    for name, signature in signatures.items():
+        method = getattr(model, name, None)
+        if not callable(method):
+            problems.append(f"have a method `{signature}`")
+            continue
+        args, kwargs = calls[name]
+        try:
+            bound = inspect.signature(method)
+        except (TypeError, ValueError):  # Uninspectable (a builtin): trust it.
+            continue
+        try:
+            bound.bind(*args, **kwargs)
+        except TypeError:
+            problems.append(f"have a method `{signature}` (it is `{name}{bound}`)")
+    if problems:
+        raise TypeError(
+            "`model` does not follow the contract of `export_for_serving()` "
+            "(see its docstring). It must:\n- " + "\n- ".join(problems) + f"\n{described}"
         )
-    for block in model.decoder_blocks:
+    if not model.built:
+        raise ValueError(
+            "`model` must be built before export (its weights must exist): call "
+            f"it once on a batch or call `model.build(...)`. {described}"
+        )
+
+    spec = model.state_spec()
+    if not isinstance(spec, Mapping):
+        raise TypeError(
+            "`model.state_spec()` must return a dict `name -> spec`. Received: "
+            f"{type(spec).__name__}. {described}"
+        )
+    for name, tensor in spec.items():
+        if not hasattr(tensor, "shape") or not hasattr(tensor, "dtype"):
+            raise TypeError(
+                f"`model.state_spec()['{name}']` must have `.shape` and "
+                f"`.dtype` (e.g. a keras.KerasTensor). Received: {tensor!r}"
+            )
+        shape = tuple(tensor.shape)
         if (
-            getattr(block, "use_long_term_memory", False)
-            and getattr(block, "sticky_memories", False)
-            and getattr(block, "sticky_mode", "quantile") == "random"
+            not isinstance(name, str)
+            or not _TF_NAME.fullmatch(name)
+            or name in _RESERVED_NAMES
         ):
             raise ValueError(
-                "A model with `sticky_mode='random'` cannot be served: its "
-                "step draws from a seed generator whose state is a variable, "
-                "so it is not a pure function (and TF Serving would share "
-                "that state between clients). Export a model built with "
-                "`sticky_mode='quantile'` and the same weights. Received: "
-                f"block '{block.name}' with sticky_mode='random'"
+                "The names of `model.state_spec()` become served tensor names: "
+                "they must be valid TensorFlow names other than "
+                f"{list(_RESERVED_NAMES)}. Received: {name!r}"
+            )
+        if not shape or shape[0] is not None or None in shape[1:]:
+            raise ValueError(
+                f"`model.state_spec()['{name}']` must be batch first with the "
+                "batch axis `None` and every other axis known. Received: "
+                f"shape={shape}"
+            )
+        if keras.backend.standardize_dtype(tensor.dtype) != "float32":
+            raise ValueError(
+                f"Served state is float32: `model.state_spec()['{name}']` must "
+                f"be float32. Received: dtype={tensor.dtype}"
             )
 
 
@@ -171,26 +296,6 @@ def _version_dir(export_dir, version):
     return path
 
 
-def _memory_variables(model):
-    """Ids of the variables that hold memory (never read by `step`)."""
-    ids = set()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        for variable in getattr(layer, "_state_variables", {}).values():
-            ids.add(id(variable))
-    return ids
-
-
-def _weights(model):
-    """The variables `step` reads: every variable but the memory's."""
-    memory = _memory_variables(model)
-    return [
-        v
-        for v in model.variables
-        # The flag marks memory variables made by keras_infformer.distribution.
-        if id(v) not in memory and not getattr(v, "_keras_infformer_memory", False)
-    ]
-
-
 # -- the served functions --------------------------------------------------------
 
 
@@ -201,8 +306,8 @@ def _state_signature(model, tf):
     }
 
 
-def _serving_function(model, step, tf):
-    """`serving_default` as a traced tf.function around a backend `step`."""
+def _serving_function(model, tf, jit_compile):
+    """`serving_default`: request checks around `model.step`, traced by TF."""
     segment_length = model.segment_length
     vocabulary_size = model.vocabulary_size
     state_signature = _state_signature(model, tf)
@@ -211,6 +316,14 @@ def _serving_function(model, step, tf):
         "reset": tf.TensorSpec((None,), tf.bool, name="reset"),
         **state_signature,
     }
+
+    def step(token_ids, reset, state):
+        return model.step(token_ids, reset, state, training=False)
+
+    if jit_compile:
+        # One XLA computation, compiled per batch size at its first request;
+        # the request checks stay outside it, as plain TensorFlow ops.
+        step = tf.function(step, jit_compile=True, autograph=False)
 
     def serving_default(inputs):
         inputs = dict(inputs)
@@ -246,6 +359,11 @@ def _serving_function(model, step, tf):
         with tf.control_dependencies(checks):
             token_ids = tf.identity(token_ids)
         logits, new_state = step(token_ids, reset, state)
+        missing = sorted(set(state_signature) - set(new_state))
+        if missing:
+            raise ValueError(
+                f"`model.step` must return the whole new state; missing: {missing}"
+            )
         outputs = {"logits": tf.cast(logits, tf.float32)}
         for name in state_signature:
             outputs[name] = tf.cast(new_state[name], tf.float32)
@@ -289,143 +407,139 @@ def _initial_state_function(model, tf):
     return function
 
 
-# -- backend steps ---------------------------------------------------------------
 
 
-def _tensorflow_step(model):
-    # TensorFlow only: `model.step` is traced as is; its weights are
-    # tf.Variables, captured (not copied) by the graph.
-    def step(token_ids, reset, state):
-        return model.step(token_ids, reset, state, training=False)
-
-    return step
-
-
-def _jax_step(model, weights, tf):
-    # JAX only: jax2tf converts a pure function of (weights, inputs) with a
-    # polymorphic batch `b`; the weights are fed from tf.Variables.
-    from jax.experimental import jax2tf
-
-    tf_weights = [
-        tf.Variable(
-            keras.ops.convert_to_numpy(v), trainable=v.trainable,
-            name=v.path.replace("/", "_"),
-        )
-        for v in weights
-    ]
-
-    def pure_step(values, token_ids, reset, state):
-        with keras.StatelessScope(state_mapping=list(zip(weights, values))):
-            return model.step(token_ids, reset, state, training=False)
-
-    def polymorphic(shape):
-        return "(" + ", ".join("b" if d is None else str(d) for d in shape) + ")"
-
-    state_shapes = {k: polymorphic(s.shape) for k, s in model.state_spec().items()}
-    converted = jax2tf.convert(
-        pure_step,
-        polymorphic_shapes=[
-            None,  # The weights: their static shapes.
-            polymorphic((None, model.segment_length)),
-            "(b,)",
-            state_shapes,
-        ],
-        with_gradient=False,
-        native_serialization_platforms=_JAX_PLATFORMS,
+def _check_pure(concrete_function, tf):
+    """Refuse a served step that writes variables or draws random numbers."""
+    graph_def = concrete_function.graph.as_graph_def()
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes.extend(function.node_def)
+    impure = sorted(
+        {
+            f"{node.name} ({node.op})"
+            for node in nodes
+            if node.op in _IMPURE_OPS or node.op.startswith(_IMPURE_PREFIXES)
+        }
     )
+    if impure:
+        shown = ", ".join(impure[:8]) + (f" and {len(impure) - 8} more" if len(impure) > 8 else "")
+        raise ValueError(
+            "`model.step` is not a pure function, so it cannot be served: its "
+            f"graph writes variables or draws from a stateful generator: {shown}. "
+            "TF Serving shares variables (and generator states) between all "
+            "requests; a served step must keep its state in its inputs and "
+            "outputs. A draw from a keras.random.SeedGenerator is such a "
+            "state, e.g. an InfiniteFormerLM built with sticky_mode='random': "
+            "export a model built with sticky_mode='quantile' and the same "
+            "weights."
+        )
 
-    def step(token_ids, reset, state):
-        return converted(list(tf_weights), token_ids, reset, state)
 
-    return step
+# -- writing ---------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _stablehlo_for_tensorflow():
-    """Serialise jax2tf's StableHLO in a version this TensorFlow can run.
+def _write_saved_model(model, path, jit_compile, verbose):
+    """TensorFlow backend: trace both endpoints and write them to `path`."""
+    import tensorflow as tf
 
-    JAX only, for a JAX newer than the installed TensorFlow: JAX writes
-    StableHLO four weeks old, which an older TensorFlow's `XlaCallModule`
-    may fail to read, so the module is written at TensorFlow's own StableHLO
-    version. That older reader also cannot refine the dynamic shapes inside
-    the `chlo.erf` composite (the sticky memories' normal CDF), so while
-    exporting `erf` is lowered to plain StableHLO arithmetic (Eigen's float32
-    rational approximation, within 5e-7 of XLA's). Nothing changes when the
-    versions agree; everything is restored on exit.
+    serving_default = _serving_function(model, tf, jit_compile)
+    _check_pure(serving_default.get_concrete_function(), tf)
+    initial_state = _initial_state_function(model, tf)
+
+    archive = keras.export.ExportArchive()
+    archive.add_endpoint("serving_default", serving_default)
+    archive.add_endpoint("initial_state", initial_state)
+    archive.write_out(path, verbose=verbose)
+
+
+# Exceptions of a TensorFlow export process raised again, as such, here.
+_FORWARDED_ERRORS = {e.__name__: e for e in (ValueError, TypeError, NotImplementedError)}
+
+
+def _write_saved_model_in_tensorflow_process(model, path, jit_compile, verbose):
+    """JAX backend: trace and write the SavedModel in a TensorFlow process.
+
+    The model goes over as a `.keras` file (config and weights; Keras files
+    are backend-independent) to a Python process started with
+    `KERAS_BACKEND=tensorflow`, which loads it and runs `_write_saved_model`
+    (`_main`). The child sees this process's `sys.path` and imports
+    the modules of the model's classes, so custom registered classes load too.
     """
-    try:
-        from jax import lax
-        from jax._src import xla_bridge
-        from jax._src.export import _export
-        from jax._src.interpreters import mlir as jax_mlir
-        from jax._src.lib import _jax
-        from jax._src.lib.mlir.dialects import hlo
-        from tensorflow.compiler.mlir.stablehlo import stablehlo as tf_stablehlo
-    except ImportError:  # Another JAX/TF layout: serialise as JAX does.
-        yield
-        return
-
-    def key(version):
-        return tuple(int(p) for p in str(version).split("."))
-
-    jax_version = hlo.get_version_from_compatibility_requirement(
-        hlo.StablehloCompatibilityRequirement.WEEK_4
-    )
-    tf_version = tf_stablehlo.get_current_version()
-    if key(tf_version) >= key(jax_version):
-        yield
-        return
-
-    def module_to_bytecode(module):
-        return _jax.mlir.serialize_portable_artifact(
-            module, tf_version, xla_bridge.get_backend().serialize_with_sdy
+    modules = {"keras_infformer"}
+    layers = getattr(model, "_flatten_layers", None)
+    for layer in layers(include_self=True, recursive=True) if layers else [model]:
+        module = type(layer).__module__
+        if module != "__main__" and module.split(".")[0] != "keras":
+            modules.add(module)
+    with tempfile.TemporaryDirectory(prefix=".export-model-") as scratch:
+        model_path = os.path.join(scratch, "model.keras")
+        result_path = os.path.join(scratch, "error.json")
+        model.save(model_path)
+        request = {
+            "model": model_path, "path": path, "jit_compile": jit_compile,
+            "verbose": verbose, "modules": sorted(modules), "error": result_path,
+        }
+        here = [os.path.abspath(p or os.curdir) for p in sys.path]
+        env = dict(os.environ)
+        env.update(
+            KERAS_BACKEND="tensorflow",
+            PYTHONPATH=os.pathsep.join(dict.fromkeys(here)),
+            # Tracing needs no accelerator; leave the GPUs to this process.
+            CUDA_VISIBLE_DEVICES="-1",
+            TF_CPP_MIN_LOG_LEVEL=env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", _CHILD, json.dumps(request)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        if verbose and result.stdout:
+            print(result.stdout, end="")
+        if result.returncode == 0:
+            return
+        if os.path.exists(result_path):
+            with open(result_path) as f:
+                error = json.load(f)
+            if error["type"] in _FORWARDED_ERRORS:
+                raise _FORWARDED_ERRORS[error["type"]](error["message"])
+        raise RuntimeError(
+            "Tracing the model under the TensorFlow backend (a fresh process, "
+            "KERAS_BACKEND=tensorflow, fed the model's .keras file) failed. Its "
+            "last output:\n" + result.stdout[-5000:]
         )
 
-    original_bytecode = _export._module_to_bytecode
-    original_erf = jax_mlir._lowerings.get(lax.erf_p)
-    platform_erf = {
-        p: rules.pop(lax.erf_p)
-        for p, rules in jax_mlir._platform_specific_lowerings.items()
-        if lax.erf_p in rules
-    }
-    _export._module_to_bytecode = module_to_bytecode
-    jax_mlir.register_lowering(
-        lax.erf_p, jax_mlir.lower_fun(_erf_float32, multiple_results=False)
-    )
+
+_CHILD = "import sys; from keras_infformer.export import _main; _main(sys.argv[1:])"
+
+
+def _main(argv):
+    """The TensorFlow side of `_write_saved_model_in_tensorflow_process`
+    (`argv[0]`: its request, as JSON)."""
+    request = json.loads(argv[0])
     try:
-        yield
-    finally:
-        _export._module_to_bytecode = original_bytecode
-        if original_erf is None:
-            jax_mlir._lowerings.pop(lax.erf_p, None)
-        else:
-            jax_mlir._lowerings[lax.erf_p] = original_erf
-        for p, rule in platform_erf.items():
-            jax_mlir._platform_specific_lowerings[p][lax.erf_p] = rule
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(
+                "keras_infformer.export as a script needs KERAS_BACKEND=tensorflow"
+            )
+        for module in request["modules"]:
+            importlib.import_module(module)
+        try:
+            model = keras.saving.load_model(request["model"], compile=False)
+        except Exception as error:
+            raise TypeError(
+                "Under JAX, export_for_serving traces the model in a "
+                "TensorFlow process, from its .keras file, and that process "
+                f"could not load it: {error}\nIt imported "
+                f"{request['modules']}; a class defined in a script's "
+                "__main__ cannot be found there: define it in a module and "
+                "register it (keras.saving.register_keras_serializable)."
+            ) from error
+        _check_model(model)
+        _write_saved_model(
+            model, request["path"], request["jit_compile"], request["verbose"]
+        )
+    except Exception as error:
+        with open(request["error"], "w") as f:
+            json.dump({"type": type(error).__name__, "message": str(error)}, f)
+        raise
 
-
-# Eigen's `generic_fast_erf_float` (odd numerator, even denominator in x).
-_ERF_ALPHA = (
-    -2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
-    -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
-    -1.60960333262415e-02,
-)
-_ERF_BETA = (
-    -1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
-    -7.37332916720468e-03, -1.42647390514189e-02,
-)
-
-
-def _erf_float32(x):
-    import jax.numpy as jnp
-
-    dtype = x.dtype
-    x = jnp.clip(x.astype(jnp.float32), -4.0, 4.0)
-    x2 = x * x
-    p = jnp.full_like(x, _ERF_ALPHA[0])
-    for a in _ERF_ALPHA[1:]:
-        p = p * x2 + a
-    q = jnp.full_like(x, _ERF_BETA[0])
-    for b in _ERF_BETA[1:]:
-        q = q * x2 + b
-    return (x * p / q).astype(dtype)

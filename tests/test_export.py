@@ -2,7 +2,8 @@
 
 One small LM is exported once per module (TensorFlow or JAX backend); every
 test then reads that export the way a server or client would. Under the
-PyTorch backend only `test_torch_backend_error_is_clear` runs.
+PyTorch backend only `test_torch_backend_error_is_clear` runs (and the
+contract checks, which export nothing).
 """
 
 import json
@@ -19,6 +20,7 @@ import urllib.request
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 import keras_infformer
 from keras_infformer import export as export_lib
@@ -47,6 +49,45 @@ def build_model(**overrides):
     return keras_infformer.models.InfiniteFormerLM(**config)
 
 
+@keras.saving.register_keras_serializable(package="keras_infformer_tests")
+class RunningSumLM(keras.Model):
+    """The smallest model that follows `export_for_serving`'s contract and
+    nothing more: its state is the running sum of the token embeddings."""
+
+    def __init__(self, vocabulary_size=13, segment_length=4, hidden_dim=6, **kwargs):
+        super().__init__(**kwargs)
+        self.vocabulary_size = vocabulary_size
+        self.segment_length = segment_length
+        self.hidden_dim = hidden_dim
+        self.embedding = keras.layers.Embedding(vocabulary_size, hidden_dim, name="embedding")
+        self.head = keras.layers.Dense(vocabulary_size, name="head")
+        self.embedding.build((None, segment_length))
+        self.head.build((None, segment_length, hidden_dim))
+        self.built = True
+
+    def state_spec(self, batch_size=None):
+        return {"total": keras.KerasTensor((batch_size, self.hidden_dim), "float32")}
+
+    def get_initial_state(self, batch_size):
+        return {"total": ops.zeros((batch_size, self.hidden_dim))}
+
+    def step(self, token_ids, reset, state, training=False):
+        total = ops.where(ops.expand_dims(reset, -1), 0.0, state["total"])
+        running = ops.expand_dims(total, 1) + ops.cumsum(self.embedding(token_ids), axis=1)
+        return self.head(running), {"total": running[:, -1]}
+
+    def call(self, token_ids):
+        batch = ops.shape(token_ids)[0]
+        reset = ops.ones((batch,), "bool")
+        return self.step(token_ids, reset, self.get_initial_state(batch))[0]
+
+    def get_config(self):
+        return {
+            "name": self.name, "vocabulary_size": self.vocabulary_size,
+            "segment_length": self.segment_length, "hidden_dim": self.hidden_dim,
+        }
+
+
 def tokens(rng, batch, count=1):
     return [rng.integers(0, VOCAB, (batch, SEGMENT)).astype("int32") for _ in range(count)]
 
@@ -71,7 +112,7 @@ def exported(tmp_path_factory):
         for s, r in zip(segments, resets)
     ]
     return dict(
-        base=str(base), path=path, segments=segments, resets=resets,
+        model=model, base=str(base), path=path, segments=segments, resets=resets,
         expected=expected, state_names=sorted(model.state_spec()),
         trainable_size=int(sum(np.prod(v.shape) for v in model.trainable_weights)),
     )
@@ -160,12 +201,118 @@ def test_existing_version_is_refused_before_any_work(exported):
 @needs_export
 def test_random_sticky_memories_are_refused(tmp_path):
     model = build_model(sticky_mode="random")
-    with pytest.raises(ValueError, match="sticky_mode='random'"):
+    # Refused by the generic purity check on the traced graph (under JAX,
+    # raised in the TensorFlow export process and raised again here).
+    with pytest.raises(ValueError, match="not a pure function") as info:
         keras_infformer.export_for_serving(model, tmp_path / "lm")
-    assert not (tmp_path / "lm" / "1").exists()
+    assert "sticky_mode='quantile'" in str(info.value)
+    assert "AssignVariableOp" in str(info.value)
+    assert not (tmp_path / "lm").exists()  # No staging or empty base left.
+
+
+# -- the model contract ------------------------------------------------------------
+
+
+def test_contract_names_what_is_missing():
+    with pytest.raises(TypeError) as info:
+        export_lib._check_model(keras.layers.Dense(2))
+    message = str(info.value)
+    for member in (
+        "`segment_length`", "`vocabulary_size`", "`state_spec(batch_size=None)`",
+        "`get_initial_state(batch_size)`",
+        "`step(token_ids, reset, state, training=False)`", "Dense",
+    ):
+        assert member in message, (member, message)
+    with pytest.raises(TypeError, match="Keras Model or Layer"):
+        export_lib._check_model(object())
+    # The LM and the smallest contract-only model pass.
+    export_lib._check_model(build_model())
+    export_lib._check_model(RunningSumLM())
+
+
+def test_contract_values_are_checked():
+    class BadSignature(RunningSumLM):
+        def step(self, token_ids, state):
+            return None
+
+    class NoSegment(RunningSumLM):
+        segment_length = property(lambda self: 0, lambda self, value: None)
+
+    class Unbuilt(RunningSumLM):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.built = False
+
+    def with_spec(spec):
+        class Model(RunningSumLM):
+            def state_spec(self, batch_size=None):
+                return spec
+
+        return Model()
+
+    with pytest.raises(TypeError, match=r"step\(token_ids, reset, state, training=False\)"):
+        export_lib._check_model(BadSignature())
+    with pytest.raises(TypeError, match="`segment_length` an int >= 1"):
+        export_lib._check_model(NoSegment())
+    with pytest.raises(ValueError, match="must be built"):
+        export_lib._check_model(Unbuilt())
+    with pytest.raises(TypeError, match="must return a dict"):
+        export_lib._check_model(with_spec([]))
+    with pytest.raises(TypeError, match=r"\.shape.*\.dtype"):
+        export_lib._check_model(with_spec({"total": 3}))
+    bad_values = {
+        "other than": {"logits": keras.KerasTensor((None, 6))},
+        "valid TensorFlow names": {"a b": keras.KerasTensor((None, 6))},
+        "batch axis `None`": {"total": keras.KerasTensor((2, 6))},
+        "every other axis known": {"total": keras.KerasTensor((None, None))},
+        "must be float32": {"total": keras.KerasTensor((None, 6), "float16")},
+    }
+    for match, spec in bad_values.items():
+        with pytest.raises(ValueError, match=match):
+            export_lib._check_model(with_spec(spec))
+
+
+@needs_export
+def test_export_refuses_a_model_outside_the_contract(tmp_path):
+    with pytest.raises(TypeError, match="contract of `export_for_serving"):
+        keras_infformer.export_for_serving(keras.layers.Dense(2), tmp_path / "lm")
+    assert not (tmp_path / "lm").exists()
+
+
+@needs_export
+def test_any_model_that_follows_the_contract(tmp_path):
+    """The docstring's contract is all the export needs (under JAX the model
+    class comes from this test module, imported by the TensorFlow process)."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(3)
+    model = RunningSumLM()
+    path = keras_infformer.export_for_serving(model, tmp_path / "sum")
+    served = tf.saved_model.load(path)
+
+    rng = np.random.default_rng(4)
+    segments = [rng.integers(0, 13, (3, 4)).astype("int32") for _ in range(3)]
+    resets = [np.full((3,), True), np.array([False, True, False]), np.full((3,), False)]
+    logits, served_state = run_stream(served, segments, resets)
+    state = model.get_initial_state(3)
+    for segment, reset, got in zip(segments, resets, logits):
+        want, state = model.step(segment, reset, state)
+        np.testing.assert_allclose(got, keras.ops.convert_to_numpy(want), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        np.asarray(served_state["total"]), keras.ops.convert_to_numpy(state["total"]),
+        rtol=0, atol=ATOL,
+    )
 
 
 # -- purity ----------------------------------------------------------------------
+
+
+def xla_compiled_functions(concrete_function):
+    """Names of the functions in a graph's library marked for XLA."""
+    library = concrete_function.graph.as_graph_def().library.function
+    return sorted(
+        f.signature.name for f in library if f.attr["_XlaMustCompile"].b
+    )
 
 
 def graph_op_types(concrete_function):
@@ -184,9 +331,14 @@ def test_served_functions_assign_no_variable(served, exported):
         assigns = sorted(t for t in types if "Assign" in t)
         assert not assigns, f"{name} assigns variables: {assigns}"
     types = graph_op_types(served.signatures["serving_default"])
-    # Not vacuous: the step's real computation is in the inspected graphs.
-    computes = {"XlaCallModule"} if BACKEND == "jax" else {"BatchMatMulV2", "Einsum"}
-    assert types & computes, sorted(types)
+    # Not vacuous: the step's real computation is in the inspected graphs,
+    # as TensorFlow ops whichever backend exported it (no StableHLO module
+    # whose version a TensorFlow must be able to read).
+    assert types & {"BatchMatMulV2", "Einsum"}, sorted(types)
+    assert "XlaCallModule" not in types
+    # The default `jit_compile`: one XLA function from JAX, plain ops from TF.
+    compiled = xla_compiled_functions(served.signatures["serving_default"])
+    assert bool(compiled) == (BACKEND == "jax"), compiled
     # The weights are read from variables (not folded into constants).
     assert "ReadVariableOp" in types
     variables = served.signatures["serving_default"].variables
@@ -258,6 +410,32 @@ def test_in_process_load_matches_keras(served, exported):
     logits, _ = run_stream(served, exported["segments"], exported["resets"])
     for got, want in zip(logits, exported["expected"]):
         np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
+
+
+@needs_export
+def test_other_jit_compile_mode_matches_keras(exported, tmp_path):
+    """The fixture exports with the default `jit_compile`; the other mode
+    serves the same numbers (at a batch size the model was not built with)."""
+    import tensorflow as tf
+
+    jit_compile = BACKEND != "jax"  # Not the default.
+    path = keras_infformer.export_for_serving(
+        exported["model"], tmp_path / "lm", jit_compile=jit_compile
+    )
+    served = tf.saved_model.load(path)
+    compiled = xla_compiled_functions(served.signatures["serving_default"])
+    assert bool(compiled) == jit_compile, compiled
+    logits, _ = run_stream(served, exported["segments"], exported["resets"])
+    for got, want in zip(logits, exported["expected"]):
+        np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
+    rng = np.random.default_rng(12)
+    stream = tokens(rng, 3, 2)
+    odd, _ = run_stream(served, stream)
+    default, _ = run_stream(tf.saved_model.load(exported["path"]), stream)
+    for got, want in zip(odd, default):
+        np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
+    with pytest.raises(ValueError, match="jit_compile"):
+        keras_infformer.export_for_serving(exported["model"], tmp_path / "x", jit_compile=1)
 
 
 @needs_export
@@ -501,6 +679,8 @@ def test_tensorflow_model_server_predict(exported, tmp_path):
             f"--rest_api_port={rest_port}",
             "--model_name=infformer",
             f"--model_base_path={os.path.abspath(exported['base'])}",
+            # The JAX export's step is XLA-compiled (jit_compile=True).
+            "--xla_cpu_compilation_enabled=true",
         ],
         stdout=log, stderr=subprocess.STDOUT,
     )
