@@ -219,6 +219,7 @@ class StickyMemorySampler(keras.layers.Layer):
             ops.where(histogram > 0.0, bin_ends / self.num_bins, 0.0),
             axis=-1,
             keepdims=True,
+            initial=0.0,  # A batch of 0 rows is valid too.
         )
         points = ops.where(nonempty, points, last_end)
         return ops.stop_gradient(ops.clip(points, 0.0, 1.0))
