@@ -437,3 +437,19 @@ def test_plain_keras_fit_with_worker_threads():
     long = _steps_dataset(num_steps=60, workers=2, max_queue_size=2)
     with pytest.raises(_order_errors(), match="shuffle=False"):
         model.fit(long, epochs=1, shuffle=True, verbose=0)
+
+
+def test_pickles_for_worker_processes():
+    """Worker processes started with "spawn" receive a pickled copy: the
+    order check's lock is rebuilt, with its own passes."""
+    import pickle
+
+    dataset = _steps_dataset()
+    dataset[0], dataset[1]
+    copy = pickle.loads(pickle.dumps(dataset))
+    copy[0], copy[1], copy[2]
+    with pytest.raises(ValueError, match="shuffle=False"):
+        copy[4]
+    np.testing.assert_array_equal(
+        copy.get_batch(5)[0]["token_ids"], dataset.get_batch(5)[0]["token_ids"]
+    )
