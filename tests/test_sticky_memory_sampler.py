@@ -177,3 +177,87 @@ def test_errors():
     bad[1, 2] = np.nan
     with pytest.raises(ValueError, match=r"mu.*finite.*nan"):
         sampler(bad, np.full((2, 3), 0.1, "float32"))
+
+
+@pytest.mark.parametrize("value", [0.0, -1e-3, -4.0])
+def test_non_positive_variance_is_a_clear_error(value):
+    """Defect 8 of issue 12: sigma_sq <= 0 gave NaN points, no error."""
+    sampler = StickyMemorySampler(num_samples=8)
+    mu = np.full((2, 3), 0.5, "float32")
+    sigma_sq = np.full((2, 3), 0.01, "float32")
+    sigma_sq[1, 2] = value
+    with pytest.raises(ValueError, match=r"sigma_sq.*positive.*" + repr(value)[:4]):
+        sampler(mu, sigma_sq)
+    with pytest.raises(ValueError, match=r"sigma_sq.*finite.*inf"):
+        sampler(mu, np.full((2, 3), np.inf, "float32"))
+
+
+def test_bad_densities_in_compiled_code_give_finite_points(to_numpy):
+    """Inside a compiled function nothing can be checked: a non-positive
+    variance is clamped at the floor (a point mass at `mu`), a density with
+    a non-finite `mu` or `sigma_sq` is left out of the histogram, and a row
+    left with no mass reads uniformly. Valid densities are untouched."""
+    import keras_infformer.layers.sticky_memory_sampler as module
+
+    sampler = StickyMemorySampler(num_samples=16, num_bins=16)
+    mu = np.array([[0.2, 0.8, np.nan], [0.3, 0.3, 0.3], [np.inf, 0.5, 0.5]],
+                  "float32")
+    sigma_sq = np.array([[-1.0, 0.0, 0.01], [np.nan, 1e-40, -0.0],
+                         [0.01, np.nan, np.inf]], "float32")
+    hist = to_numpy(sampler.histogram(mu, sigma_sq))
+    points = to_numpy(sampler.sample(hist))
+    assert np.isfinite(hist).all() and np.isfinite(points).all()
+    np.testing.assert_allclose(hist.sum(-1), 1.0, rtol=1e-5)
+    # Row 0: point masses at 0.2 and 0.8 (the NaN density is left out).
+    expected = np.zeros(16)
+    expected[[3, 12]] = 0.5
+    np.testing.assert_allclose(hist[0], expected, atol=1e-5)
+    # Row 2: nothing valid, a flat histogram: the uniform points m / M.
+    np.testing.assert_allclose(hist[2], np.full(16, 1 / 16), atol=1e-6)
+    np.testing.assert_allclose(points[2], np.arange(1, 17) / 16, atol=1e-5)
+    # Valid densities: exactly the reference values, floor and all.
+    good_mu, good_sigma_sq = _two_bump_density()
+    assert module._MIN_SIGMA_SQ < 1e-6  # below GaussianAttention's floor
+    np.testing.assert_allclose(
+        to_numpy(sampler.histogram(good_mu, good_sigma_sq)),
+        to_numpy(sampler.histogram(good_mu, np.maximum(good_sigma_sq, 1e-9))),
+        rtol=0, atol=0,
+    )
+
+
+@pytest.mark.parametrize(
+    "histogram",
+    [
+        [[0.0] * 8],  # no mass at all
+        [[np.nan] + [1.0] * 7],
+        [[np.inf] + [1.0] * 7],
+        [[-1.0, 2.0] + [0.0] * 6],
+        [[0.0] * 7 + [1.0]],  # zero-mass bins before the mass
+        [[1.0] + [0.0] * 7],  # ... and after it
+    ],
+)
+def test_sample_from_a_degenerate_histogram_is_finite(to_numpy, histogram):
+    sampler = StickyMemorySampler(num_samples=8, num_bins=8)
+    points = to_numpy(sampler.sample(np.array(histogram, "float32")))
+    assert np.isfinite(points).all(), points
+    assert np.all((points >= 0) & (points <= 1))
+    assert np.all(np.diff(points, axis=-1) >= 0)
+
+
+def test_sample_checks_the_histogram_shape():
+    sampler = StickyMemorySampler(num_samples=8, num_bins=8)
+    with pytest.raises(ValueError, match=r"histogram.*\(batch_size, 8\).*\(2, 5\)"):
+        sampler.sample(np.full((2, 5), 0.2, "float32"))
+    with pytest.raises(ValueError, match=r"mu.*rank.*\(\)"):
+        sampler(np.float32(0.5), np.float32(0.1))
+
+
+def test_densities_outside_the_unit_interval_are_accepted(to_numpy):
+    """`mu` outside [0, 1] is valid: only the mass inside [0, 1] counts;
+    a density with none there leaves the histogram flat."""
+    sampler = StickyMemorySampler(num_samples=4, num_bins=4)
+    mu = np.array([[-3.0], [1.05]], "float32")
+    sigma_sq = np.array([[1e-4], [0.01]], "float32")
+    points = to_numpy(sampler(mu, sigma_sq))
+    np.testing.assert_allclose(points[0], [0.25, 0.5, 0.75, 1.0], atol=1e-5)
+    assert points[1].min() > 0.75  # crowded at the right end

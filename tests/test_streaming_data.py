@@ -129,7 +129,8 @@ def test_batch_format_and_no_partial_batch():
         assert w.shape == (4, 10) and w.dtype == np.float32
     # Negative indices and the end of iteration.
     np.testing.assert_array_equal(
-        dataset[-1][0]["token_ids"], dataset[len(dataset) - 1][0]["token_ids"]
+        dataset.get_batch(-1)[0]["token_ids"],
+        dataset.get_batch(len(dataset) - 1)[0]["token_ids"],
     )
     with pytest.raises(IndexError):
         dataset[len(dataset)]
@@ -144,10 +145,10 @@ def test_greedy_packing_and_pad_id():
     # 3, 1 and 5 segments: the third document goes to the shorter row 1.
     assert dataset.stream_documents == [[0], [1, 2]]
     assert len(dataset) == 6
-    x, y, w = dataset[5]
+    x, y, w = dataset.get_batch(5)
     assert (x["token_ids"][0] == 7).all() and (w[0] == 0).all()
     assert not x["reset"][0]
-    x, y, w = dataset[1]
+    x, y, w = dataset.get_batch(1)
     np.testing.assert_array_equal(x["reset"], [False, True])
 
 
@@ -247,3 +248,208 @@ def test_fit_consumes_the_batches():
     )
     history = model.fit(dataset, epochs=1, shuffle=False, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+# -- issue 12: malformed documents, resets at step 0, reads in stream order ----
+
+
+@pytest.mark.parametrize(
+    "documents,index",
+    [
+        ([[1, 2, [3]]], 0),
+        ([[1, 2], [[3, 4], [5]]], 1),
+        ([np.arange(1, 5), [7, [8, 9]], [1]], 1),
+    ],
+)
+def test_ragged_documents_are_a_clear_error(documents, index):
+    """Defect 9: a ragged nested document gave a raw NumPy error."""
+    with pytest.raises(
+        ValueError, match=rf"`documents\[{index}\]` must be a flat 1-D.*nested"
+    ):
+        StreamingDataset(documents, batch_size=1, segment_length=4)
+
+
+@pytest.mark.parametrize(
+    "documents,match",
+    [
+        ([[1, 27.7]], r"documents\[0\].*float64.*27\.7"),
+        ([np.arange(1, 5), np.array([3.0, 4.0])], r"documents\[1\].*integral"),
+        ([[1, 2], [1.5, np.nan]], r"documents\[1\].*1\.5"),
+        ([[True, False]], r"documents\[0\].*bool"),
+        ({"a": [1, 2]}, "ordered sequence"),
+    ],
+)
+def test_non_integer_token_ids_are_rejected(documents, match):
+    """Float ids are never truncated: any float dtype is a TypeError, even
+    integral values (3.0), as the docstring says."""
+    with pytest.raises(TypeError, match=match):
+        StreamingDataset(documents, batch_size=1, segment_length=4)
+    with pytest.raises(TypeError, match="tokens"):
+        StreamingDataset.from_array(np.array([1.0, 27.7]), 1, 4)
+
+
+def test_every_row_resets_at_step_0_even_without_a_document():
+    """Defect 9: one document with batch_size=4 did not reset rows 1-3."""
+    dataset = StreamingDataset([np.arange(1, 10)], batch_size=4, segment_length=4)
+    tokens, targets, weights, resets = _collect(dataset)
+    np.testing.assert_array_equal(resets[:, 0], [True] * 4)
+    assert not resets[:, 1:].any()
+    # The empty rows are padding of weight 0.
+    assert (tokens[1:] == PAD).all() and (weights[1:] == 0).all()
+    two = StreamingDataset(
+        [np.arange(1, 30), np.arange(1, 3)], batch_size=3, segment_length=8
+    )
+    np.testing.assert_array_equal(two.get_batch(0)[0]["reset"], [True] * 3)
+
+
+def _steps_dataset(num_steps=6, batch_size=2, segment_length=4, **kwargs):
+    tokens = np.arange(1, num_steps * segment_length * batch_size + 1)
+    dataset = StreamingDataset.from_array(
+        tokens, batch_size, segment_length, **kwargs
+    )
+    assert len(dataset) == num_steps
+    return dataset
+
+
+def test_direct_reads_out_of_order_raise():
+    """Defect 10: the dataset itself notices reads out of stream order."""
+    dataset = _steps_dataset()
+    with pytest.raises(ValueError, match=r"step 3 .*shuffle=False"):
+        dataset[3]
+    dataset[0], dataset[1]
+    with pytest.raises(ValueError, match=r"step 3 .*passes.*at steps 1"):
+        dataset[3]
+    with pytest.raises(ValueError, match=r"step 1 .*shuffle=False"):
+        dataset[1]  # Twice the same step in one pass.
+    with pytest.raises(ValueError, match="shuffle=False"):
+        dataset[-1]
+    dataset[2], dataset[3]  # The pass goes on after the refused reads.
+    # Out of range and wrong types keep their own errors.
+    with pytest.raises(IndexError):
+        dataset[6]
+    with pytest.raises(TypeError):
+        dataset[1.0]
+    # Looking at any step: get_batch, or check_order=False.
+    np.testing.assert_array_equal(
+        dataset.get_batch(5)[0]["token_ids"],
+        _steps_dataset(check_order=False)[5][0]["token_ids"],
+    )
+    with pytest.raises(TypeError, match="check_order"):
+        _steps_dataset(check_order="no")
+
+
+def test_in_order_reading_patterns_are_accepted():
+    dataset = _steps_dataset()
+    # Keras' TF adapter peeks at steps 0 and 1 for the tensor spec, then
+    # reads the epoch from step 0; every epoch starts again at step 0.
+    for step in [0, 1] + list(range(6)) * 3:
+        dataset[step]
+    # A pass interleaved with others: training reads 0-2, evaluation of the
+    # same dataset reads everything, a predict reads 0-1, training goes on.
+    for step in [0, 1, 2, *range(6), 0, 1, 3, 4, 2, 5]:
+        dataset[step]
+    # steps_per_epoch shorter than the dataset: passes continue across
+    # epochs, with a whole validation pass in between.
+    fresh = _steps_dataset()
+    for step in [0, 1, *range(6), 2, 3, *range(6), 4, 5]:
+        fresh[step]
+    # Iteration is in order too.
+    assert sum(1 for _ in fresh) == 6
+
+
+def test_workers_tolerate_reordering_within_the_window():
+    """Worker threads may call __getitem__ slightly out of order; the
+    window is workers + max_queue_size."""
+    dataset = _steps_dataset(num_steps=40, workers=2, max_queue_size=2)
+    assert dataset._order_tolerance() == 4
+    for step in [1, 0, 3, 2, 4, 6, 5, 8, 7, 9] + list(range(10, 40)):
+        dataset[step]
+    with pytest.raises(ValueError, match=r"within 4 steps"):
+        dataset[20]
+
+
+def _tiny_stream_model(batch_size=2, segment_length=4, vocabulary=200):
+    import keras
+
+    token_ids = keras.Input(
+        (segment_length,), batch_size=batch_size, dtype="int32",
+        name="token_ids",
+    )
+    reset = keras.Input((), batch_size=batch_size, dtype="bool", name="reset")
+    hidden = keras.layers.Embedding(vocabulary, 4)(token_ids)
+    scale = keras.ops.cast(reset, "float32")[:, None, None]
+    logits = keras.layers.Dense(vocabulary)(hidden * (1.0 + 0.0 * scale))
+    model = keras.Model({"token_ids": token_ids, "reset": reset}, logits)
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def _order_errors():
+    """On TensorFlow the PyDataset is read inside tf.data, which re-raises
+    the ValueError as an OpError with the same message."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return (ValueError, tf.errors.OpError)
+    return ValueError
+
+
+def test_plain_keras_fit_with_shuffle_raises():
+    """Defect 10: plain keras.Model.fit shuffled a StreamingDataset silently."""
+    model = _tiny_stream_model()
+    dataset = _steps_dataset(num_steps=12)
+    with pytest.raises(_order_errors(), match="shuffle=False"):
+        model.fit(dataset, epochs=2, shuffle=True, verbose=0)
+    # Keras' default is shuffle=True for a PyDataset.
+    with pytest.raises(_order_errors(), match="shuffle=False"):
+        model.fit(_steps_dataset(num_steps=12), epochs=1, verbose=0)
+
+
+def test_plain_keras_fit_without_shuffle_trains():
+    model = _tiny_stream_model()
+    dataset = _steps_dataset(num_steps=6)
+    history = model.fit(
+        dataset, epochs=2, shuffle=False, validation_data=dataset, verbose=0
+    )
+    assert np.isfinite(history.history["loss"]).all()
+    assert np.isfinite(history.history["val_loss"]).all()
+    # Validation on the same dataset in the middle of its passes.
+    history = model.fit(
+        dataset, epochs=3, steps_per_epoch=2, shuffle=False,
+        validation_data=dataset, verbose=0,
+    )
+    assert len(history.history["val_loss"]) == 3
+    model.evaluate(dataset, verbose=0)
+    assert model.predict(dataset, verbose=0).shape == (12, 4, 200)
+
+
+def test_plain_keras_fit_with_worker_threads():
+    model = _tiny_stream_model()
+    threaded = _steps_dataset(num_steps=6, workers=2)
+    history = model.fit(threaded, epochs=2, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    # A shuffled read of a dataset well longer than the window still fails.
+    long = _steps_dataset(num_steps=60, workers=2, max_queue_size=2)
+    with pytest.raises(_order_errors(), match="shuffle=False"):
+        model.fit(long, epochs=1, shuffle=True, verbose=0)
+
+
+def test_pickles_for_worker_processes():
+    """Worker processes started with "spawn" receive a pickled copy: the
+    order check's lock is rebuilt, with its own passes."""
+    import pickle
+
+    dataset = _steps_dataset()
+    dataset[0], dataset[1]
+    copy = pickle.loads(pickle.dumps(dataset))
+    copy[0], copy[1], copy[2]
+    with pytest.raises(ValueError, match="shuffle=False"):
+        copy[4]
+    np.testing.assert_array_equal(
+        copy.get_batch(5)[0]["token_ids"], dataset.get_batch(5)[0]["token_ids"]
+    )

@@ -1,6 +1,9 @@
 """Stream segmentation: documents -> fixed-batch, row-continuous segments."""
 
+import collections.abc
 import heapq
+import os
+import threading
 
 import keras
 import numpy as np
@@ -8,6 +11,9 @@ import numpy as np
 from keras_infformer import distribution
 
 _INT32_MAX = np.iinfo(np.int32).max
+
+# The order check remembers this many passes (the most recently read).
+_MAX_PASSES = 8
 
 
 def _check_positive_int(name, value):
@@ -43,7 +49,16 @@ def _check_token_id(name, value):
 
 def _as_token_array(tokens, name):
     """Validates one token stream and returns it as a 1-D int32 array."""
-    array = np.asarray(tokens)
+    try:
+        array = np.asarray(tokens)
+    except (ValueError, TypeError) as error:
+        # A ragged nested list ([1, 2, [3]]): NumPy cannot make an array.
+        raise ValueError(
+            f"`{name}` must be a flat 1-D sequence of integer token ids. "
+            f"Received: {name} with nested or ragged entries "
+            f"({_short_repr(tokens)}), which NumPy cannot make into a 1-D "
+            f"array: {error}"
+        ) from None
     if array.ndim != 1:
         raise ValueError(
             f"`{name}` must be a 1-D array of token ids. Received: "
@@ -55,9 +70,19 @@ def _as_token_array(tokens, name):
             f"{name} (shape {array.shape})"
         )
     if array.dtype.kind not in "iu":
+        example = ""
+        if array.dtype.kind == "f":
+            fractional = array[np.isfinite(array) & (array != np.round(array))]
+            if fractional.size:
+                example = f" (e.g. the id {float(fractional[0])!r}, not an integer)"
+            else:
+                example = (
+                    " (float ids are rejected even when their values are "
+                    "integral: convert them with `.astype(int)` if intended)"
+                )
         raise TypeError(
             f"`{name}` must hold integer token ids. Received: {name} with "
-            f"dtype {array.dtype}"
+            f"dtype {array.dtype}{example}"
         )
     low, high = array.min(), array.max()
     if low < 0:
@@ -71,6 +96,11 @@ def _as_token_array(tokens, name):
             f"{name} with a token id of {high}"
         )
     return array.astype(np.int32, copy=False)
+
+
+def _short_repr(value, limit=60):
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class StreamingDataset(keras.utils.PyDataset):
@@ -104,16 +134,34 @@ class StreamingDataset(keras.utils.PyDataset):
     `inputs = {"token_ids": int32 (batch_size, segment_length),
     "reset": bool (batch_size,)}`, `targets` int32
     `(batch_size, segment_length)` and `sample_weight` float32
-    `(batch_size, segment_length)`. `reset[b]` is True exactly when the
-    segment of row `b` begins with the first token of a document (in
-    particular, every row resets at step 0).
+    `(batch_size, segment_length)`. `reset[b]` is True when the segment of
+    row `b` begins with the first token of a document, and at step 0 for
+    every row, including a row that holds no document (more rows than
+    documents): such a row is all padding of weight 0, and its memory is
+    cleared at step 0 like every other.
 
-    The order of the steps carries the memory, so the dataset must be read
-    in order: call `model.fit(dataset, shuffle=False)` (Keras' `fit`
-    shuffles the batch order of a `PyDataset` by default; `InfiniteFormerLM`
-    defaults to `shuffle=False` and refuses `True`) and do not wrap it in
-    anything that reorders or drops batches. With `workers > 1` Keras still
-    delivers the batches in order.
+    Reading in order. The order of the steps carries the memory, so the
+    dataset must be read in order: call `model.fit(dataset, shuffle=False)`
+    (Keras' `fit` shuffles the batch order of a `PyDataset` by default;
+    `InfiniteFormerLM` defaults to `shuffle=False` and refuses `True`) and
+    do not wrap it in anything that reorders or drops batches. With
+    `workers > 1` Keras still delivers the batches in order. The dataset
+    checks this itself, whatever model reads it (`check_order=True`):
+    indexing it (`dataset[i]`, as Keras does) must follow a pass, a run of
+    reads `0, 1, 2, ...`. Step 0 may always be read and starts a new pass
+    (a new epoch, `evaluate` or `predict`, Keras peeking at the first
+    batches); any other step must be the next step of a pass already
+    started. Several passes may be under way at once (a model evaluating
+    the same dataset during training, `steps_per_epoch` shorter than the
+    dataset), up to 8; the most recently read are remembered. Any other
+    read raises a ValueError that explains `shuffle=False`, so a shuffled
+    `fit` stops at its first out-of-order batch. When Keras reads through
+    worker threads or processes (`workers > 1`), whose reads may arrive
+    slightly out of order, a read is accepted within `workers +
+    max_queue_size` steps of a pass (and a pass may start at any step up to
+    that); shuffling is then still detected, except on a dataset not much
+    longer than that window. `dataset.get_batch(i)` reads any step without
+    the check (to look at the data); `check_order=False` turns it off.
 
     Several devices. Under `keras.distribution` (JAX) or a `tf.distribute`
     strategy each global batch is split on the batch axis into `num_shards`
@@ -126,7 +174,9 @@ class StreamingDataset(keras.utils.PyDataset):
     Args:
         documents: list of 1-D integer arrays (or lists). The token streams,
             of any positive length. Token ids must be non-negative and fit
-            in int32.
+            in int32, and of an integer dtype: floats are a TypeError, even
+            integral ones (3.0), as nothing is truncated silently; a nested
+            or ragged document is a ValueError naming its index.
         batch_size: int. The number of parallel streams (batch rows). Must
             match the fixed batch size of the stateful model.
         segment_length: int. The number of tokens per segment (per step).
@@ -135,6 +185,9 @@ class StreamingDataset(keras.utils.PyDataset):
             Defaults to that of the distribution active at construction
             (`keras_infformer.distribution.num_batch_shards()`; 1 without
             one).
+        check_order: bool. Whether indexing raises a ValueError on a read
+            out of stream order (see "Reading in order"). Defaults to
+            `True`.
         **kwargs: passed to `keras.utils.PyDataset` (`workers`,
             `use_multiprocessing`, `max_queue_size`). Defaults to a single
             worker in the main process.
@@ -148,6 +201,7 @@ class StreamingDataset(keras.utils.PyDataset):
         num_documents: int. The number of documents.
         stream_documents: list of `batch_size` lists. The indices (into
             `documents`) of the documents of each stream, in stream order.
+        check_order: bool. Whether reads out of stream order raise.
 
     Examples:
 
@@ -163,6 +217,8 @@ class StreamingDataset(keras.utils.PyDataset):
     len(dataset)  # 6
     dataset.stream_documents  # [[0], [1, 2]]: row 1 holds 1 + 5 segments,
     # row 0 holds 3 segments and 3 padding segments
+    dataset.get_batch(4)  # Any step, to look at it.
+    # dataset[4] here would raise: reads follow passes 0, 1, 2, ...
 
     # Memory models must see the steps in order.
     # model.fit(dataset, epochs=1, shuffle=False)
@@ -182,10 +238,20 @@ class StreamingDataset(keras.utils.PyDataset):
         segment_length,
         pad_id=0,
         num_shards=None,
+        check_order=True,
         **kwargs,
     ):
         stream_documents = kwargs.pop("_stream_documents", None)
         super().__init__(**kwargs)
+        if not isinstance(check_order, (bool, np.bool_)):
+            raise TypeError(
+                "`check_order` must be a bool. Received: "
+                f"check_order={check_order!r}"
+            )
+        self.check_order = bool(check_order)
+        self._order_lock = threading.Lock()
+        self._order_pid = os.getpid()
+        self._passes = []
         self.batch_size = _check_positive_int("batch_size", batch_size)
         if num_shards is not None:
             num_shards = _check_positive_int("num_shards", num_shards)
@@ -204,12 +270,18 @@ class StreamingDataset(keras.utils.PyDataset):
                 f"{documents.shape}. To split one long stream into "
                 "`batch_size` rows, use `StreamingDataset.from_array()`."
             )
-        if isinstance(documents, (str, bytes)) or not hasattr(
-            documents, "__len__"
+        if (
+            isinstance(
+                documents,
+                (str, bytes, collections.abc.Mapping, collections.abc.Set),
+            )
+            or not hasattr(documents, "__len__")
+            or (isinstance(documents, np.ndarray) and documents.ndim == 0)
         ):
             raise TypeError(
-                "`documents` must be a list of 1-D integer arrays. Received: "
-                f"documents of type {type(documents).__name__}"
+                "`documents` must be a list of 1-D integer arrays (an ordered "
+                "sequence). Received: documents of type "
+                f"{type(documents).__name__}"
             )
         if len(documents) == 0:
             raise ValueError(
@@ -241,6 +313,9 @@ class StreamingDataset(keras.utils.PyDataset):
         targets = np.full(shape, self.pad_id, dtype=np.int32)
         weights = np.zeros(shape, dtype=np.float32)
         resets = np.zeros((self.num_steps, self.batch_size), dtype=bool)
+        # Every row starts a stream at step 0, a row without documents too:
+        # whatever memory a stateful model held is cleared.
+        resets[0] = True
         for row, doc_ids in enumerate(self.stream_documents):
             position = 0
             for i in doc_ids:
@@ -314,13 +389,14 @@ class StreamingDataset(keras.utils.PyDataset):
     def __len__(self):
         return self.num_steps
 
-    def __getitem__(self, index):
+    def _check_index(self, index):
         if isinstance(index, (bool, np.bool_)) or not isinstance(
             index, (int, np.integer)
         ):
             raise TypeError(
                 f"Step index must be an integer. Received: {index!r}"
             )
+        index = int(index)
         if index < 0:
             index += self.num_steps
         if not 0 <= index < self.num_steps:
@@ -328,6 +404,81 @@ class StreamingDataset(keras.utils.PyDataset):
                 f"Step index out of range for a dataset of {self.num_steps} "
                 f"steps. Received: index={index}"
             )
+        return index
+
+    def _order_tolerance(self):
+        """How far a read may stray from a pass: 0 when one reader reads in
+        order (no workers, or a single worker process); else the number of
+        reads Keras' `OrderedEnqueuer` can have in flight."""
+        workers = self.workers or 0
+        if workers <= 1:
+            return 0
+        return workers + max(int(self.max_queue_size or 0), 0)
+
+    def _check_order(self, index):
+        tolerance = self._order_tolerance()
+        if os.getpid() != self._order_pid:
+            # A forked worker process: its own reads, its own passes (and
+            # never a lock held by a thread of the parent at the fork).
+            self._order_lock = threading.Lock()
+            self._order_pid = os.getpid()
+            self._passes = []
+        with self._order_lock:
+            passes = self._passes
+            best = None
+            for k, frontier in enumerate(passes):
+                low = frontier + 1 if tolerance == 0 else frontier - tolerance
+                if low <= index <= frontier + 1 + tolerance:
+                    if best is None or abs(index - frontier - 1) < abs(
+                        index - passes[best] - 1
+                    ):
+                        best = k
+            if best is not None:
+                frontier = max(passes.pop(best), index)
+            elif index <= tolerance:
+                frontier = index  # A new pass.
+            else:
+                raise ValueError(self._order_message(index, tolerance))
+            if not (tolerance == 0 and frontier == self.num_steps - 1):
+                passes.append(frontier)  # Most recent last.
+            del passes[:-_MAX_PASSES]
+
+    def _order_message(self, index, tolerance):
+        if self._passes:
+            where = "the passes under way are at steps " + ", ".join(
+                str(f) for f in sorted(self._passes)
+            )
+        else:
+            where = "no pass is under way"
+        if tolerance:
+            rule = (
+                f"within {tolerance} steps (workers + max_queue_size) of a "
+                "pass"
+            )
+        else:
+            rule = f"step {index - 1} just before it, in the same pass"
+        return (
+            "StreamingDataset read out of stream order: step "
+            f"{index} was requested, but {where}. Row b of step s + 1 "
+            "continues row b of step s (the memory of a stateful model "
+            "carries it), so the steps must be read in order: a pass starts "
+            f"at step 0 and step {index} needs {rule}. Keras' `fit` shuffles "
+            "the batches of a PyDataset unless told not to: call "
+            "`model.fit(dataset, shuffle=False)`, and do not reorder or "
+            "subsample the steps. To look at one step, use "
+            "`dataset.get_batch(index)`; to read in any order, pass "
+            "`check_order=False`."
+        )
+
+    def get_batch(self, index):
+        """Step `index` as `(inputs, targets, sample_weight)`, in any order.
+
+        Like `dataset[index]` but without the stream-order check (and not
+        counted in the passes it tracks): to look at the data.
+        """
+        return self._batch(self._check_index(index))
+
+    def _batch(self, index):
         inputs = {
             "token_ids": self._token_ids[index].copy(),
             "reset": self._reset[index].copy(),
@@ -337,3 +488,21 @@ class StreamingDataset(keras.utils.PyDataset):
             self._targets[index].copy(),
             self._sample_weight[index].copy(),
         )
+
+    def __getitem__(self, index):
+        index = self._check_index(index)
+        if self.check_order:
+            self._check_order(index)
+        return self._batch(index)
+
+    def __getstate__(self):
+        # Picklable for worker processes started with "spawn": a lock is not.
+        state = dict(self.__dict__)
+        state.pop("_order_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._order_lock = threading.Lock()
+        self._order_pid = os.getpid()
+        self._passes = []

@@ -6,6 +6,27 @@ from keras_infformer import utils
 
 _MODES = ("quantile", "random")
 
+# Variances are clamped at this floor inside `histogram()`: far below
+# GaussianAttention's own floor (1e-6 in float32), so valid densities are
+# untouched, and large enough that `(e_k - mu) / sigma` stays finite.
+_MIN_SIGMA_SQ = 1e-12
+
+
+def _check_positive(x, name):
+    """Raise a ValueError if a concrete `x` holds a value <= 0."""
+    value = utils.concrete_value(x)
+    if value is None:
+        return
+    value = value.astype(np.float64)
+    positive = value > 0
+    if not positive.all():
+        bad = value.reshape(-1)[np.argmin(positive.reshape(-1))]
+        raise ValueError(
+            f"`{name}` must hold only positive values (variances). Received "
+            f"{name} with {int((~positive).sum())} entries <= 0 (e.g. "
+            f"{name}={float(bad)!r}) of shape {tuple(value.shape)}."
+        )
+
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
 class StickyMemorySampler(keras.layers.Layer):
@@ -28,6 +49,20 @@ class StickyMemorySampler(keras.layers.Layer):
     more of the next memory's room. The layer has no state of its own: the
     decoder keeps the previous pass's histogram.
 
+    Bad densities. Calling the layer on concrete (eager) values checks them:
+    a NaN or infinite `mu` or `sigma_sq`, or a `sigma_sq <= 0`, raises a
+    ValueError that names the argument and shows a received value. `mu`
+    outside [0, 1] is valid: only the mass of `N(μ, σ²)` inside [0, 1]
+    counts (a density with no mass there leaves the histogram flat).
+    Inside compiled code (a traced `tf.function`, `jax.jit`) values cannot
+    be checked, so `histogram()` and `sample()` are made safe instead and
+    never return NaN: a variance below `1e-12` (zero or negative included)
+    is clamped to it (a point mass at `μ`); a density whose `mu` or
+    `sigma_sq` is not finite is left out of the histogram; in `sample()`,
+    non-finite or negative histogram entries count as 0 and a row without
+    any mass reads at the uniform points. Valid inputs give the same result
+    as without these guards.
+
     Args:
         num_samples: int. Number of points `M` to return.
         num_bins: int. Number of histogram bins `D`. Defaults to `128`.
@@ -38,8 +73,9 @@ class StickyMemorySampler(keras.layers.Layer):
 
     Call arguments:
         mu: tensor of shape `(batch_size, ...)` (e.g. `(batch_size, heads,
-            Lq)`), the means of the attention densities.
-        sigma_sq: tensor of the same shape, their variances.
+            Lq)`), the means of the attention densities. Finite.
+        sigma_sq: tensor of the same shape, their variances. Finite and
+            positive.
 
     Returns:
         float32 tensor of shape `(batch_size, num_samples)`, sorted points in
@@ -87,14 +123,31 @@ class StickyMemorySampler(keras.layers.Layer):
         return "float32"
 
     def histogram(self, mu, sigma_sq):
-        """Normalised attention mass per bin, shape `(batch_size, num_bins)`."""
+        """Normalised attention mass per bin, shape `(batch_size, num_bins)`.
+
+        Safe inside compiled code (see the class docstring): variances are
+        clamped at `1e-12`, densities with a non-finite `mu` or `sigma_sq`
+        are left out, and a row without mass gives the flat histogram.
+        """
         mu = ops.cast(mu, "float32")
-        sigma = ops.sqrt(ops.cast(sigma_sq, "float32"))
+        sigma_sq = ops.cast(sigma_sq, "float32")
         batch = ops.shape(mu)[0]
-        mu = ops.reshape(mu, (batch, -1, 1))
-        sigma = ops.reshape(sigma, (batch, -1, 1))
+        count = 1
+        for dim in mu.shape[1:]:
+            if dim is None:
+                count = -1
+                break
+            count *= int(dim)
+        mu = ops.reshape(mu, (batch, count, 1))
+        sigma_sq = ops.reshape(sigma_sq, (batch, count, 1))
+        valid = ops.logical_and(ops.isfinite(mu), ops.isfinite(sigma_sq))
+        mu = ops.where(valid, mu, 0.5)
+        sigma = ops.sqrt(
+            ops.where(valid, ops.maximum(sigma_sq, _MIN_SIGMA_SQ), 1.0)
+        )
         cdf = 0.5 * (1.0 + ops.erf((self.bin_edges - mu) / (sigma * np.sqrt(2.0))))
-        mass = ops.sum(cdf[..., 1:] - cdf[..., :-1], axis=1)
+        mass = ops.where(valid, cdf[..., 1:] - cdf[..., :-1], 0.0)
+        mass = ops.sum(mass, axis=1)
         # A small floor keeps every bin reachable and the division safe.
         mass = ops.maximum(mass, 0.0) + 1e-6 / self.num_bins
         return mass / ops.sum(mass, axis=-1, keepdims=True)
@@ -104,9 +157,32 @@ class StickyMemorySampler(keras.layers.Layer):
         return ops.full((batch_size, self.num_bins), 1.0 / self.num_bins)
 
     def sample(self, histogram):
-        """Sorted points `(batch_size, num_samples)` drawn from a histogram."""
+        """Sorted points `(batch_size, num_samples)` drawn from a histogram.
+
+        `histogram`: `(batch_size, num_bins)` non-negative weights (need not
+        sum to 1). Safe inside compiled code: non-finite or negative entries
+        count as 0, and a row without mass reads at the uniform points.
+        """
+        if not hasattr(histogram, "shape"):
+            histogram = ops.convert_to_tensor(histogram, "float32")
+        if len(histogram.shape) != 2 or (
+            histogram.shape[-1] is not None
+            and int(histogram.shape[-1]) != self.num_bins
+        ):
+            raise ValueError(
+                "`histogram` must have shape (batch_size, num_bins) = "
+                f"(batch_size, {self.num_bins}). Received: "
+                f"histogram.shape={tuple(histogram.shape)}"
+            )
         histogram = ops.cast(histogram, "float32")
-        histogram = histogram / ops.sum(histogram, axis=-1, keepdims=True)
+        usable = ops.logical_and(ops.isfinite(histogram), histogram > 0.0)
+        histogram = ops.where(usable, histogram, 0.0)
+        total = ops.sum(histogram, axis=-1, keepdims=True)
+        histogram = ops.where(
+            total > 0.0,
+            histogram / ops.where(total > 0.0, total, 1.0),
+            1.0 / self.num_bins,
+        )
         if self.mode == "quantile":
             levels = ops.broadcast_to(
                 self.quantile_levels, (ops.shape(histogram)[0], self.num_samples)
@@ -130,11 +206,30 @@ class StickyMemorySampler(keras.layers.Layer):
             ops.pad(cdf, ((0, 0), (1, 0)))[:, :-1], index, axis=-1
         )
         mass = ops.take_along_axis(histogram, index, axis=-1)
-        within = ops.clip((levels - cdf_below) / mass, 0.0, 1.0)
+        # A level lands in an empty bin only past the last bin with mass (a
+        # level at or above the total, after rounding): it reads the end of
+        # that last bin with mass, not 0 / 0.
+        nonempty = mass > 0.0
+        within = ops.clip(
+            (levels - cdf_below) / ops.where(nonempty, mass, 1.0), 0.0, 1.0
+        )
         points = (ops.cast(index, "float32") + within) / self.num_bins
+        bin_ends = ops.cast(ops.arange(1, self.num_bins + 1), "float32")
+        last_end = ops.max(
+            ops.where(histogram > 0.0, bin_ends / self.num_bins, 0.0),
+            axis=-1,
+            keepdims=True,
+            initial=0.0,  # A batch of 0 rows is valid too.
+        )
+        points = ops.where(nonempty, points, last_end)
         return ops.stop_gradient(ops.clip(points, 0.0, 1.0))
 
     def call(self, mu, sigma_sq):
+        if len(mu.shape) < 1:
+            raise ValueError(
+                "`mu` must have rank >= 1 (a batch axis first). Received: "
+                f"mu.shape={tuple(mu.shape)}"
+            )
         if tuple(mu.shape) != tuple(sigma_sq.shape):
             raise ValueError(
                 "`mu` and `sigma_sq` must have the same shape. Received: "
@@ -142,6 +237,7 @@ class StickyMemorySampler(keras.layers.Layer):
             )
         utils.check_finite(mu, "mu")
         utils.check_finite(sigma_sq, "sigma_sq")
+        _check_positive(sigma_sq, "sigma_sq")
         return self.sample(self.histogram(mu, sigma_sq))
 
     def compute_output_spec(self, mu, sigma_sq):

@@ -1,0 +1,116 @@
+"""keras_infformer.callbacks: TensorBoard density images with Keras' TensorBoard."""
+
+import glob
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import keras_infformer
+from keras_infformer.callbacks import AttentionDensityImages
+from keras_infformer.data import StreamingDataset
+
+VOCAB, SEGMENT, BATCH = 32, 8, 2
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    model = keras_infformer.InfiniteFormerLM(
+        vocabulary_size=VOCAB, segment_length=SEGMENT, batch_size=BATCH,
+        num_layers=1, hidden_dim=16, num_heads=2, intermediate_dim=32,
+        memory_length=SEGMENT, num_basis=16, num_samples=16, num_bins=16,
+        sticky_memories=True, dropout=0.0,
+    )
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def _dataset():
+    rng = np.random.default_rng(0)
+    # 3 steps per epoch: 3 is not a multiple of update_freq=50.
+    documents = [rng.integers(1, VOCAB, size=n) for n in (24, 20)]
+    return StreamingDataset(documents, batch_size=BATCH, segment_length=SEGMENT)
+
+
+def _segments(dataset, count=2):
+    steps = [dataset.get_batch(s)[0] for s in range(count)]
+    return {
+        "token_ids": np.stack([x["token_ids"] for x in steps]),
+        "reset": np.stack([x["reset"] for x in steps]),
+    }
+
+
+def _events(directory):
+    """{tag: sorted steps} of every summary under `directory`."""
+    import tensorflow as tf
+
+    found = {}
+    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append(event.step)
+    return {tag: sorted(steps) for tag, steps in found.items()}
+
+
+@pytest.mark.parametrize("density_first", [True, False], ids=["ours_first", "tb_first"])
+@pytest.mark.parametrize("update_freq", ["epoch", 50])
+def test_images_and_epoch_scalars_with_any_update_freq(
+    tmp_path, update_freq, density_first
+):
+    """Defect 11 of issue 12: with update_freq=50 the density images (and
+    Keras' epoch scalars) were silently dropped."""
+    dataset = _dataset()
+    log_dir = str(tmp_path)
+    tensorboard = keras.callbacks.TensorBoard(log_dir, update_freq=update_freq)
+    images = AttentionDensityImages(log_dir, _segments(dataset))
+    callbacks = [images, tensorboard] if density_first else [tensorboard, images]
+    model = _model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no warning needed here
+        warnings.filterwarnings("ignore", message=".*[Ii]nput.*")
+        model.fit(dataset, epochs=2, shuffle=False, callbacks=callbacks, verbose=0)
+
+    densities = _events(os.path.join(log_dir, "densities"))
+    for tag in ("layer_0/ltm_attention_density", "layer_0/sticky_histogram"):
+        assert densities.get(tag) == [0, 1], (tag, densities)
+    train = _events(os.path.join(log_dir, "train"))
+    assert train.get("epoch_loss") == [0, 1], train
+    assert train.get("epoch_learning_rate") == [0, 1], train
+    if update_freq == 50:
+        # Batch scalars still follow update_freq (6 batches, none at 50),
+        # but for the documented side effect: with AttentionDensityImages
+        # first, each epoch's last batch (3 and 6) is written too.
+        assert train.get("batch_loss", []) == ([3, 6] if density_first else [])
+    # Nothing is left switched on or off after training.
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(str(tmp_path / "after"))
+    with writer.as_default():
+        assert bool(tf.summary.should_record_summaries())
+
+
+def test_user_record_if_is_respected_but_images_are_written(tmp_path):
+    """Only Keras' TensorBoard condition is ever lifted; under another
+    `record_if(False)` the images are still written, with a warning that
+    epoch-end summaries are being dropped."""
+    import tensorflow as tf
+
+    dataset = _dataset()
+    images = AttentionDensityImages(str(tmp_path), _segments(dataset))
+    images.set_model(_model())
+    images.set_params({"steps": 3, "epochs": 1})
+    user_writer = tf.summary.create_file_writer(str(tmp_path / "user"))
+    condition = lambda: False  # noqa: E731
+    with user_writer.as_default(), tf.summary.record_if(condition):
+        images.on_train_batch_end(2)
+        assert not bool(tf.summary.should_record_summaries())
+        with pytest.warns(UserWarning, match=r"update_freq.*49109"):
+            images.on_epoch_end(0)
+        assert not bool(tf.summary.should_record_summaries())
+    densities = _events(str(tmp_path / "densities"))
+    assert densities.get("layer_0/ltm_attention_density") == [0]
