@@ -26,6 +26,8 @@ import tempfile
 import keras
 import numpy as np
 
+from keras_infformer import distribution
+
 # Platforms a JAX export is lowered for, so that a model exported on a CPU
 # machine also serves on a GPU one.
 _JAX_PLATFORMS = ("cpu", "cuda")
@@ -171,24 +173,9 @@ def _version_dir(export_dir, version):
     return path
 
 
-def _memory_variables(model):
-    """Ids of the variables that hold memory (never read by `step`)."""
-    ids = set()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        for variable in getattr(layer, "_state_variables", {}).values():
-            ids.add(id(variable))
-    return ids
-
-
 def _weights(model):
     """The variables `step` reads: every variable but the memory's."""
-    memory = _memory_variables(model)
-    return [
-        v
-        for v in model.variables
-        # The flag marks memory variables made by keras_infformer.distribution.
-        if id(v) not in memory and not getattr(v, "_keras_infformer_memory", False)
-    ]
+    return [v for v in model.variables if not distribution.is_memory_variable(v)]
 
 
 # -- the served functions --------------------------------------------------------
