@@ -184,7 +184,7 @@ class MemoryLayer(keras.layers.Layer):
       flagged in `reset`.
     - optionally `get_initial_state(batch_size)`, when the empty memory is
       not all zeros; `validate_inputs(inputs, **kwargs)` for checks of its
-      own; `compute_step_output_spec(inputs, **kwargs)` (else `step` is
+      own; `compute_step_output_spec(inputs, **kwargs)` (else `call` is
       traced symbolically); and a `build()` that sets its sizes and ends with
       `super().build(input_shape)`.
 
@@ -288,13 +288,8 @@ class MemoryLayer(keras.layers.Layer):
         """Checks of the subclass on `inputs` and its own step arguments."""
 
     def compute_step_output_spec(self, inputs, **kwargs):
-        """The spec of `step`'s outputs; by default `step` is traced."""
-        batch = _batch_dim(inputs)
-        return keras.backend.compute_output_spec(
-            lambda x, s: self.step(x, s, **kwargs)[0],
-            inputs,
-            self.state_spec(batch),
-        )
+        """The spec of `step`'s outputs, or `None` (default): trace `call`."""
+        return None
 
     # -- what the base provides --------------------------------------------------
 
@@ -448,6 +443,10 @@ class MemoryLayer(keras.layers.Layer):
     ):
         self._validate_call(inputs, reset, state, kwargs)
         outputs = self.compute_step_output_spec(inputs, **kwargs)
+        if outputs is None:  # Not declared: Keras traces `call` symbolically.
+            return super().compute_output_spec(
+                inputs, reset=reset, state=state, training=training, **kwargs
+            )
         if state is None:
             return outputs
         return outputs, self.state_spec(_batch_dim(inputs))
