@@ -246,8 +246,10 @@ class MemoryLayer(keras.layers.Layer):
             return total, {"total": total}
 
     layer = RunningSum()
-    layer(ops.ones((2, 3, 4)))
-    total = layer(ops.ones((2, 3, 4)), reset=[True, False])  # [[3.], [6.]]
+    layer(ops.ones((2, 3, 4)))  # Totals 3.
+    total = layer(ops.ones((2, 3, 4)), reset=[True, False])  # 3 and 6.
+    state = layer.get_initial_state(5)  # The explicit path, any batch:
+    total, state = layer(ops.ones((5, 3, 4)), state=state)
     ```
     """
 
@@ -316,6 +318,13 @@ class MemoryLayer(keras.layers.Layer):
             # its own rows only (see keras_infformer.distribution).
             self._memory_rows = distribution.per_replica_batch(self.batch_size, self)
             spec = self.state_spec(self._memory_rows)
+            for name, tensor in spec.items():
+                if keras.backend.standardize_dtype(tensor.dtype) != "float32":
+                    raise ValueError(
+                        f"Memory state is float32 (under mixed precision too). "
+                        f"Received: state_spec()['{name}'].dtype={tensor.dtype} "
+                        f"in layer '{self.name}'"
+                    )
             # The layout rules of keras_infformer.distribution find memory
             # variables by these names.
             distribution.register_memory_state(spec, self)

@@ -44,7 +44,9 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
     Memory lives in non-trainable variables when `stateful=True` (static
     batch size, like a stateful Keras RNN). Passing `state=` instead runs the
     explicit-state path, `(inputs, state) -> (outputs, new_state)`, which
-    touches no variable and accepts any batch size (used for serving).
+    touches no variable and accepts any batch size (used for serving). The
+    block is a `keras_infformer.MemoryLayer`; its LTM and compressed memory
+    are MemoryLayers too, used through their pure `step`.
 
     Args:
         intermediate_dim: int. Hidden size of the feed-forward network.
@@ -99,8 +101,9 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
 
     Call arguments:
         inputs: tensor of shape `(batch_size, L, hidden_dim)`.
-        reset: optional bool tensor of shape `(batch_size,)`: rows that start
-            a new document; their memory is emptied first.
+        reset: optional tensor of shape `(batch_size,)`, bools or 0/1: rows
+            that start a new document. Each memory of the block (STM, LTM,
+            compressed memory, sticky density) starts them from empty.
         state: optional dict from `get_initial_state()`; selects the
             explicit-state path.
         training: bool, for dropout.
@@ -108,8 +111,9 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
             sigma_sq)`, each `(batch_size, num_heads, L)` (for pictures).
 
     Returns:
-        Tensor `(batch_size, L, hidden_dim)`; with `state`, `(outputs,
-        new_state)`; with `return_density`, `(mu, sigma_sq)` follow.
+        Tensor `(batch_size, L, hidden_dim)`, or `(outputs, mu, sigma_sq)`
+        with `return_density`; with `state`, that and the new state:
+        `(outputs, new_state)`.
 
     Examples:
 
