@@ -292,8 +292,7 @@ class Runner:
             module.build((b, L, d))
 
             def step(inp, state, training):
-                out, new_state, _ = module.step(inp, state, training=training)
-                return out, new_state
+                return module.step(inp, state, training=training)
         else:
             from keras_infformer.models import InfiniteFormerLM
 

@@ -1,7 +1,8 @@
 """Stateful memory under Keras' own distribution engines.
 
-Every memory variable of the package (`InfiniteFormerDecoder`,
-`ContinuousLTM`, `CompressiveMemory`) holds one slice per batch row, so on
+Every memory variable (of a `keras_infformer.MemoryLayer`: the package's
+`InfiniteFormerDecoder`, `ContinuousLTM`, `CompressiveMemory`, or one of
+yours) holds one slice per batch row, so on
 several devices it must be split on the batch axis exactly like the data,
 with each device keeping only its rows. Nothing here moves data itself; the
 work is done by the engines Keras already has:

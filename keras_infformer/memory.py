@@ -158,6 +158,8 @@ def check_reset(reset, batch_size=None):
 def select_rows(rows, new, old):
     """`new` in the rows flagged by the bool vector `rows`, else `old`.
 
+    `new` may be a single row (e.g. the empty state), broadcast to all.
+
     A selection, never `flag * new + (1 - flag) * old`: a NaN or Inf in the
     row not taken must not leak into the result (`NaN * 0 = NaN`).
     """
@@ -281,9 +283,10 @@ class MemoryLayer(keras.layers.Layer):
 
     def get_initial_state(self, batch_size):
         """The empty memory for `batch_size` rows (explicit-state path)."""
+        # The spec without a batch size: `batch_size` may be a traced tensor.
         return {
             name: ops.zeros((batch_size,) + tuple(spec.shape[1:]), dtype="float32")
-            for name, spec in self.state_spec(batch_size).items()
+            for name, spec in self.state_spec().items()
         }
 
     def validate_inputs(self, inputs, **kwargs):
@@ -348,8 +351,8 @@ class MemoryLayer(keras.layers.Layer):
         if reset is None or not state:
             return state
         reset = ops.cast(reset, "bool")
-        first = next(iter(state.values()))
-        initial = self.get_initial_state(ops.shape(first)[0])
+        # One empty row, broadcast by the selection to every reset row.
+        initial = self.get_initial_state(1)
         return {k: select_rows(reset, initial[k], v) for k, v in state.items()}
 
     def reset_state(self):
