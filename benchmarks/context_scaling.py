@@ -98,6 +98,8 @@ def full_attention_classes():
     from keras import ops
 
     from keras_infformer.layers.infinite_former_decoder import _rotary_embedding_class
+    from keras_infformer.memory import flatten_state
+    from keras_infformer.memory import state_name
 
     class FullAttentionDecoder(keras.layers.Layer):
         """The ∞-former block without memories, attending over all the past.
@@ -213,19 +215,18 @@ def full_attention_classes():
             self.built = True
 
         def get_initial_state(self, batch, capacity=0):
-            state = {}
-            for i, block in enumerate(self.blocks):
-                for k, v in block.get_initial_state(batch, capacity).items():
-                    state[f"layer_{i}_{k}"] = v
-            return state
+            return flatten_state({
+                state_name("layer", i): block.get_initial_state(batch, capacity)
+                for i, block in enumerate(self.blocks)
+            })
 
         def _run(self, tokens, state, fn):
             x = self.embedding(tokens)
             new = {}
             for i, block in enumerate(self.blocks):
-                p = f"layer_{i}_"
-                x, c = fn(block, x, {"key": state[p + "key"], "value": state[p + "value"]})
-                new[p + "key"], new[p + "value"] = c["key"], c["value"]
+                names = {k: state_name("layer", i, k) for k in ("key", "value")}
+                x, c = fn(block, x, {k: state[n] for k, n in names.items()})
+                new.update({n: c[k] for k, n in names.items()})
             return self.embedding(self.final_norm(x), reverse=True), new
 
         def step(self, tokens, state):
@@ -291,8 +292,7 @@ class Runner:
             module.build((b, L, d))
 
             def step(inp, state, training):
-                out, new_state, _ = module.step(inp, state, training=training)
-                return out, new_state
+                return module.step(inp, state, training=training)
         else:
             from keras_infformer.models import InfiniteFormerLM
 
@@ -495,9 +495,11 @@ def full_cache(runner, total, stream_max):
         return _common.block(state), "streamed"
     rng = np.random.default_rng(total)
     state = {}
+    from keras_infformer.memory import state_name
+
     for i in range(cfg["lm_layers"]):
         for name in ("key", "value"):
-            state[f"layer_{i}_{name}"] = ops.convert_to_tensor(
+            state[state_name("layer", i, name)] = ops.convert_to_tensor(
                 rng.standard_normal((b, total, h, d // h)).astype("float32")
             )
     return state, "synthetic (random values; the cost depends on the shape only)"

@@ -6,9 +6,11 @@ from keras_infformer import distribution
 from keras_infformer import layers
 from keras_infformer import metrics
 from keras_infformer import models
+from keras_infformer.layers import CompressiveMemory
 from keras_infformer.layers import ContinuousLTM
 from keras_infformer.layers import GaussianAttention
 from keras_infformer.layers import InfiniteFormerDecoder
+from keras_infformer.layers import MemoryLayer
 from keras_infformer.layers import StickyMemorySampler
 from keras_infformer import callbacks
 from keras_infformer.export import export_for_serving

@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_infformer.memory import ResetMemory  # noqa: F401 (re-export)
+from keras_infformer.memory import state_name
 
 
 def attention_density_grid(mu, sigma_sq, num_points=128):
@@ -90,7 +91,7 @@ class AttentionDensityImages(keras.callbacks.Callback):
                 continue
             grid = attention_density_grid(*density, num_points=self.num_points)
             images[f"layer_{i}/ltm_attention_density"] = grid[:1, :, :, None]
-            sticky = state.get(f"layer_{i}_ltm_density")
+            sticky = state.get(state_name("layer", i, "ltm_density"))
             if sticky is not None:
                 hist = np.asarray(ops.convert_to_numpy(sticky))[:1]
                 hist = hist / np.maximum(hist.max(axis=-1, keepdims=True), 1e-12)

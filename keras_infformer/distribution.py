@@ -1,7 +1,8 @@
 """Stateful memory under Keras' own distribution engines.
 
-Every memory variable of the package (`InfiniteFormerDecoder`,
-`ContinuousLTM`, `CompressiveMemory`) holds one slice per batch row, so on
+Every memory variable (of a `keras_infformer.MemoryLayer`: the package's
+`InfiniteFormerDecoder`, `ContinuousLTM`, `CompressiveMemory`, or one of
+yours) holds one slice per batch row, so on
 several devices it must be split on the batch axis exactly like the data,
 with each device keeping only its rows. Nothing here moves data itself; the
 work is done by the engines Keras already has:
@@ -34,30 +35,59 @@ PyTorch has no multi-device engine in Keras 3: there the helpers reduce to
 the single-device behaviour.
 """
 
+import re
+
 import keras
 import numpy as np
 from keras import ops
 
-# Names of the memory variables of the package's stateful layers, by rank.
-# The layout rules match a variable path ending in one of them.
-MEMORY_VARIABLE_NAMES = {
-    3: ("stm", "cmem", "ltm_coefficients", "coefficients", "memory"),
-    2: ("stm_mask", "cmem_mask", "ltm_density", "mask"),
-    1: ("ltm_filled", "filled", "ltm_max_abs", "max_abs"),
-}
-
 _MEMORY_ATTRIBUTE = "_keras_infformer_memory"
+
+# The state names of every memory layer built so far, with their rank,
+# filled by `MemoryLayer.build` from the layer's own `state_spec()`: the
+# layout rules follow what the layers declare, and cannot drift from it.
+_MEMORY_STATE_RANKS = {}
+
+
+def register_memory_state(spec, layer=None):
+    """Record the names and ranks of a memory layer's state.
+
+    Called by `keras_infformer.memory.MemoryLayer.build` before it creates
+    its variables (named as the state), so that `layout_map()` rules, made
+    before or after, shard them on the batch axis. A name must keep one rank
+    across layers (layouts are found by path, and a layout has a rank).
+    """
+    for name, tensor in spec.items():
+        rank = len(tensor.shape)
+        known = _MEMORY_STATE_RANKS.setdefault(name, rank)
+        if known != rank:
+            owner = f" of layer '{layer.name}'" if layer is not None else ""
+            raise ValueError(
+                f"The memory state '{name}'{owner} has rank {rank}, but another "
+                f"memory layer declared '{name}' with rank {known}. Memory "
+                "variables are laid out by name, so one name needs one rank: "
+                "rename this state."
+            )
+
+
+def memory_state_ranks():
+    """`{name: rank}` of every memory state declared by a built layer."""
+    return dict(_MEMORY_STATE_RANKS)
 
 
 def memory_path_patterns():
     """`{rank: regex}` matching the paths of the memory variables.
 
     Each regex matches (`re.fullmatch`, as `LayoutMap` does) a path whose
-    last component is one of `MEMORY_VARIABLE_NAMES[rank]`.
+    last component is a state name of that rank declared by a memory layer
+    (`memory_state_ranks()`).
     """
+    by_rank = {}
+    for name, rank in sorted(_MEMORY_STATE_RANKS.items()):
+        by_rank.setdefault(rank, []).append(re.escape(name))
     return {
         rank: r"(?:.*/)?(?:" + "|".join(names) + r")"
-        for rank, names in MEMORY_VARIABLE_NAMES.items()
+        for rank, names in sorted(by_rank.items())
     }
 
 
@@ -161,8 +191,8 @@ def add_memory_variable(layer, shape, name, initializer="zeros", autocast=False)
     Args:
         layer: the `keras.layers.Layer` that owns the memory.
         shape: tuple. `(rows, ...)`.
-        name: str. The variable name (one of `MEMORY_VARIABLE_NAMES` for
-            `layout_map` to find it).
+        name: str. The variable name (a state name registered with
+            `register_memory_state`, for `layout_map` to find it).
         initializer: initializer. Defaults to `"zeros"`.
         autocast: bool. Defaults to `False`: memory is read in float32
             whatever the dtype policy.
@@ -323,9 +353,13 @@ def layout_map(mesh, base=None, batch_dim_name=None):
     user rule must not also match a memory variable (`LayoutMap` refuses a
     path that matches two rules).
 
-    Memory variables are found by path: a path ending in one of
-    `MEMORY_VARIABLE_NAMES` (e.g. `decoder_layer_0/stm`,
-    `continuous_ltm/coefficients`); no weight of the package ends so.
+    Memory variables are found by path: a path ending in a state name that
+    a memory layer declared (`memory_state_ranks()`, e.g.
+    `decoder_layer_0/stm`, `continuous_ltm/coefficients`); no weight of the
+    package ends so. The rules are looked up when a variable is created, so
+    they cover layers built after this call (the usual order: set the
+    distribution, then build the model); they are not listed when the map
+    is iterated.
 
     Args:
         mesh: `keras.distribution.DeviceMesh`.
@@ -352,16 +386,46 @@ def layout_map(mesh, base=None, batch_dim_name=None):
     ```
     """
     batch_dim_name = _default_batch_dim(mesh, batch_dim_name)
-    result = keras.distribution.LayoutMap(mesh)
+    result = _MemoryLayoutMap(mesh, batch_dim_name)
     if base is not None:
         for key in base:
             result[key] = base[key]
-    for rank, pattern in memory_path_patterns().items():
-        axes = (batch_dim_name,) + (None,) * (rank - 1)
-        # The mesh is given explicitly: a TensorLayout without one is only
-        # completed by a LayoutMap whose mesh is set, which `base` may lack.
-        result[pattern] = keras.distribution.TensorLayout(axes, mesh)
     return result
+
+
+class _MemoryLayoutMap(keras.distribution.LayoutMap):
+    """A `LayoutMap` whose memory rules follow the registered state names.
+
+    The user's rules are stored as usual; the memory rules are derived at
+    lookup time from `memory_path_patterns()`, which a layer fills when it
+    is built, just before its variables are created and looked up.
+    """
+
+    def __init__(self, device_mesh, batch_dim_name):
+        super().__init__(device_mesh)
+        self.batch_dim_name = batch_dim_name
+
+    def __getitem__(self, key):
+        user = super().__getitem__(key)
+        if key in self._layout_map:  # An exact user rule wins, as in LayoutMap.
+            return user
+        ranks = [
+            rank
+            for rank, pattern in memory_path_patterns().items()
+            if re.fullmatch(pattern, key)
+        ]
+        if not ranks:
+            return user
+        if user is not None or len(ranks) > 1:
+            raise ValueError(
+                f"Path '{key}' matches a memory rule of "
+                "keras_infformer.distribution.layout_map() and another rule. "
+                "A user rule must not match a memory variable."
+            )
+        axes = (self.batch_dim_name,) + (None,) * (ranks[0] - 1)
+        # The mesh is given explicitly: a TensorLayout without one is only
+        # completed by a LayoutMap whose mesh is set.
+        return keras.distribution.TensorLayout(axes, self.device_mesh)
 
 
 def data_parallel(devices=None, base=None, batch_dim_name="batch"):

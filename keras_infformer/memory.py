@@ -1,6 +1,488 @@
-"""Model-level memory helpers: reset every stateful layer, as a callback too."""
+"""Memory: the `MemoryLayer` base, state names, reset flags, resets by model.
+
+Every stateful layer of the package is a `MemoryLayer`: a pure step
+`(inputs, state) -> (outputs, new_state)` (the "cell") wrapped by a base that
+keeps the state in variables between calls (like Keras' stateful RNN around
+its cell). The base owns the plumbing; a subclass declares its state and its
+step. The state of a model is a flat dict of named tensors; nested states
+(blocks of a model, memories inside a block) are named with `state_name()`
+and converted with `flatten_state()` / `unflatten_state()`.
+"""
+
+import inspect
 
 import keras
+import numpy as np
+from keras import ops
+
+from keras_infformer import distribution
+from keras_infformer import utils
+
+# -- state names ----------------------------------------------------------------
+
+
+def state_name(*parts):
+    """The flat name of a piece of nested state: the parts joined by `_`.
+
+    Example: `state_name("layer", 0, "ltm", "coefficients")` is
+    `"layer_0_ltm_coefficients"`, the name under which `InfiniteFormerLM`
+    exposes (and serves) that tensor.
+    """
+    return "_".join(str(part) for part in parts)
+
+
+def flatten_state(nested):
+    """`{"layer_0": {"stm": x, "ltm": {"filled": y}}}` -> `{"layer_0_stm": x,
+    "layer_0_ltm_filled": y}` (names by `state_name`, order kept)."""
+    flat = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            for name, leaf in flatten_state(value).items():
+                flat[state_name(key, name)] = leaf
+        else:
+            flat[key] = value
+    return flat
+
+
+def unflatten_state(flat, structure, what="state"):
+    """The inverse of `flatten_state`, given the nested `structure`.
+
+    Flat names are ambiguous (parts may hold `_`), so the structure (e.g. a
+    nested `state_spec`) says where each name belongs. Raises a ValueError
+    naming every missing and unknown key.
+    """
+    check_state_keys(flat, flatten_state(structure), what)
+
+    def build(node, prefix):
+        out = {}
+        for key, value in node.items():
+            name = key if prefix is None else state_name(prefix, key)
+            out[key] = build(value, name) if isinstance(value, dict) else flat[name]
+        return out
+
+    return build(structure, None)
+
+
+def check_state_keys(state, spec, what="state"):
+    """Raise a ValueError unless `state` is a dict with exactly `spec`'s keys."""
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"`{what}` must be a dict with keys {list(spec)}. Received: "
+            f"{what}={state!r}"
+        )
+    missing = [k for k in spec if k not in state]
+    unknown = sorted(k for k in state if k not in spec)
+    if missing or unknown:
+        raise ValueError(
+            f"`{what}` must hold exactly the keys {list(spec)}. Missing: "
+            f"{missing}; unknown: {unknown}."
+        )
+
+
+def check_state(state, spec, what="state", reset=None):
+    """Validate a state dict against a spec before it is used or written.
+
+    Checks the keys (naming the missing and unknown ones), every shape
+    against the spec (`None` dims are free), and, when the values are
+    concrete, that they are finite, except in the rows flagged in `reset`
+    (those are replaced by the empty state, whatever they hold).
+    """
+    check_state_keys(state, spec, what)
+    keep = None
+    if reset is not None:
+        flags = utils.concrete_value(reset)
+        keep = None if flags is None else ~flags.astype(bool)
+    for name, expected in spec.items():
+        value = state[name]
+        if not hasattr(value, "shape"):
+            value = np.asarray(value)
+        got = tuple(value.shape)
+        want = tuple(expected.shape)
+        if len(got) != len(want) or any(
+            w is not None and g is not None and w != g
+            for w, g in zip(want, got)
+        ):
+            raise ValueError(
+                f"`{what}['{name}']` must have shape {want}. Received: "
+                f"{what}['{name}'].shape={got}"
+            )
+        concrete = utils.concrete_value(value)
+        if concrete is None or concrete.dtype.kind not in "fc":
+            continue
+        rows = concrete if keep is None or len(keep) != len(concrete) else concrete[keep]
+        utils.check_finite(rows, f"{what}['{name}']")
+
+
+# -- reset flags -----------------------------------------------------------------
+
+
+def check_reset(reset, batch_size=None):
+    """Validate the per-row reset flags; returns them (not yet cast).
+
+    One rule on every path: bool, or 0/1 integers or floats, shape
+    `(batch_size,)`. Any other value (e.g. 2 or 0.5) is a ValueError when the
+    flags are concrete; traced flags are checked for shape and dtype only.
+    """
+    if reset is None:
+        return None
+    if not hasattr(reset, "shape"):
+        reset = np.asarray(reset)
+    shape = tuple(reset.shape)
+    if len(shape) != 1 or (
+        batch_size is not None and shape[0] is not None and shape[0] != batch_size
+    ):
+        raise ValueError(
+            f"`reset` must have shape ({batch_size},), one flag per row. "
+            f"Received: reset.shape={shape}"
+        )
+    dtype = keras.backend.standardize_dtype(reset.dtype)
+    if dtype == "bool":
+        return reset
+    if not ("int" in dtype or "float" in dtype):
+        raise ValueError(
+            "`reset` must hold booleans (or 0/1 numbers). Received: "
+            f"reset.dtype={dtype}"
+        )
+    flags = utils.concrete_value(reset)
+    if flags is not None:
+        bad = ~np.isin(flags, (0, 1))
+        if bad.any():
+            raise ValueError(
+                "`reset` must hold booleans or the numbers 0 and 1 (1 = the "
+                f"row starts a new document). Received: reset={flags.tolist()} "
+                f"(e.g. {flags[bad][0]!r})"
+            )
+    return reset
+
+
+def select_rows(rows, new, old):
+    """`new` in the rows flagged by the bool vector `rows`, else `old`.
+
+    `new` may be a single row (e.g. the empty state), broadcast to all.
+
+    A selection, never `flag * new + (1 - flag) * old`: a NaN or Inf in the
+    row not taken must not leak into the result (`NaN * 0 = NaN`).
+    """
+    rows = ops.reshape(rows, (-1,) + (1,) * (len(old.shape) - 1))
+    return ops.where(rows, new, old)
+
+
+# -- the base layer ----------------------------------------------------------------
+
+
+class MemoryLayer(keras.layers.Layer):
+    """Base class of layers that carry a memory from call to call.
+
+    A subclass declares its memory and one pure step; the base does the
+    rest, as Keras' stateful RNN does around its cell:
+
+    - `state_spec(batch_size=None)`: dict `name -> keras.KerasTensor` of the
+      shapes of the state (float32). Called after the subclass's `build()`
+      has set its sizes.
+    - `step(inputs, state, reset=None, **kwargs) -> (outputs, new_state)`:
+      the pure update. `outputs` may be any structure (a tensor, a tuple);
+      no variable may be read for memory or assigned. Start it with
+      `state = self.read_state(state, reset)`, which also empties the rows
+      flagged in `reset`.
+    - optionally `get_initial_state(batch_size)`, when the empty memory is
+      not all zeros; `validate_inputs(inputs, **kwargs)` for checks of its
+      own; `compute_step_output_spec(inputs, **kwargs)` (else `call` is
+      traced symbolically); and a `build()` that sets its sizes and ends with
+      `super().build(input_shape)`.
+
+    The base then provides: the float32 non-trainable memory variables
+    (created in `build` when `stateful=True`, per row, per replica under
+    `tf.distribute`, batch-sharded under `keras_infformer.distribution`);
+    `call(inputs, reset=None, state=None, training=None, **kwargs)`, which
+    validates everything before touching memory, then either runs the
+    explicit-state path (`state=` given: returns `(outputs, new_state)`, no
+    variable touched, any batch size) or reads the variables (a copy, so
+    PyTorch's autograd sees no in-place change), steps, and assigns the new
+    state (returns `outputs`); `reset_state()`, `get_state()`,
+    `set_state()` (all-or-nothing); and saving of every row of memory.
+    Memory stays float32 on every path under mixed precision: the layer's
+    call arguments are not autocast (`input_dtype` is float32), so a step
+    casts what it computes in the compute dtype itself.
+
+    Reset rows: a row flagged in `reset` behaves exactly as an empty memory,
+    whatever it held (even NaN), because its state is *selected* from
+    `get_initial_state()`. Flags are bools or 0/1 numbers, anything else is
+    refused when concrete.
+
+    Each memory variable is also an attribute of the layer under its state
+    name (e.g. `layer.coefficients`) when that name is free.
+
+    Args:
+        stateful: bool. Keep the memory in variables (static batch size).
+            Defaults to `True`.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`,
+            including `name`, `dtype` etc.
+
+    Call arguments:
+        inputs: the step's inputs (a tensor whose first axis is the batch).
+        reset: optional tensor `(batch_size,)` of bools (or 0/1): rows that
+            start a new document, emptied before the step.
+        state: optional dict of tensors as from `get_initial_state()`;
+            selects the explicit-state path.
+        training: bool, passed on to `step` when it takes it.
+        **kwargs: other arguments of the subclass's `step`.
+
+    Examples:
+
+    ```python
+    import keras
+    from keras import ops
+    from keras_infformer.memory import MemoryLayer
+
+    class RunningSum(MemoryLayer):
+        def build(self, input_shape):
+            self.units = input_shape[-1]
+            super().build(input_shape)
+
+        def state_spec(self, batch_size=None):
+            return {"total": keras.KerasTensor((batch_size, self.units))}
+
+        def step(self, inputs, state, reset=None):
+            state = self.read_state(state, reset)
+            total = state["total"] + ops.sum(inputs, axis=1)
+            return total, {"total": total}
+
+    layer = RunningSum()
+    layer(ops.ones((2, 3, 4)))  # Totals 3.
+    total = layer(ops.ones((2, 3, 4)), reset=[True, False])  # 3 and 6.
+    state = layer.get_initial_state(5)  # The explicit path, any batch:
+    total, state = layer(ops.ones((5, 3, 4)), state=state)
+    ```
+    """
+
+    def __init__(self, stateful=True, **kwargs):
+        super().__init__(**kwargs)
+        self.stateful = bool(stateful)
+        self.batch_size = None
+        # Rows of memory held here: the batch size, or its per-replica part
+        # under a tf.distribute strategy.
+        self._memory_rows = None
+        self._state_variables = {}
+        self._step_takes_training = "training" in inspect.signature(
+            self.step
+        ).parameters
+
+    # -- what a subclass declares ---------------------------------------------
+
+    def state_spec(self, batch_size=None):
+        """Names, shapes and dtypes (float32) of the memory state."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `state_spec(batch_size)`."
+        )
+
+    def step(self, inputs, state, reset=None, **kwargs):
+        """The pure step: `(inputs, state) -> (outputs, new_state)`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `step(inputs, state, reset)`."
+        )
+
+    def get_initial_state(self, batch_size):
+        """The empty memory for `batch_size` rows (explicit-state path)."""
+        # The spec without a batch size: `batch_size` may be a traced tensor.
+        return {
+            name: ops.zeros((batch_size,) + tuple(spec.shape[1:]), dtype="float32")
+            for name, spec in self.state_spec().items()
+        }
+
+    def validate_inputs(self, inputs, **kwargs):
+        """Checks of the subclass on `inputs` and its own step arguments."""
+
+    def compute_step_output_spec(self, inputs, **kwargs):
+        """The spec of `step`'s outputs, or `None` (default): trace `call`."""
+        return None
+
+    # -- what the base provides --------------------------------------------------
+
+    @property
+    def input_dtype(self):
+        # No call argument is autocast: the explicit `state` must stay
+        # float32 under mixed precision. A step casts to the compute dtype
+        # what it computes in.
+        return "float32"
+
+    def build(self, input_shape):
+        """Create the memory variables (subclasses call it last)."""
+        if self.stateful:
+            batch_size = input_shape[0] if input_shape else None
+            if batch_size is None:
+                raise ValueError(
+                    f"A stateful {type(self).__name__} needs a static batch "
+                    "size. Pass `batch_size=` to `keras.Input` (or build with "
+                    "a concrete batch), or use `stateful=False` with `state=`. "
+                    f"Received: input_shape={input_shape}"
+                )
+            self.batch_size = int(batch_size)
+            # Under a tf.distribute strategy each replica keeps the memory of
+            # its own rows only (see keras_infformer.distribution).
+            self._memory_rows = distribution.per_replica_batch(self.batch_size, self)
+            spec = self.state_spec(self._memory_rows)
+            for name, tensor in spec.items():
+                if keras.backend.standardize_dtype(tensor.dtype) != "float32":
+                    raise ValueError(
+                        f"Memory state is float32 (under mixed precision too). "
+                        f"Received: state_spec()['{name}'].dtype={tensor.dtype} "
+                        f"in layer '{self.name}'"
+                    )
+            # The layout rules of keras_infformer.distribution find memory
+            # variables by these names.
+            distribution.register_memory_state(spec, self)
+            for name, tensor in spec.items():
+                variable = distribution.add_memory_variable(self, tensor.shape, name)
+                self._state_variables[name] = variable
+                if name not in self.__dict__ and not hasattr(type(self), name):
+                    setattr(self, name, variable)
+            self.reset_state()
+        self.built = True
+
+    def read_state(self, state, reset=None):
+        """`state` (all or some keys) ready for a step.
+
+        Float32 and without gradient (nothing flows into the stored past),
+        with the rows flagged in `reset` replaced by the empty state.
+        """
+        state = {
+            k: ops.stop_gradient(ops.cast(v, "float32")) for k, v in state.items()
+        }
+        if reset is None or not state:
+            return state
+        reset = ops.cast(reset, "bool")
+        # One empty row, broadcast by the selection to every reset row.
+        initial = self.get_initial_state(1)
+        return {k: select_rows(reset, initial[k], v) for k, v in state.items()}
+
+    def reset_state(self):
+        """Empty the stored memory of every row."""
+        if not self._state_variables:
+            return
+        for name, value in self.get_initial_state(self._memory_rows).items():
+            self._state_variables[name].assign(value)
+
+    def get_state(self):
+        """The stored memory as a dict of tensors (copies, every row)."""
+        self._require_stateful()
+        return {
+            name: distribution.read_memory(variable)
+            for name, variable in self._state_variables.items()
+        }
+
+    def set_state(self, state):
+        """Write a state dict (every row) into the memory variables.
+
+        Everything is checked first (keys, shapes, finite values); then all
+        is written, or nothing when a check fails.
+        """
+        self._assign_state(self._checked_state(state))
+
+    def _checked_state(self, state, what="state"):
+        """`state` validated for `set_state`, as float32 NumPy arrays."""
+        self._require_stateful()
+        spec = self.state_spec(self.batch_size)
+        check_state(state, spec, what)
+        return {
+            name: np.asarray(ops.convert_to_numpy(state[name]), dtype="float32")
+            for name in spec
+        }
+
+    def _assign_state(self, values):
+        for name, value in values.items():
+            # Every row, also into per-replica (tf.distribute) variables.
+            distribution.assign_memory(self._state_variables[name], value)
+
+    def save_own_variables(self, store):
+        # Every row of the memory, also from per-replica (tf.distribute) variables.
+        distribution.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        distribution.load_own_variables(self, store)
+
+    def _require_stateful(self):
+        if not self._state_variables:
+            raise ValueError(
+                f"Layer '{self.name}' keeps no memory variables "
+                f"(stateful={self.stateful}, built={self.built}). Pass "
+                "`state=` to use the explicit-state path."
+            )
+
+    def _validate_call(self, inputs, reset, state, kwargs):
+        """Every check of a call, before any memory is read or written."""
+        self.validate_inputs(inputs, **kwargs)
+        batch = _batch_dim(inputs)
+        if state is None:
+            self._require_stateful()
+            # An unknown batch size (a traced TF graph fed by a dataset) is
+            # accepted, as in Keras' stateful RNN; a known one must match.
+            # Inside a tf.distribute replica it is the per-replica batch.
+            if batch is not None and batch not in (self.batch_size, self._memory_rows):
+                raise ValueError(
+                    f"Layer '{self.name}' is stateful and was built for batch "
+                    f"size {self.batch_size}. Received: inputs.shape="
+                    f"{_shape_of(inputs)}. Use data of that batch size (no "
+                    "partial batches), rebuild the layer, or use the "
+                    "explicit-state path (`state=`)."
+                )
+        reset = check_reset(reset, batch)
+        if state is not None:
+            check_state(state, self.state_spec(batch), "state", reset)
+        for x in keras.tree.flatten(inputs):
+            utils.check_finite(x, "inputs")
+        return reset
+
+    def call(self, inputs, reset=None, state=None, training=None, **kwargs):
+        reset = self._validate_call(inputs, reset, state, kwargs)
+        if reset is not None:
+            reset = ops.cast(reset, "bool")
+        if self._step_takes_training:
+            kwargs["training"] = training
+        if state is not None:
+            outputs, new_state = self.step(inputs, state, reset=reset, **kwargs)
+            check_state_keys(new_state, self._state_variables or state, "new_state")
+            return outputs, new_state
+        # ops.copy: PyTorch's autograd must not see the assign below in place.
+        current = {k: ops.copy(v.value) for k, v in self._state_variables.items()}
+        outputs, new_state = self.step(inputs, current, reset=reset, **kwargs)
+        check_state_keys(new_state, self._state_variables, "new_state")
+        for name, value in new_state.items():
+            self._state_variables[name].assign(value)
+        return outputs
+
+    def compute_output_spec(
+        self, inputs, reset=None, state=None, training=None, **kwargs
+    ):
+        self._validate_call(inputs, reset, state, kwargs)
+        outputs = self.compute_step_output_spec(inputs, **kwargs)
+        if outputs is None:  # Not declared: Keras traces `call` symbolically.
+            return super().compute_output_spec(
+                inputs, reset=reset, state=state, training=training, **kwargs
+            )
+        if state is None:
+            return outputs
+        return outputs, self.state_spec(_batch_dim(inputs))
+
+    def get_config(self):
+        config = super().get_config()
+        config["stateful"] = self.stateful
+        return config
+
+
+def _first_input(inputs):
+    return keras.tree.flatten(inputs)[0]
+
+
+def _batch_dim(inputs):
+    # Not cast to int: under jax2tf (export) it is a symbolic dimension.
+    return _first_input(inputs).shape[0]
+
+
+def _shape_of(inputs):
+    return tuple(_first_input(inputs).shape)
+
+
+# -- model-level helpers ---------------------------------------------------------
 
 
 def stateful_layers(model):

@@ -104,6 +104,14 @@ def test_layout_map_rules_compose_with_user_rules():
     base = keras.distribution.LayoutMap(mesh)
     base["token_embedding/embeddings"] = (None, "batch")
     layout_map = distribution.layout_map(mesh, base=base)
+    # The memory rules follow the state names that memory layers declare
+    # when they are built, also after the map was made (the usual order).
+    from keras_infformer.layers import CompressiveMemory
+    from keras_infformer.layers import ContinuousLTM
+
+    _lm()
+    ContinuousLTM(num_basis=8, num_samples=8).build((4, 8, 4))
+    CompressiveMemory(memory_length=4).build((4, 8, 4))
     assert layout_map["token_embedding/embeddings"].axes == (None, "batch")
     assert layout_map["decoder_layer_0/stm"].axes == ("batch", None, None)
     assert layout_map["decoder_layer_3/ltm_density"].axes == ("batch", None)

@@ -1,12 +1,12 @@
 import keras
 from keras import ops
 
-from keras_infformer import distribution
+from keras_infformer import memory
 from keras_infformer import utils
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
-class CompressiveMemory(keras.layers.Layer):
+class CompressiveMemory(memory.MemoryLayer):
     """Compressed memory of the Compressive Transformer (a baseline).
 
     Vectors that leave a short-term memory are compressed at rate
@@ -20,8 +20,10 @@ class CompressiveMemory(keras.layers.Layer):
     `InfiniteFormerDecoder`, by the attention-reconstruction loss of Rae et
     al. (`reconstruction_weight`).
 
-    With `stateful=True` the memory lives in non-trainable variables (static
-    batch size); passing `state=` runs the explicit-state path instead.
+    With `stateful=True` the memory lives in non-trainable float32 variables
+    (static batch size); passing `state=` runs the explicit-state path
+    instead, `(inputs, state) -> ((memory, mask), new_state)`, touching no
+    variable (any batch size).
 
     Args:
         memory_length: int. Number of compressed slots `n_cm`.
@@ -30,20 +32,23 @@ class CompressiveMemory(keras.layers.Layer):
         kernel_initializer: initializer of the convolution. Defaults to
             `"glorot_uniform"`.
         stateful: bool. Keep the memory in variables. Defaults to `True`.
-        **kwargs: other keyword arguments passed to `keras.layers.Layer`.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`,
+            including `name`, `dtype` etc.
 
     Call arguments:
         inputs: tensor `(batch_size, L, d)`, the vectors to absorb.
-        reset: optional bool tensor `(batch_size,)`: rows emptied first.
+        reset: optional tensor `(batch_size,)` of bools or 0/1: rows emptied
+            first.
         absorb: optional bool tensor `(batch_size,)`: rows that absorb
-            (others keep their memory unchanged). Defaults to all rows.
+            (others keep their memory, after `reset`). Defaults to all rows.
         state: optional dict `{"memory": (batch_size, n_cm, d), "mask":
             (batch_size, n_cm)}` selecting the explicit-state path.
 
     Returns:
         `(memory, mask)`: the compressed slots (oldest first, with gradient
-        to the current step's compression) and their validity (1 = holds a
-        compressed vector); with `state`, `((memory, mask), new_state)`.
+        to the current step's compression), float32, and their validity
+        (1 = holds a compressed vector); with `state`, `((memory, mask),
+        new_state)`.
 
     Examples:
 
@@ -51,7 +56,7 @@ class CompressiveMemory(keras.layers.Layer):
     import numpy as np
     import keras_infformer
 
-    memory = keras_infformer.layers.CompressiveMemory(memory_length=8)
+    memory = keras_infformer.CompressiveMemory(memory_length=8)
     for _ in range(10):
         slots, mask = memory(np.random.rand(2, 16, 32).astype("float32"))
     ```
@@ -68,16 +73,20 @@ class CompressiveMemory(keras.layers.Layer):
         stateful=True,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.memory_length = utils.check_positive_int(memory_length, "memory_length")
-        self.compression_rate = utils.check_positive_int(
-            compression_rate, "compression_rate"
+        super().__init__(stateful=stateful, **kwargs)
+        self.memory_length, self.compression_rate = self.check_arguments(
+            memory_length, compression_rate
         )
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.stateful = bool(stateful)
-        self.memory = None
-        self.mask = None
-        self._memory_rows = None
+        self.memory_dim = None
+
+    @staticmethod
+    def check_arguments(memory_length, compression_rate):
+        """The hyper-parameters checked (raises on bad ones)."""
+        return (
+            utils.check_positive_int(memory_length, "memory_length"),
+            utils.check_positive_int(compression_rate, "compression_rate"),
+        )
 
     def build(self, input_shape):
         if len(input_shape) != 3 or input_shape[-1] is None:
@@ -102,114 +111,68 @@ class CompressiveMemory(keras.layers.Layer):
             name="compression",
         )
         self._compression.build((batch_size, length, dim))
-        if self.stateful:
-            if batch_size is None:
-                raise ValueError(
-                    "A stateful CompressiveMemory needs a static batch size. "
-                    f"Received: input_shape={input_shape}"
-                )
-            self.batch_size = batch_size
-            # Under a tf.distribute strategy each replica keeps the memory of
-            # its own rows only (see keras_infformer.distribution).
-            self._memory_rows = distribution.per_replica_batch(batch_size, self)
-            self.memory = distribution.add_memory_variable(
-                self, (self._memory_rows, self.memory_length, dim), "memory"
-            )
-            self.mask = distribution.add_memory_variable(
-                self, (self._memory_rows, self.memory_length), "mask"
-            )
-        self.built = True
+        super().build(input_shape)
 
-    def get_initial_state(self, batch_size):
+    def state_spec(self, batch_size=None):
         return {
-            "memory": ops.zeros((batch_size, self.memory_length, self.memory_dim)),
-            "mask": ops.zeros((batch_size, self.memory_length)),
+            "memory": keras.KerasTensor(
+                (batch_size, self.memory_length, self.memory_dim), dtype="float32"
+            ),
+            "mask": keras.KerasTensor((batch_size, self.memory_length), dtype="float32"),
         }
 
-    def reset_state(self):
-        if self.memory is not None:
-            self.memory.assign(ops.zeros_like(self.memory))
-            self.mask.assign(ops.zeros_like(self.mask))
-
-    def get_state(self):
-        if self.memory is None:
-            raise ValueError(f"Layer '{self.name}' keeps no memory variables.")
-        return {
-            "memory": distribution.read_memory(self.memory),
-            "mask": distribution.read_memory(self.mask),
-        }
-
-    def save_own_variables(self, store):
-        # Every row of the memory, also from per-replica (tf.distribute) variables.
-        distribution.save_own_variables(self, store)
-
-    def load_own_variables(self, store):
-        distribution.load_own_variables(self, store)
-
-    def compress(self, inputs):
-        """The compression alone: `(B, L, d) -> (B, L / c, d)`, float32."""
-        return ops.cast(self._compression(inputs), "float32")
-
-    def absorb(self, inputs, state, reset=None, absorb=None):
-        """Pure update: `(inputs, state) -> ((memory, mask), new_state)`."""
-        memory = ops.stop_gradient(ops.cast(state["memory"], "float32"))
-        mask = ops.stop_gradient(ops.cast(state["mask"], "float32"))
-        if reset is not None:
-            keep = 1.0 - ops.cast(reset, "float32")
-            memory = memory * keep[:, None, None]
-            mask = mask * keep[:, None]
-        compressed = self.compress(inputs)
-        num_new = compressed.shape[1]
-        appended = ops.concatenate([memory, compressed], axis=1)[:, num_new:]
-        appended_mask = ops.concatenate(
-            [mask, ops.ones_like(compressed[:, :, 0])], axis=1
-        )[:, num_new:]
-        if absorb is not None:
-            absorbs = ops.cast(absorb, "bool")
-            appended = ops.where(absorbs[:, None, None], appended, memory)
-            appended_mask = ops.where(absorbs[:, None], appended_mask, mask)
-        new_state = {
-            "memory": ops.stop_gradient(appended),
-            "mask": appended_mask,
-        }
-        return (appended, appended_mask), new_state
-
-    def call(self, inputs, reset=None, absorb=None, state=None):
+    def validate_inputs(self, inputs, absorb=None):
         utils.check_rank(inputs, 3, "inputs")
         if inputs.shape[-1] != self.memory_dim:
             raise ValueError(
                 f"`inputs` must have feature dimension {self.memory_dim}. "
                 f"Received: inputs.shape={tuple(inputs.shape)}"
             )
-        utils.check_finite(inputs, "inputs")
-        if state is not None:
-            return self.absorb(inputs, state, reset, absorb)
-        if self.memory is None:
+        length = inputs.shape[1]
+        if length is None or length % self.compression_rate:
             raise ValueError(
-                f"Layer '{self.name}' keeps no memory variables "
-                f"(stateful={self.stateful}). Pass `state=`."
+                "The length of `inputs` must be static and a multiple of "
+                f"`compression_rate`={self.compression_rate}. Received: "
+                f"inputs.shape={tuple(inputs.shape)}"
             )
-        # Inside a tf.distribute replica it is the per-replica batch.
-        if inputs.shape[0] not in (self.batch_size, self._memory_rows):
-            raise ValueError(
-                f"Layer '{self.name}' is stateful and was built for batch size "
-                f"{self.batch_size}. Received: inputs.shape={tuple(inputs.shape)}"
-            )
-        current = {"memory": ops.copy(self.memory.value), "mask": ops.copy(self.mask.value)}
-        outputs, new_state = self.absorb(inputs, current, reset, absorb)
-        self.memory.assign(new_state["memory"])
-        self.mask.assign(new_state["mask"])
-        return outputs
 
-    def compute_output_spec(self, inputs, reset=None, absorb=None, state=None):
+    def compress(self, inputs):
+        """The compression alone: `(B, L, d) -> (B, L / c, d)`, float32."""
+        return ops.cast(self._compression(inputs), "float32")
+
+    def step(self, inputs, state, reset=None, absorb=None):
+        """Pure update: `(inputs, state) -> ((memory, mask), new_state)`."""
+        state = self.read_state(state, reset)
+        slots, mask = state["memory"], state["mask"]
+        compressed = self.compress(inputs)
+        num_new = compressed.shape[1]
+        # First in, first out: the new slots enter on the right.
+        appended = ops.concatenate([slots, compressed], axis=1)[:, num_new:]
+        appended_mask = ops.concatenate(
+            [mask, ops.ones_like(compressed[:, :, 0])], axis=1
+        )[:, num_new:]
+        if absorb is not None:
+            absorbs = ops.cast(absorb, "bool")
+            appended = memory.select_rows(absorbs, appended, slots)
+            appended_mask = memory.select_rows(absorbs, appended_mask, mask)
+        new_state = {
+            "memory": ops.stop_gradient(appended),
+            "mask": appended_mask,
+        }
+        return (appended, appended_mask), new_state
+
+    def absorb(self, inputs, state, reset=None, absorb=None):
+        """`step` under its former name."""
+        return self.step(inputs, state, reset=reset, absorb=absorb)
+
+    def compute_step_output_spec(self, inputs, absorb=None):
         batch = inputs.shape[0]
-        outputs = (
-            keras.KerasTensor((batch, self.memory_length, inputs.shape[-1])),
-            keras.KerasTensor((batch, self.memory_length)),
+        return (
+            keras.KerasTensor(
+                (batch, self.memory_length, inputs.shape[-1]), dtype="float32"
+            ),
+            keras.KerasTensor((batch, self.memory_length), dtype="float32"),
         )
-        if state is None:
-            return outputs
-        return outputs, {"memory": outputs[0], "mask": outputs[1]}
 
     def get_config(self):
         config = super().get_config()
@@ -220,7 +183,7 @@ class CompressiveMemory(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
-                "stateful": self.stateful,
             }
         )
         return config
+

@@ -3,18 +3,16 @@ import numpy as np
 from keras import ops
 
 from keras_infformer import basis
-from keras_infformer import distribution
+from keras_infformer import memory
 from keras_infformer import utils
 
-# The memory state of a row: the coefficients B, whether the row holds a
-# past, and the largest |value| it has absorbed (the bound on reads).
-STATE_KEYS = ("coefficients", "filled", "max_abs")
-# Reads of the old signal are clipped to this multiple of that largest value.
+# Reads of the old signal are clipped to this multiple of the largest |value|
+# the row has absorbed (`max_abs` in the state).
 READ_BOUND = 2.0
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
-class ContinuousLTM(keras.layers.Layer):
+class ContinuousLTM(memory.MemoryLayer):
     """Continuous long-term memory of unbounded length at a fixed size.
 
     The memory holds the past as a continuous signal `X̄(t) = Bᵀ ψ(t)`,
@@ -71,13 +69,17 @@ class ContinuousLTM(keras.layers.Layer):
         sample_points: optional tensor of shape `(batch_size, num_samples)`
             with sorted points in [0, 1] where the old signal is read (from a
             `StickyMemorySampler`). Defaults to the uniform points `m / M`.
-        reset: optional bool tensor of shape `(batch_size,)`. Rows flagged
-            `True` are emptied before absorbing (a new document starts).
+        reset: optional tensor of shape `(batch_size,)`, bools or 0/1. Rows
+            flagged are emptied before absorbing (a new document starts).
+        absorb: optional bool tensor of shape `(batch_size,)`: the rows that
+            absorb `inputs`; the others keep their memory (after `reset`)
+            and return it. Defaults to every row.
         state: optional dict with `"coefficients"` `(batch_size, N, e)`,
-            `"filled"` `(batch_size,)` and `"max_abs"` `(batch_size,)`, as
-            made by `get_initial_state()`. When
-            given, the explicit-state path runs and `(coefficients,
-            new_state)` is returned.
+            `"filled"` `(batch_size,)` (whether the row holds a past) and
+            `"max_abs"` `(batch_size,)` (the largest |value| absorbed, the
+            bound on reads), as made by `get_initial_state()`. When given,
+            the explicit-state path runs and `(coefficients, new_state)` is
+            returned.
 
     Returns:
         The new coefficients `B`, float32 of shape `(batch_size, N, e)`, and
@@ -111,28 +113,37 @@ class ContinuousLTM(keras.layers.Layer):
         stateful=True,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.num_basis = utils.check_positive_int(num_basis, "num_basis")
-        self.basis_widths = tuple(float(w) for w in basis_widths)
-        self.ridge_penalty = utils.check_range(
-            ridge_penalty, "ridge_penalty", 0.0, np.inf
-        )
-        self.tau = utils.check_range(tau, "tau", 0.0, 1.0)
-        self.num_samples = utils.check_positive_int(num_samples, "num_samples")
+        super().__init__(stateful=stateful, **kwargs)
+        (
+            self.num_basis,
+            self.basis_widths,
+            self.ridge_penalty,
+            self.tau,
+            self.num_samples,
+        ) = self.check_arguments(num_basis, basis_widths, ridge_penalty, tau, num_samples)
         self.edge_padding = bool(edge_padding)
-        self.stateful = bool(stateful)
         centers, widths = basis.basis_parameters(self.num_basis, self.basis_widths)
         self._centers_np = centers
         self._widths_np = widths
         self.centers = utils.constant(centers)
         self.widths = utils.constant(widths)
         self._ridge_cache = {}
-        self.batch_size = None
-        self._memory_rows = None
         self.memory_dim = None
-        self.coefficients = None
-        self.filled = None
-        self.max_abs = None
+
+    @staticmethod
+    def check_arguments(num_basis, basis_widths, ridge_penalty, tau, num_samples):
+        """The hyper-parameters checked and normalised (raises on bad ones).
+
+        Also used by layers that create a ContinuousLTM in `build()`, so that
+        bad settings fail at their construction.
+        """
+        num_basis = utils.check_positive_int(num_basis, "num_basis")
+        basis_widths = tuple(float(w) for w in basis_widths)
+        ridge_penalty = utils.check_range(ridge_penalty, "ridge_penalty", 0.0, np.inf)
+        tau = utils.check_range(tau, "tau", 0.0, 1.0)
+        num_samples = utils.check_positive_int(num_samples, "num_samples")
+        basis.basis_parameters(num_basis, basis_widths)  # N a multiple of widths.
+        return num_basis, basis_widths, ridge_penalty, tau, num_samples
 
     def build(self, input_shape):
         if len(input_shape) != 3:
@@ -146,40 +157,9 @@ class ContinuousLTM(keras.layers.Layer):
                 "The feature dimension of `inputs` must be static. "
                 f"Received: input_shape={input_shape}"
             )
-        if self.stateful:
-            self.batch_size = input_shape[0]
-            if self.batch_size is None:
-                raise ValueError(
-                    "A stateful ContinuousLTM needs a static batch size. "
-                    "Pass `batch_size=` to `keras.Input` (or build with a "
-                    "concrete batch), or use `stateful=False` with `state=`. "
-                    f"Received: input_shape={input_shape}"
-                )
-            # Under a tf.distribute strategy each replica keeps the memory of
-            # its own rows only (see keras_infformer.distribution).
-            self._memory_rows = distribution.per_replica_batch(self.batch_size, self)
-            # Never autocast (the helper's default): the memory stays float32
-            # under mixed precision, and PyTorch's assign would otherwise
-            # write into a cast copy (the update would be lost).
-            self.coefficients = distribution.add_memory_variable(
-                self,
-                (self._memory_rows, self.num_basis, self.memory_dim),
-                "coefficients",
-            )
-            self.filled = distribution.add_memory_variable(
-                self, (self._memory_rows,), "filled"
-            )
-            self.max_abs = distribution.add_memory_variable(
-                self, (self._memory_rows,), "max_abs"
-            )
         if input_shape[1] is not None:
             self._ridge_matrices(int(input_shape[1]))
-
-    @property
-    def input_dtype(self):
-        # The fit runs in float32 whatever the policy: no input (nor the
-        # explicit `state`) is autocast down to the compute dtype.
-        return "float32"
+        super().build(input_shape)
 
     # -- constants ---------------------------------------------------------
 
@@ -234,53 +214,20 @@ class ContinuousLTM(keras.layers.Layer):
 
     # -- state -------------------------------------------------------------
 
-    def get_initial_state(self, batch_size):
-        """The empty memory for `batch_size` rows (explicit-state path)."""
+    def state_spec(self, batch_size=None):
+        """The memory of a row: the coefficients `B`, whether the row holds a
+        past, and the largest |value| it has absorbed (the bound on reads)."""
         return {
-            "coefficients": ops.zeros(
+            "coefficients": keras.KerasTensor(
                 (batch_size, self.num_basis, self.memory_dim), dtype="float32"
             ),
-            "filled": ops.zeros((batch_size,), dtype="float32"),
-            "max_abs": ops.zeros((batch_size,), dtype="float32"),
+            "filled": keras.KerasTensor((batch_size,), dtype="float32"),
+            "max_abs": keras.KerasTensor((batch_size,), dtype="float32"),
         }
-
-    def reset_state(self):
-        """Empty the stored memory of every row."""
-        if self.coefficients is None:
-            return
-        # ops.zeros, not ops.zeros_like(variable): JAX cannot take the dtype
-        # of a Keras variable.
-        self.coefficients.assign(ops.zeros(self.coefficients.shape, "float32"))
-        self.filled.assign(ops.zeros(self.filled.shape, "float32"))
-        self.max_abs.assign(ops.zeros(self.max_abs.shape, "float32"))
-
-    def get_state(self):
-        """The stored memory as a state dict (copies)."""
-        self._require_stateful()
-        return {
-            "coefficients": distribution.read_memory(self.coefficients),
-            "filled": distribution.read_memory(self.filled),
-            "max_abs": distribution.read_memory(self.max_abs),
-        }
-
-    def save_own_variables(self, store):
-        # Every row of the memory, also from per-replica (tf.distribute) variables.
-        distribution.save_own_variables(self, store)
-
-    def load_own_variables(self, store):
-        distribution.load_own_variables(self, store)
-
-    def _require_stateful(self):
-        if not self.stateful or self.coefficients is None:
-            raise ValueError(
-                f"Layer '{self.name}' keeps no memory variables "
-                f"(stateful={self.stateful}, built={self.built}). Pass "
-                "`state=` to use the explicit-state path."
-            )
 
     # -- forward -----------------------------------------------------------
 
-    def _validate(self, inputs, sample_points, reset, state):
+    def validate_inputs(self, inputs, sample_points=None, absorb=None):
         utils.check_rank(inputs, 3, "inputs")
         if inputs.shape[-1] != self.memory_dim:
             raise ValueError(
@@ -293,46 +240,6 @@ class ContinuousLTM(keras.layers.Layer):
                 f"Received: inputs.shape={tuple(inputs.shape)}"
             )
         batch = inputs.shape[0]
-        if state is None:
-            self._require_stateful()
-            if batch is None:
-                raise ValueError(
-                    f"Layer '{self.name}' is stateful and needs a static batch "
-                    f"size equal to {self.batch_size}. Received: "
-                    f"inputs.shape={tuple(inputs.shape)}"
-                )
-            # Inside a tf.distribute replica it is the per-replica batch.
-            if batch not in (self.batch_size, self._memory_rows):
-                raise ValueError(
-                    f"Layer '{self.name}' is stateful and was built for batch "
-                    f"size {self.batch_size}. Received: "
-                    f"inputs.shape={tuple(inputs.shape)}. Call reset_state() "
-                    "is not enough: rebuild the layer for a new batch size, "
-                    "or use the explicit-state path (`state=`)."
-                )
-        else:
-            if not isinstance(state, dict) or set(state) != set(STATE_KEYS):
-                raise ValueError(
-                    f"`state` must be a dict with keys {STATE_KEYS}. Received: "
-                    f"state={state!r}"
-                )
-            expected = (batch, self.num_basis, self.memory_dim)
-            got = tuple(state["coefficients"].shape)
-            if len(got) != 3 or any(
-                e is not None and g is not None and e != g
-                for e, g in zip(expected, got)
-            ):
-                raise ValueError(
-                    f"`state['coefficients']` must have shape {expected}. "
-                    f"Received: shape={got}"
-                )
-            for key in ("filled", "max_abs"):
-                got = tuple(state[key].shape)
-                if len(got) != 1 or (batch is not None and got != (batch,)):
-                    raise ValueError(
-                        f"`state['{key}']` must have shape ({batch},). "
-                        f"Received: shape={got}"
-                    )
         if sample_points is not None:
             shape = tuple(sample_points.shape)
             if len(shape) != 2 or shape[1] != self.num_samples or (
@@ -353,29 +260,19 @@ class ContinuousLTM(keras.layers.Layer):
                     "`sample_points` must lie in [0, 1]. Received values in "
                     f"[{np.nanmin(points)}, {np.nanmax(points)}]"
                 )
-        if reset is not None:
-            shape = tuple(reset.shape)
-            if len(shape) != 1 or (
-                batch is not None and shape[0] is not None and shape[0] != batch
-            ):
-                raise ValueError(
-                    f"`reset` must have shape ({batch},). Received: "
-                    f"reset.shape={shape}"
-                )
-        utils.check_finite(inputs, "inputs")
+        if absorb is not None and tuple(absorb.shape) not in ((batch,), (None,)):
+            raise ValueError(
+                f"`absorb` must have shape ({batch},). Received: "
+                f"absorb.shape={tuple(absorb.shape)}"
+            )
 
-    def absorb(self, inputs, state, sample_points=None, reset=None):
+    def step(self, inputs, state, reset=None, sample_points=None, absorb=None):
         """The pure update: `(inputs, state) -> (coefficients, new_state)`."""
         length = int(inputs.shape[1])
         g_empty, g_update, psi_uniform = self._ridge_matrices(length)
         x = ops.cast(inputs, "float32")
-        old = ops.stop_gradient(ops.cast(state["coefficients"], "float32"))
-        filled = ops.stop_gradient(ops.cast(state["filled"], "float32"))
-        max_abs = ops.stop_gradient(ops.cast(state["max_abs"], "float32"))
-        if reset is not None:
-            keep = 1.0 - ops.cast(reset, "float32")
-            filled = filled * keep
-            max_abs = max_abs * keep
+        state = self.read_state(state, reset)
+        old, filled, max_abs = state["coefficients"], state["filled"], state["max_abs"]
         # Read the old signal at M points: X_old[m] = B_oldᵀ ψ(t_m).
         if sample_points is None:
             x_old = ops.einsum("mn,bne->bme", psi_uniform, old)
@@ -392,28 +289,30 @@ class ContinuousLTM(keras.layers.Layer):
         is_filled = ops.reshape(filled, (-1, 1, 1)) > 0.5
         coefficients = ops.where(is_filled, fit_update, fit_empty)
         new_state = {
-            "coefficients": ops.stop_gradient(coefficients),
+            "coefficients": coefficients,
             "filled": ops.ones_like(filled),
             "max_abs": ops.maximum(
                 ops.where(filled > 0.5, max_abs, 0.0),
                 ops.stop_gradient(ops.max(ops.abs(x), axis=(1, 2))),
             ),
         }
+        if absorb is not None:
+            absorbs = ops.cast(absorb, "bool")
+            coefficients = memory.select_rows(absorbs, coefficients, old)
+            new_state = {
+                k: memory.select_rows(absorbs, v, state[k]) for k, v in new_state.items()
+            }
+        new_state["coefficients"] = ops.stop_gradient(coefficients)
         return coefficients, new_state
 
-    def call(self, inputs, sample_points=None, reset=None, state=None):
-        self._validate(inputs, sample_points, reset, state)
-        if state is not None:
-            return self.absorb(inputs, state, sample_points, reset)
-        # ops.copy: PyTorch's autograd must not see the assign below in place.
-        current = {
-            key: ops.copy(getattr(self, key).value) for key in STATE_KEYS
-        }
-        coefficients, new_state = self.absorb(inputs, current, sample_points, reset)
-        self.coefficients.assign(new_state["coefficients"])
-        self.filled.assign(new_state["filled"])
-        self.max_abs.assign(new_state["max_abs"])
-        return coefficients
+    def absorb(self, inputs, state, sample_points=None, reset=None):
+        """`step` under its former name (and argument order)."""
+        return self.step(inputs, state, reset=reset, sample_points=sample_points)
+
+    def compute_step_output_spec(self, inputs, sample_points=None, absorb=None):
+        return keras.KerasTensor(
+            (inputs.shape[0], self.num_basis, inputs.shape[-1]), dtype="float32"
+        )
 
     def reconstruct(self, coefficients, t):
         """The signal `X̄(t) = Bᵀ ψ(t)`, shape `(batch_size, len(t), e)`.
@@ -430,22 +329,6 @@ class ContinuousLTM(keras.layers.Layer):
             return ops.einsum("tn,bne->bte", psi, coefficients)
         return ops.einsum("btn,bne->bte", psi, coefficients)
 
-    def compute_output_spec(
-        self, inputs, sample_points=None, reset=None, state=None
-    ):
-        self._validate(inputs, sample_points, reset, state)
-        batch = inputs.shape[0]
-        out = keras.KerasTensor(
-            (batch, self.num_basis, inputs.shape[-1]), dtype="float32"
-        )
-        if state is None:
-            return out
-        return out, {
-            "coefficients": keras.KerasTensor(out.shape, dtype="float32"),
-            "filled": keras.KerasTensor((batch,), dtype="float32"),
-            "max_abs": keras.KerasTensor((batch,), dtype="float32"),
-        }
-
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -456,7 +339,6 @@ class ContinuousLTM(keras.layers.Layer):
                 "tau": self.tau,
                 "num_samples": self.num_samples,
                 "edge_padding": self.edge_padding,
-                "stateful": self.stateful,
             }
         )
         return config

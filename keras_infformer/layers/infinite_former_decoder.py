@@ -1,10 +1,9 @@
 import keras
 from keras import ops
 
-from keras_infformer import distribution
+from keras_infformer import memory
 from keras_infformer import utils
 from keras_infformer.layers.compressive_memory import CompressiveMemory
-from keras_infformer.layers.continuous_ltm import STATE_KEYS as LTM_STATE_KEYS
 from keras_infformer.layers.continuous_ltm import ContinuousLTM
 from keras_infformer.layers.gaussian_attention import GaussianAttention
 from keras_infformer.layers.sticky_memory_sampler import StickyMemorySampler
@@ -22,7 +21,7 @@ def _rotary_embedding_class():
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
-class InfiniteFormerDecoder(keras.layers.Layer):
+class InfiniteFormerDecoder(memory.MemoryLayer):
     """∞-former decoder block: short-term cache plus continuous long-term memory.
 
     Each call takes a segment of `L` hidden vectors. The block keeps a
@@ -45,7 +44,9 @@ class InfiniteFormerDecoder(keras.layers.Layer):
     Memory lives in non-trainable variables when `stateful=True` (static
     batch size, like a stateful Keras RNN). Passing `state=` instead runs the
     explicit-state path, `(inputs, state) -> (outputs, new_state)`, which
-    touches no variable and accepts any batch size (used for serving).
+    touches no variable and accepts any batch size (used for serving). The
+    block is a `keras_infformer.MemoryLayer`; its LTM and compressed memory
+    are MemoryLayers too, used through their pure `step`.
 
     Args:
         intermediate_dim: int. Hidden size of the feed-forward network.
@@ -100,8 +101,9 @@ class InfiniteFormerDecoder(keras.layers.Layer):
 
     Call arguments:
         inputs: tensor of shape `(batch_size, L, hidden_dim)`.
-        reset: optional bool tensor of shape `(batch_size,)`: rows that start
-            a new document; their memory is emptied first.
+        reset: optional tensor of shape `(batch_size,)`, bools or 0/1: rows
+            that start a new document. Each memory of the block (STM, LTM,
+            compressed memory, sticky density) starts them from empty.
         state: optional dict from `get_initial_state()`; selects the
             explicit-state path.
         training: bool, for dropout.
@@ -109,8 +111,9 @@ class InfiniteFormerDecoder(keras.layers.Layer):
             sigma_sq)`, each `(batch_size, num_heads, L)` (for pictures).
 
     Returns:
-        Tensor `(batch_size, L, hidden_dim)`; with `state`, `(outputs,
-        new_state)`; with `return_density`, `(mu, sigma_sq)` follow.
+        Tensor `(batch_size, L, hidden_dim)`, or `(outputs, mu, sigma_sq)`
+        with `return_density`; with `state`, that and the new state:
+        `(outputs, new_state)`.
 
     Examples:
 
@@ -159,7 +162,7 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         stateful=True,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(stateful=stateful, **kwargs)
         self.intermediate_dim = utils.check_positive_int(
             intermediate_dim, "intermediate_dim"
         )
@@ -188,38 +191,24 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         self.normalize_first = bool(normalize_first)
         self.rotary_max_wavelength = rotary_max_wavelength
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.stateful = bool(stateful)
-        self._state_variables = {}
-        self._memory_rows = None
-        if self.compressed_memory_length > 0:
-            self._compressive = CompressiveMemory(
-                memory_length=self.compressed_memory_length,
-                compression_rate=compression_rate,
-                kernel_initializer=utils.clone_initializer(kernel_initializer, 40),
-                stateful=False,
-                dtype=self.dtype_policy,
-                name="compressive_memory",
-            )
+        # The memories inside the block are created in build(); their
+        # settings are checked now, so that bad ones fail at construction.
         if self.use_long_term_memory:
-            # Built here so that bad memory hyper-parameters fail at once.
-            self._ltm = ContinuousLTM(
-                num_basis=num_basis,
-                basis_widths=basis_widths,
-                ridge_penalty=ridge_penalty,
-                tau=tau,
-                num_samples=num_samples,
-                stateful=False,
-                dtype=self.dtype_policy,
-                name="long_term_memory",
+            ContinuousLTM.check_arguments(
+                num_basis, basis_widths, ridge_penalty, tau, num_samples
             )
             if self.sticky_memories:
-                self._sampler = StickyMemorySampler(
-                    num_samples=num_samples,
-                    num_bins=num_bins,
-                    mode=sticky_mode,
-                    dtype=self.dtype_policy,
-                    name="sticky_memory_sampler",
-                )
+                StickyMemorySampler.check_arguments(num_samples, num_bins, sticky_mode)
+        if self.compressed_memory_length > 0:
+            CompressiveMemory.check_arguments(
+                self.compressed_memory_length, compression_rate
+            )
+            # Drawn at construction, as when the memory was created here, so
+            # that a model seeded by keras.utils.set_random_seed keeps its
+            # weights.
+            self._compression_initializer = utils.clone_initializer(
+                kernel_initializer, 40
+            )
 
     # -- build -------------------------------------------------------------
 
@@ -315,6 +304,14 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         )
 
         if self.compressed_memory_length > 0:
+            self._compressive = CompressiveMemory(
+                memory_length=self.compressed_memory_length,
+                compression_rate=self.compression_rate,
+                kernel_initializer=self._compression_initializer,
+                stateful=False,
+                dtype=self.dtype_policy,
+                name="compressive_memory",
+            )
             self._compressive.build((batch_size, segment_length, hidden_dim))
         if self.use_long_term_memory:
             # Reuses the short-term attention's (un-rotated) query, as the
@@ -333,94 +330,96 @@ class InfiniteFormerDecoder(keras.layers.Layer):
                 dtype=self.dtype_policy,
                 name="long_term_attention",
             )
+            self._ltm = ContinuousLTM(
+                num_basis=self.num_basis,
+                basis_widths=self.basis_widths,
+                ridge_penalty=self.ridge_penalty,
+                tau=self.tau,
+                num_samples=self.num_samples,
+                stateful=False,
+                dtype=self.dtype_policy,
+                name="long_term_memory",
+            )
             self._ltm.build((batch_size, segment_length, hidden_dim))
             self._ltm_attention.build(
                 (batch_size, None, self.num_heads, head_dim),
                 (batch_size, self._ltm.num_basis, hidden_dim),
             )
+            if self.sticky_memories:
+                self._sampler = StickyMemorySampler(
+                    num_samples=self.num_samples,
+                    num_bins=self.num_bins,
+                    mode=self.sticky_mode,
+                    dtype=self.dtype_policy,
+                    name="sticky_memory_sampler",
+                )
 
-        if self.stateful:
-            if batch_size is None:
-                raise ValueError(
-                    "A stateful InfiniteFormerDecoder needs a static batch "
-                    "size. Pass `batch_size=` to `keras.Input`, or use "
-                    "`stateful=False` with `state=`. Received: "
-                    f"inputs_shape={inputs_shape}"
-                )
-            self.batch_size = batch_size
-            # Under a tf.distribute strategy each replica keeps the memory of
-            # its own rows only (see keras_infformer.distribution).
-            self._memory_rows = distribution.per_replica_batch(batch_size, self)
-            for name, spec in self.state_spec(self._memory_rows).items():
-                self._state_variables[name] = distribution.add_memory_variable(
-                    self, spec.shape, name
-                )
-            self.reset_state()
-        else:
-            self.batch_size = None
-        self.built = True
+        # The memory variables, named by state_spec().
+        super().build(inputs_shape)
 
     # -- state -------------------------------------------------------------
 
-    def state_spec(self, batch_size=None):
-        """Names, shapes and dtypes of the memory state (all float32)."""
-        spec = {
-            "stm": (batch_size, self.memory_length, self.hidden_dim),
-            "stm_mask": (batch_size, self.memory_length),
-        }
+    def _inner_memories(self):
+        """`[(memory layer, {its state key: name in this block's state})]`.
+
+        The LTM's state is named with the prefix `ltm`; the compressed
+        memory's slots are `cmem` and their mask `cmem_mask` (the names the
+        served state has always had).
+        """
+        inner = []
         if self.compressed_memory_length > 0:
-            spec["cmem"] = (batch_size, self.compressed_memory_length, self.hidden_dim)
-            spec["cmem_mask"] = (batch_size, self.compressed_memory_length)
+            inner.append((self._compressive, {"memory": "cmem", "mask": "cmem_mask"}))
         if self.use_long_term_memory:
-            spec["ltm_coefficients"] = (batch_size, self._ltm.num_basis, self.hidden_dim)
-            spec["ltm_filled"] = (batch_size,)
-            spec["ltm_max_abs"] = (batch_size,)
-            if self.sticky_memories:
-                spec["ltm_density"] = (batch_size, self._sampler.num_bins)
-        return {k: keras.KerasTensor(s, dtype="float32") for k, s in spec.items()}
+            names = {k: memory.state_name("ltm", k) for k in self._ltm.state_spec()}
+            inner.append((self._ltm, names))
+        return inner
+
+    def _own_state_names(self):
+        """The state this block keeps itself (the rest is its memories')."""
+        sticky = self.use_long_term_memory and self.sticky_memories
+        return ("stm", "stm_mask") + (("ltm_density",) if sticky else ())
+
+    def state_spec(self, batch_size=None):
+        """Names, shapes and dtypes of the memory state (all float32).
+
+        `stm` / `stm_mask`: the short-term cache of the last `memory_length`
+        layer inputs and which slots hold a token; then the state of the
+        memories inside the block (`cmem*`, `ltm_*`) and, with sticky
+        memories, `ltm_density`, the histogram of the last LTM attention.
+        """
+        spec = {
+            "stm": keras.KerasTensor(
+                (batch_size, self.memory_length, self.hidden_dim), dtype="float32"
+            ),
+            "stm_mask": keras.KerasTensor(
+                (batch_size, self.memory_length), dtype="float32"
+            ),
+        }
+        for layer, names in self._inner_memories():
+            for key, tensor in layer.state_spec(batch_size).items():
+                spec[names[key]] = tensor
+        if "ltm_density" in self._own_state_names():
+            spec["ltm_density"] = keras.KerasTensor(
+                (batch_size, self._sampler.num_bins), dtype="float32"
+            )
+        return spec
 
     def get_initial_state(self, batch_size):
-        """The empty memory for `batch_size` rows (explicit-state path)."""
-        state = {
-            name: ops.zeros((batch_size,) + tuple(spec.shape[1:]), dtype="float32")
-            for name, spec in self.state_spec(batch_size).items()
-        }
-        if self.use_long_term_memory and self.sticky_memories:
+        """The empty memory for `batch_size` rows (explicit-state path).
+
+        Zeros, but for the sticky density: uniform before any attention.
+        """
+        state = super().get_initial_state(batch_size)
+        for layer, names in self._inner_memories():
+            for key, value in layer.get_initial_state(batch_size).items():
+                state[names[key]] = value
+        if "ltm_density" in state:
             state["ltm_density"] = self._sampler.uniform_histogram(batch_size)
         return state
 
-    def reset_state(self):
-        """Empty the memory of every row."""
-        if not self._state_variables:
-            return
-        for name, value in self.get_initial_state(self._memory_rows).items():
-            self._state_variables[name].assign(value)
-
-    def get_state(self):
-        """The stored memory as a dict of tensors (copies, every row)."""
-        self._require_stateful()
-        return {
-            k: distribution.read_memory(v) for k, v in self._state_variables.items()
-        }
-
-    def save_own_variables(self, store):
-        # Every row of the memory, also from per-replica (tf.distribute) variables.
-        distribution.save_own_variables(self, store)
-
-    def load_own_variables(self, store):
-        distribution.load_own_variables(self, store)
-
-    def _require_stateful(self):
-        if not self._state_variables:
-            raise ValueError(
-                f"Layer '{self.name}' keeps no memory variables "
-                f"(stateful={self.stateful}). Pass `state=` to use the "
-                "explicit-state path."
-            )
-
-    def _validate(self, inputs, reset, state):
+    def validate_inputs(self, inputs, return_density=False):
         utils.check_rank(inputs, 3, "inputs")
-        batch, length, width = inputs.shape
+        _, length, width = inputs.shape
         if width != self.hidden_dim or (
             self.segment_length is not None and length != self.segment_length
         ):
@@ -429,163 +428,53 @@ class InfiniteFormerDecoder(keras.layers.Layer):
                 f"{self.segment_length}, {self.hidden_dim}). Received: "
                 f"inputs.shape={tuple(inputs.shape)}"
             )
-        if state is None:
-            self._require_stateful()
-            # An unknown batch size (a traced TF graph fed by a dataset) is
-            # accepted, as in Keras' stateful RNN; a known one must match.
-            # Inside a tf.distribute replica it is the per-replica batch.
-            if batch is not None and batch not in (
-                self.batch_size,
-                self._memory_rows,
-            ):
-                raise ValueError(
-                    f"Layer '{self.name}' is stateful and was built for batch "
-                    f"size {self.batch_size}. Received: inputs.shape="
-                    f"{tuple(inputs.shape)}. Use a dataset with that batch "
-                    "size (no partial batches), or the explicit-state path."
-                )
-        else:
-            expected = self.state_spec(batch)
-            if not isinstance(state, dict) or set(state) != set(expected):
-                raise ValueError(
-                    f"`state` must be a dict with keys {sorted(expected)}. "
-                    f"Received: keys={sorted(state) if isinstance(state, dict) else state!r}"
-                )
-            for name, spec in expected.items():
-                got = tuple(state[name].shape)
-                if len(got) != len(spec.shape) or any(
-                    e is not None and g is not None and e != g
-                    for e, g in zip(spec.shape, got)
-                ):
-                    raise ValueError(
-                        f"`state['{name}']` must have shape {spec.shape}. "
-                        f"Received: shape={got}"
-                    )
-        if reset is not None:
-            shape = tuple(reset.shape)
-            if len(shape) != 1 or (
-                batch is not None and shape[0] is not None and shape[0] != batch
-            ):
-                raise ValueError(
-                    f"`reset` must have shape ({batch},). Received: "
-                    f"reset.shape={shape}"
-                )
-        utils.check_finite(inputs, "inputs")
+        if return_density and not self.use_long_term_memory:
+            raise ValueError(
+                "`return_density=True` needs use_long_term_memory=True. "
+                f"Received: use_long_term_memory={self.use_long_term_memory}"
+            )
 
     # -- forward -----------------------------------------------------------
 
-    def step(self, inputs, state, reset=None, training=None):
-        """The pure step: `(inputs, state) -> (outputs, new_state, density)`."""
-        x = inputs
-        length = int(inputs.shape[1])
-        mem = self.memory_length
-        state = {k: ops.stop_gradient(ops.cast(v, "float32")) for k, v in state.items()}
-        keep = None
-        if reset is not None:
-            keep = 1.0 - ops.cast(reset, "float32")  # (B,)
-            state = dict(state)
-            state["stm_mask"] = state["stm_mask"] * keep[:, None]
-        stm = ops.cast(state["stm"], self.compute_dtype)
-        stm_mask = state["stm_mask"]
-        new_state = {}
-        # (B, L) ones; not sliced from stm_mask, which is shorter than the
-        # segment when memory_length < L (allowed without a long-term memory).
-        segment_valid = ops.ones_like(ops.cast(x[:, :, 0], "float32"))
+    def step(self, inputs, state, reset=None, training=None, return_density=False):
+        """The pure step: `(inputs, state) -> (outputs, new_state)`.
 
-        window = ops.concatenate([stm, x], axis=1)  # (B, mem + L, d)
+        With `return_density=True` the outputs are `(outputs, mu,
+        sigma_sq)`, the LTM attention's densities, each `(batch_size,
+        num_heads, L)`.
+        """
+        x = ops.cast(inputs, self.compute_dtype)
+        length = int(x.shape[1])
+        mem = self.memory_length
+        own = self.read_state({k: state[k] for k in self._own_state_names()}, reset)
+        stm_mask = own["stm_mask"]
+        window = ops.concatenate([ops.cast(own["stm"], self.compute_dtype), x], axis=1)
         normed_window = (
             self._attention_norm(window) if self.normalize_first else window
         )
-        normed_x = normed_window[:, mem:]
+        query = self._query_dense(normed_window[:, mem:])
+        new_state = {}
 
-        # Long-term memory: absorb the L oldest cached vectors (they leave
-        # the STM now), before attention, so only the past is ever in it.
+        # The L oldest cached vectors leave the STM now: they enter the
+        # memories before attention, so only the past is ever in them.
         if self.use_long_term_memory:
-            ltm_state = {key: state["ltm_" + key] for key in LTM_STATE_KEYS}
-            if keep is not None:
-                ltm_state = {
-                    key: value * ops.reshape(keep, (-1,) + (1,) * (len(value.shape) - 1))
-                    for key, value in ltm_state.items()
-                }
-            sample_points = None
-            if self.sticky_memories:
-                density = state["ltm_density"]
-                if keep is not None:
-                    uniform = self._sampler.uniform_histogram(ops.shape(density)[0])
-                    density = ops.where(keep[:, None] > 0.5, density, uniform)
-                sample_points = self._sampler.sample(density)
-            # The cache fills from the right, so the leaving block holds a
-            # token iff its newest slot does. When memory_length is not a
-            # multiple of L, the first block to leave after a reset is only
-            # partly filled: its empty (or stale, pre-reset) slots enter as
-            # zeros, rather than the block being dropped with its tokens.
-            leaving_mask = stm_mask[:, :length]
-            leaving = normed_window[:, :length] * ops.cast(
-                leaving_mask[:, :, None], normed_window.dtype
+            coefficients, ltm_state = self._absorb_long_term(
+                normed_window, stm_mask, own, state, reset, length
             )
-            coefficients, absorbed = self._ltm.absorb(
-                leaving, ltm_state, sample_points=sample_points
-            )
-            absorbs = leaving_mask[:, length - 1] > 0.5
-            coefficients = ops.where(
-                absorbs[:, None, None], coefficients, ltm_state["coefficients"]
-            )
-            new_state["ltm_coefficients"] = ops.stop_gradient(coefficients)
-            for key in ("filled", "max_abs"):
-                new_state["ltm_" + key] = ops.where(
-                    absorbs, absorbed[key], ltm_state[key]
-                )
-
-        # Short-term attention, causal over [STM; segment] (and the
-        # compressed memory, attended jointly, when there is one).
-        query = self._query_dense(normed_x)
-        key = self._key_dense(normed_window)
-        value = self._value_dense(normed_window)
+            new_state.update(ltm_state)
+        key, value, mask = self._short_term_keys(normed_window, stm_mask, length)
         rotated_query = self._rotary(query, start_index=mem)
-        rotated_key = self._rotary(key)
-        key_valid = ops.concatenate(
-            [stm_mask > 0.5, segment_valid > 0.5], axis=1
-        )  # (B, mem + L)
-        causal = ops.arange(mem + length)[None, :] <= (
-            ops.arange(length)[:, None] + mem
-        )  # (L, mem + L)
-        mask = ops.logical_and(causal[None, :, :], key_valid[:, None, :])
         if self.compressed_memory_length > 0:
-            cmem_state = {"memory": state["cmem"], "mask": state["cmem_mask"]}
-            if keep is not None:
-                cmem_state = {
-                    "memory": cmem_state["memory"] * keep[:, None, None],
-                    "mask": cmem_state["mask"] * keep[:, None],
-                }
-            leaving_block = normed_window[:, :length]
-            leaves = stm_mask[:, 0] > 0.5
-            (slots, slots_mask), compressed = self._compressive.absorb(
-                leaving_block, cmem_state, absorb=leaves
+            key, value, mask, cmem_state = self._compressed_read(
+                normed_window, stm_mask, state, reset, query, key, value, mask,
+                training,
             )
-            if training and self.reconstruction_weight > 0:
-                self.add_loss(
-                    self.reconstruction_weight
-                    * self.attention_reconstruction_loss(query, leaving_block, leaves)
-                )
-            new_state["cmem"] = compressed["memory"]
-            new_state["cmem_mask"] = compressed["mask"]
-            slots = ops.cast(slots, normed_window.dtype)
-            slot_key = self._rotary(
-                self._key_dense(slots), positions=self._compressed_positions(length)
-            )
-            rotated_key = ops.concatenate([slot_key, rotated_key], axis=1)
-            value = ops.concatenate([self._value_dense(slots), value], axis=1)
-            slot_visible = ops.broadcast_to(
-                (slots_mask > 0.5)[:, None, :],
-                (ops.shape(slots_mask)[0], length, self.compressed_memory_length),
-            )
-            mask = ops.concatenate([slot_visible, ops.broadcast_to(mask, (ops.shape(slots_mask)[0], length, mem + length))], axis=-1)
+            new_state.update(cmem_state)
         attended = ops.dot_product_attention(
-            rotated_query, rotated_key, value, mask=mask[:, None, :, :]
+            rotated_query, key, value, mask=mask[:, None, :, :]
         )
         attention_output = self._attention_output_dense(attended)
 
-        mu = sigma_sq = None
         if self.use_long_term_memory:
             ltm_output, mu, sigma_sq = self._ltm_attention(
                 query, coefficients, return_density=True
@@ -598,6 +487,110 @@ class InfiniteFormerDecoder(keras.layers.Layer):
                     self._sampler.histogram(mu, sigma_sq)
                 )
 
+        outputs = self._feedforward(x, attention_output, training)
+        # The STM keeps the last `memory_length` layer inputs.
+        new_state["stm"] = ops.stop_gradient(ops.cast(window[:, length:], "float32"))
+        segment_valid = ops.ones_like(x[:, :, 0], dtype="float32")
+        new_state["stm_mask"] = ops.concatenate(
+            [stm_mask, segment_valid], axis=1
+        )[:, length:]
+        if return_density:
+            outputs = (outputs, mu, sigma_sq)
+        return outputs, new_state
+
+    def _absorb_long_term(self, normed_window, stm_mask, own, state, reset, length):
+        """Absorb the block leaving the STM into the LTM; read its coefficients.
+
+        Returns the LTM's coefficients `(B, N, d)` (with gradient to what was
+        just absorbed) and its new state under this block's names.
+        """
+        names = dict(self._inner_memories())[self._ltm]
+        sample_points = None
+        if self.sticky_memories:
+            # Where the previous LTM attention of this block went (uniform
+            # after a reset).
+            sample_points = self._sampler.sample(own["ltm_density"])
+        # The cache fills from the right, so the leaving block holds a
+        # token iff its newest slot does. When memory_length is not a
+        # multiple of L, the first block to leave after a reset is only
+        # partly filled: its empty (or stale, pre-reset) slots enter as
+        # zeros, rather than the block being dropped with its tokens.
+        leaving_mask = stm_mask[:, :length]
+        leaving = normed_window[:, :length] * ops.cast(
+            leaving_mask[:, :, None], normed_window.dtype
+        )
+        coefficients, ltm_state = self._ltm.step(
+            leaving,
+            {key: state[name] for key, name in names.items()},
+            reset=reset,
+            sample_points=sample_points,
+            absorb=leaving_mask[:, length - 1] > 0.5,
+        )
+        return coefficients, {names[k]: v for k, v in ltm_state.items()}
+
+    def _short_term_keys(self, normed_window, stm_mask, length):
+        """Rotated keys, values and the mask `(B, L, mem + L)` of the causal
+        attention over `[STM; segment]` (empty STM slots hidden)."""
+        mem = self.memory_length
+        key = self._rotary(self._key_dense(normed_window))
+        value = self._value_dense(normed_window)
+        segment_valid = ops.ones_like(normed_window[:, mem:, 0], dtype="float32")
+        key_valid = ops.concatenate(
+            [stm_mask > 0.5, segment_valid > 0.5], axis=1
+        )  # (B, mem + L)
+        causal = ops.arange(mem + length)[None, :] <= (
+            ops.arange(length)[:, None] + mem
+        )  # (L, mem + L)
+        mask = ops.logical_and(causal[None, :, :], key_valid[:, None, :])
+        return key, value, mask
+
+    def _compressed_read(
+        self, normed_window, stm_mask, state, reset, query, key, value, mask,
+        training,
+    ):
+        """The compressed memory, attended jointly with the STM.
+
+        The block leaving the STM is compressed into the memory; its slots
+        (oldest first) are prepended to the keys, values and mask. In
+        training, adds the attention-reconstruction loss. Returns the new
+        keys, values, mask and the memory's new state under this block's
+        names.
+        """
+        length = int(query.shape[1])
+        names = dict(self._inner_memories())[self._compressive]
+        leaving_block = normed_window[:, :length]
+        leaves = stm_mask[:, 0] > 0.5
+        (slots, slots_mask), cmem_state = self._compressive.step(
+            leaving_block,
+            {k: state[name] for k, name in names.items()},
+            reset=reset,
+            absorb=leaves,
+        )
+        if training and self.reconstruction_weight > 0:
+            self.add_loss(
+                self.reconstruction_weight
+                * self.attention_reconstruction_loss(query, leaving_block, leaves)
+            )
+        slots = ops.cast(slots, normed_window.dtype)
+        slot_key = self._rotary(
+            self._key_dense(slots), positions=self._compressed_positions(length)
+        )
+        batch = ops.shape(slots_mask)[0]
+        slot_visible = ops.broadcast_to(
+            (slots_mask > 0.5)[:, None, :],
+            (batch, length, self.compressed_memory_length),
+        )
+        mask = ops.concatenate(
+            [slot_visible, ops.broadcast_to(mask, (batch,) + tuple(mask.shape[1:]))],
+            axis=-1,
+        )
+        key = ops.concatenate([slot_key, key], axis=1)
+        value = ops.concatenate([self._value_dense(slots), value], axis=1)
+        return key, value, mask, {names[k]: v for k, v in cmem_state.items()}
+
+    def _feedforward(self, x, attention_output, training):
+        """Dropout and residual around the attention, then the feed-forward
+        sub-block (pre- or post-norm)."""
         attention_output = self._attention_dropout(attention_output, training=training)
         x = x + attention_output
         if not self.normalize_first:
@@ -609,13 +602,7 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         x = residual + h
         if not self.normalize_first:
             x = self._feedforward_norm(x)
-
-        # The STM keeps the last `memory_length` layer inputs.
-        new_state["stm"] = ops.stop_gradient(ops.cast(window[:, length:], "float32"))
-        new_state["stm_mask"] = ops.concatenate(
-            [stm_mask, segment_valid], axis=1
-        )[:, length:]
-        return x, new_state, (mu, sigma_sq)
+        return x
 
     def _compressed_positions(self, length):
         """Rotary positions of the compressed slots, oldest first.
@@ -656,39 +643,13 @@ class InfiniteFormerDecoder(keras.layers.Layer):
         error = ops.mean(ops.square(attend(block) - attend(compressed)), axis=(1, 2, 3))
         return ops.mean(error * ops.cast(valid, "float32"))
 
-    def call(self, inputs, reset=None, state=None, training=None, return_density=False):
-        self._validate(inputs, reset, state)
-        if state is not None:
-            outputs, new_state, density = self.step(inputs, state, reset, training)
-            result = (outputs, new_state)
-        else:
-            # ops.copy: PyTorch's autograd must not see the assign in place.
-            current = {k: ops.copy(v.value) for k, v in self._state_variables.items()}
-            outputs, new_state, density = self.step(inputs, current, reset, training)
-            for name, value in new_state.items():
-                self._state_variables[name].assign(value)
-            result = (outputs,)
-        if return_density:
-            if not self.use_long_term_memory:
-                raise ValueError(
-                    "`return_density=True` needs use_long_term_memory=True."
-                )
-            result = result + density
-        return result[0] if len(result) == 1 else result
-
-    def compute_output_spec(
-        self, inputs, reset=None, state=None, training=None, return_density=False
-    ):
-        self._validate(inputs, reset, state)
-        batch, length = inputs.shape[0], inputs.shape[1]
+    def compute_step_output_spec(self, inputs, return_density=False):
         outputs = keras.KerasTensor(tuple(inputs.shape), dtype=self.compute_dtype)
-        result = (outputs,)
-        if state is not None:
-            result = result + (self.state_spec(batch),)
-        if return_density:
-            d = keras.KerasTensor((batch, self.num_heads, length), dtype="float32")
-            result = result + (d, keras.KerasTensor(d.shape, dtype="float32"))
-        return result[0] if len(result) == 1 else result
+        if not return_density:
+            return outputs
+        batch, length = inputs.shape[0], inputs.shape[1]
+        density = keras.KerasTensor((batch, self.num_heads, length), dtype="float32")
+        return outputs, density, keras.KerasTensor(density.shape, dtype="float32")
 
     def get_config(self):
         config = super().get_config()
@@ -719,7 +680,6 @@ class InfiniteFormerDecoder(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
-                "stateful": self.stateful,
             }
         )
         return config

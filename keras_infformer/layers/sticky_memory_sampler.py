@@ -98,13 +98,9 @@ class StickyMemorySampler(keras.layers.Layer):
 
     def __init__(self, num_samples, num_bins=128, mode="quantile", seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.num_samples = utils.check_positive_int(num_samples, "num_samples")
-        self.num_bins = utils.check_positive_int(num_bins, "num_bins")
-        if mode not in _MODES:
-            raise ValueError(
-                f"`mode` must be one of {_MODES}. Received: mode={mode!r}"
-            )
-        self.mode = mode
+        self.num_samples, self.num_bins, self.mode = self.check_arguments(
+            num_samples, num_bins, mode
+        )
         self.seed = seed
         if mode == "random":
             self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
@@ -115,6 +111,17 @@ class StickyMemorySampler(keras.layers.Layer):
             # the read-and-squeeze map) where the fit overshoots.
             np.arange(1, self.num_samples + 1) / self.num_samples
         )
+
+    @staticmethod
+    def check_arguments(num_samples, num_bins, mode):
+        """The hyper-parameters checked (raises on bad ones)."""
+        num_samples = utils.check_positive_int(num_samples, "num_samples")
+        num_bins = utils.check_positive_int(num_bins, "num_bins")
+        if mode not in _MODES:
+            raise ValueError(
+                f"`mode` must be one of {_MODES}. Received: mode={mode!r}"
+            )
+        return num_samples, num_bins, mode
 
     @property
     def input_dtype(self):

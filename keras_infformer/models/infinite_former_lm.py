@@ -208,18 +208,7 @@ class InfiniteFormerLM(keras.Model):
                 f"`token_ids` must have shape {expected}. Received: "
                 f"token_ids.shape={shape}"
             )
-        if reset is not None and (
-            len(reset.shape) != 1
-            or (
-                reset.shape[0] is not None
-                and shape[0] is not None
-                and reset.shape[0] != shape[0]
-            )
-        ):
-            raise ValueError(
-                f"`reset` must have shape ({shape[0]},). Received: "
-                f"reset.shape={tuple(reset.shape)}"
-            )
+        memory.check_reset(reset, shape[0])
         tokens = utils.concrete_value(token_ids)
         if tokens is not None and tokens.size and (
             tokens.min() < 0 or tokens.max() >= self.vocabulary_size
@@ -341,78 +330,86 @@ class InfiniteFormerLM(keras.Model):
         """Empty the memory of every block (all rows)."""
         memory.reset_memory(self)
 
+    def _block_prefixes(self):
+        """`[(block, prefix)]`: block `i`'s state is named `layer_{i}_...`."""
+        return [
+            (block, memory.state_name("layer", i))
+            for i, block in enumerate(self.decoder_blocks)
+        ]
+
+    def _nested_state_spec(self, batch_size=None):
+        return {
+            prefix: block.state_spec(batch_size)
+            for block, prefix in self._block_prefixes()
+        }
+
     def state_spec(self, batch_size=None):
         """Flat dict `layer_{i}_{name}` of every piece of memory state."""
-        spec = {}
-        for i, block in enumerate(self.decoder_blocks):
-            for name, tensor in block.state_spec(batch_size).items():
-                spec[f"layer_{i}_{name}"] = tensor
-        return spec
+        return memory.flatten_state(self._nested_state_spec(batch_size))
 
     def get_initial_state(self, batch_size):
         """The empty memory of every block, as a flat dict."""
-        state = {}
-        for i, block in enumerate(self.decoder_blocks):
-            for name, value in block.get_initial_state(batch_size).items():
-                state[f"layer_{i}_{name}"] = value
-        return state
+        return memory.flatten_state(
+            {
+                prefix: block.get_initial_state(batch_size)
+                for block, prefix in self._block_prefixes()
+            }
+        )
 
     def set_state(self, state):
-        """Write a flat state dict (as from `step`) into the variables."""
-        for i, block in enumerate(self.decoder_blocks):
-            for name, variable in block._state_variables.items():
-                # Every row, also into per-replica (tf.distribute) variables.
-                distribution.assign_memory(variable, state[f"layer_{i}_{name}"])
+        """Write a flat state dict (as from `step`) into the variables.
+
+        Every block's part is checked first (keys, shapes, finite values);
+        then all is written, or nothing when a check fails.
+        """
+        nested = memory.unflatten_state(state, self._nested_state_spec())
+        checked = {
+            prefix: block._checked_state(nested[prefix], f"state['{prefix}_...']")
+            for block, prefix in self._block_prefixes()
+        }
+        for block, prefix in self._block_prefixes():
+            block._assign_state(checked[prefix])
 
     def get_state(self):
         """The memory held in the variables, as a flat dict (copies)."""
-        state = {}
-        for i, block in enumerate(self.decoder_blocks):
-            for name, value in block.get_state().items():
-                state[f"layer_{i}_{name}"] = value
-        return state
+        return memory.flatten_state(
+            {prefix: block.get_state() for block, prefix in self._block_prefixes()}
+        )
 
     def step(self, token_ids, reset, state, training=False, return_density=False):
         """Pure streaming step: `(token_ids, reset, state) -> (logits, state)`.
 
-        Any batch size; no variable is read for memory or assigned. With
-        `return_density=True` a third output lists, per block, the LTM
-        attention's `(mu, sigma_sq)` (`None` for blocks without an LTM).
+        Any batch size; no variable is read for memory or assigned. `reset`
+        holds bools (or 0/1) per row. With `return_density=True` a third
+        output lists, per block, the LTM attention's `(mu, sigma_sq)` (`None`
+        for blocks without an LTM).
         """
         token_ids = ops.convert_to_tensor(token_ids)
         self._validate_inputs(token_ids, reset)
-        expected = self.state_spec()
-        missing = sorted(set(expected) - set(state))
-        extra = sorted(set(state) - set(expected))
-        if missing or extra:
-            raise ValueError(
-                f"`state` must hold exactly {sorted(expected)}. Missing: "
-                f"{missing}; unexpected: {extra}"
-            )
+        batch_size = token_ids.shape[0]
+        memory.check_state(state, self.state_spec(batch_size), "state", reset)
+        if reset is not None:
+            reset = ops.cast(reset, "bool")  # Once, for every block.
+        nested = memory.unflatten_state(state, self._nested_state_spec())
         x = self.token_embedding(token_ids)
         new_state = {}
         densities = []
-        for i, block in enumerate(self.decoder_blocks):
-            prefix = f"layer_{i}_"
-            block_state = {
-                k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)
-            }
-            if return_density and block.use_long_term_memory:
-                x, block_new, mu, sigma_sq = block(
-                    x, reset=reset, state=block_state, training=training,
-                    return_density=True,
-                )
+        for block, prefix in self._block_prefixes():
+            with_density = return_density and block.use_long_term_memory
+            outputs, new_state[prefix] = block(
+                x, reset=reset, state=nested[prefix], training=training,
+                return_density=with_density,
+            )
+            if with_density:
+                x, mu, sigma_sq = outputs
                 densities.append((mu, sigma_sq))
             else:
-                x, block_new = block(
-                    x, reset=reset, state=block_state, training=training
-                )
+                x = outputs
                 densities.append(None)
-            for name, value in block_new.items():
-                new_state[prefix + name] = value
         if self.normalize_first:
             x = self.final_norm(x)
         logits = self.token_embedding(x, reverse=True)
+        new_state = memory.flatten_state(new_state)
         if return_density:
             return logits, new_state, densities
         return logits, new_state
