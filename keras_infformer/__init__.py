@@ -8,6 +8,7 @@ from keras_infformer import metrics
 from keras_infformer import models
 from keras_infformer.layers import CompressiveMemory
 from keras_infformer.layers import ContinuousLTM
+from keras_infformer.layers import ContinuousMemoryAttention
 from keras_infformer.layers import GaussianAttention
 from keras_infformer.layers import InfiniteFormerDecoder
 from keras_infformer.layers import MemoryLayer

@@ -89,3 +89,15 @@ def test_compressive_memory(tmp_path):
         expected_num_non_trainable_weights=2,
         tmp_path=tmp_path,
     )
+
+
+def test_continuous_memory_attention(tmp_path):
+    run_layer_test(
+        kif.ContinuousMemoryAttention,
+        dict(num_heads=2, key_dim=4, num_basis=16, num_samples=16, sticky_memories=True),
+        {"inputs": _x(B, L, D), "query": _x(B, L, D, seed=1)},
+        expected_output_shape=(B, L, D),
+        expected_num_trainable_weights=6,
+        expected_num_non_trainable_weights=6,
+        tmp_path=tmp_path,
+    )

@@ -314,6 +314,20 @@ class ContinuousLTM(memory.MemoryLayer):
             (inputs.shape[0], self.num_basis, inputs.shape[-1]), dtype="float32"
         )
 
+    def read(self, state=None):
+        """The coefficients `B` as they stand, without absorbing anything.
+
+        A read that does not write: what a position may attend to before its
+        own segment is absorbed (read the past, attend, then call the layer
+        to absorb). With `state` (explicit-state path) its coefficients;
+        otherwise a copy of the stored memory, `(batch_size, N, e)`, zeros
+        for empty rows.
+        """
+        if state is not None:
+            return ops.cast(state["coefficients"], "float32")
+        self._require_stateful()
+        return ops.copy(self.coefficients.value)
+
     def reconstruct(self, coefficients, t):
         """The signal `X̄(t) = Bᵀ ψ(t)`, shape `(batch_size, len(t), e)`.
 
