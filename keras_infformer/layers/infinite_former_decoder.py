@@ -237,6 +237,7 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
                 f"{segment_length}"
             )
         self.hidden_dim = hidden_dim
+        self._make_memories()
         self.segment_length = segment_length
         head_dim = hidden_dim // self.num_heads
         self._head_dim = head_dim
@@ -304,14 +305,6 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         )
 
         if self.compressed_memory_length > 0:
-            self._compressive = CompressiveMemory(
-                memory_length=self.compressed_memory_length,
-                compression_rate=self.compression_rate,
-                kernel_initializer=self._compression_initializer,
-                stateful=False,
-                dtype=self.dtype_policy,
-                name="compressive_memory",
-            )
             self._compressive.build((batch_size, segment_length, hidden_dim))
         if self.use_long_term_memory:
             # Reuses the short-term attention's (un-rotated) query, as the
@@ -330,6 +323,32 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
                 dtype=self.dtype_policy,
                 name="long_term_attention",
             )
+            self._ltm.build((batch_size, segment_length, hidden_dim))
+            self._ltm_attention.build(
+                (batch_size, None, self.num_heads, head_dim),
+                (batch_size, self._ltm.num_basis, hidden_dim),
+            )
+
+        # The memory variables, named by state_spec().
+        super().build(inputs_shape)
+
+    def _make_memories(self):
+        """The memories inside the block (no weights drawn yet).
+
+        Made before the other sublayers, so that the block's weights keep
+        their order (`get_weights()` lists, checkpoints); each is built
+        where its weights were always drawn, so a seeded model keeps them.
+        """
+        if self.compressed_memory_length > 0:
+            self._compressive = CompressiveMemory(
+                memory_length=self.compressed_memory_length,
+                compression_rate=self.compression_rate,
+                kernel_initializer=self._compression_initializer,
+                stateful=False,
+                dtype=self.dtype_policy,
+                name="compressive_memory",
+            )
+        if self.use_long_term_memory:
             self._ltm = ContinuousLTM(
                 num_basis=self.num_basis,
                 basis_widths=self.basis_widths,
@@ -340,11 +359,6 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
                 dtype=self.dtype_policy,
                 name="long_term_memory",
             )
-            self._ltm.build((batch_size, segment_length, hidden_dim))
-            self._ltm_attention.build(
-                (batch_size, None, self.num_heads, head_dim),
-                (batch_size, self._ltm.num_basis, hidden_dim),
-            )
             if self.sticky_memories:
                 self._sampler = StickyMemorySampler(
                     num_samples=self.num_samples,
@@ -353,9 +367,6 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
                     dtype=self.dtype_policy,
                     name="sticky_memory_sampler",
                 )
-
-        # The memory variables, named by state_spec().
-        super().build(inputs_shape)
 
     # -- state -------------------------------------------------------------
 
