@@ -213,14 +213,23 @@ class GaussianAttention(keras.layers.Layer):
         ratio = sigma_sq / (self.sigma_0**2)
         return ops.mean(0.5 * (ratio - ops.log(ratio) - 1.0))
 
-    def call(self, query, coefficients, return_density=False, training=None):
+    def read(self, query, coefficients):
+        """`(outputs, mu, sigma_sq)` without adding the regulariser.
+
+        The forward pass alone, for inference paths (token-by-token
+        decoding) where no training loss is collected.
+        """
         mu, sigma_sq = self.density(query, coefficients)
-        if self.kl_weight > 0:
-            self.add_loss(self.kl_weight * self.kl_regularizer(sigma_sq))
         r = basis.gaussian_expectation(mu, sigma_sq, self.centers, self.widths)
         v = ops.cast(self._value_dense(ops.cast(coefficients, self.compute_dtype)), "float32")
         z = ops.einsum("bhqn,bnhk->bqhk", r, v)
         outputs = self._output_dense(ops.cast(z, self.compute_dtype))
+        return outputs, mu, sigma_sq
+
+    def call(self, query, coefficients, return_density=False, training=None):
+        outputs, mu, sigma_sq = self.read(query, coefficients)
+        if self.kl_weight > 0:
+            self.add_loss(self.kl_weight * self.kl_regularizer(sigma_sq))
         if return_density:
             return outputs, mu, sigma_sq
         return outputs

@@ -450,146 +450,176 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
     def step(self, inputs, state, reset=None, training=None, return_density=False):
         """The pure step: `(inputs, state) -> (outputs, new_state)`.
 
+        One segment in three phases, the ones token-by-token decoding
+        (`decode`) replays: `_begin_segment` (what leaves the STM enters the
+        memories), `_attend` (every position over the STM, the segment up to
+        itself and the memories), `_end_segment` (the STM moves on, the
+        sticky density of this segment is kept).
+
         With `return_density=True` the outputs are `(outputs, mu,
         sigma_sq)`, the LTM attention's densities, each `(batch_size,
         num_heads, L)`.
         """
         x = ops.cast(inputs, self.compute_dtype)
-        length = int(x.shape[1])
-        mem = self.memory_length
-        own = self.read_state({k: state[k] for k in self._own_state_names()}, reset)
-        stm_mask = own["stm_mask"]
-        window = ops.concatenate([ops.cast(own["stm"], self.compute_dtype), x], axis=1)
-        normed_window = (
-            self._attention_norm(window) if self.normalize_first else window
-        )
-        query = self._query_dense(normed_window[:, mem:])
-        new_state = {}
-
-        # The L oldest cached vectors leave the STM now: they enter the
-        # memories before attention, so only the past is ever in them.
-        if self.use_long_term_memory:
-            coefficients, ltm_state = self._absorb_long_term(
-                normed_window, stm_mask, own, state, reset, length
-            )
-            new_state.update(ltm_state)
-        key, value, mask = self._short_term_keys(normed_window, stm_mask, length)
-        rotated_query = self._rotary(query, start_index=mem)
-        if self.compressed_memory_length > 0:
-            key, value, mask, cmem_state = self._compressed_read(
-                normed_window, stm_mask, state, reset, query, key, value, mask,
-                training,
-            )
-            new_state.update(cmem_state)
-        attended = ops.dot_product_attention(
-            rotated_query, key, value, mask=mask[:, None, :, :]
-        )
-        attention_output = self._attention_output_dense(attended)
-
-        if self.use_long_term_memory:
-            ltm_output, mu, sigma_sq = self._ltm_attention(
-                query, coefficients, return_density=True
-            )
-            attention_output = attention_output + ops.cast(
-                ltm_output, attention_output.dtype
-            )
-            if self.sticky_memories:
-                new_state["ltm_density"] = ops.stop_gradient(
-                    self._sampler.histogram(mu, sigma_sq)
+        context, begun = self._begin_segment(state, reset)
+        outputs, query, mu, sigma_sq = self._attend(x, x, 0, context, training)
+        if self.compressed_memory_length > 0 and training and self.reconstruction_weight > 0:
+            self.add_loss(
+                self.reconstruction_weight
+                * self.attention_reconstruction_loss(
+                    query, context["leaving"], context["leaves"]
                 )
-
-        outputs = self._feedforward(x, attention_output, training)
-        # The STM keeps the last `memory_length` layer inputs.
-        new_state["stm"] = ops.stop_gradient(ops.cast(window[:, length:], "float32"))
-        segment_valid = ops.ones_like(x[:, :, 0], dtype="float32")
-        new_state["stm_mask"] = ops.concatenate(
-            [stm_mask, segment_valid], axis=1
-        )[:, length:]
+            )
+        mass = None
+        if self.use_long_term_memory and self.sticky_memories:
+            mass = self._sampler.bin_mass(mu, sigma_sq)
+        new_state = dict(begun)
+        new_state.update(self._end_segment(begun, x, mass))
         if return_density:
             outputs = (outputs, mu, sigma_sq)
         return outputs, new_state
 
-    def _absorb_long_term(self, normed_window, stm_mask, own, state, reset, length):
-        """Absorb the block leaving the STM into the LTM; read its coefficients.
+    def _begin_segment(self, state, reset=None):
+        """The state at the start of a segment, once the oldest block has left.
 
-        Returns the LTM's coefficients `(B, N, d)` (with gradient to what was
-        just absorbed) and its new state under this block's names.
+        The `L` oldest cached vectors leave the STM now: they enter the
+        memories before attention, so only the past is ever in them. Returns
+        `(context, state)`: what the segment's positions read (the normed
+        STM and its mask, the LTM coefficients, the compressed slots) and
+        the whole state with the memories updated (STM not moved yet).
         """
-        names = dict(self._inner_memories())[self._ltm]
-        sample_points = None
-        if self.sticky_memories:
-            # Where the previous LTM attention of this block went (uniform
-            # after a reset).
-            sample_points = self._sampler.sample(own["ltm_density"])
-        # The cache fills from the right, so the leaving block holds a
-        # token iff its newest slot does. When memory_length is not a
-        # multiple of L, the first block to leave after a reset is only
-        # partly filled: its empty (or stale, pre-reset) slots enter as
-        # zeros, rather than the block being dropped with its tokens.
-        leaving_mask = stm_mask[:, :length]
-        leaving = normed_window[:, :length] * ops.cast(
-            leaving_mask[:, :, None], normed_window.dtype
-        )
-        coefficients, ltm_state = self._ltm.step(
-            leaving,
-            {key: state[name] for key, name in names.items()},
-            reset=reset,
-            sample_points=sample_points,
-            absorb=leaving_mask[:, length - 1] > 0.5,
-        )
-        return coefficients, {names[k]: v for k, v in ltm_state.items()}
-
-    def _short_term_keys(self, normed_window, stm_mask, length):
-        """Rotated keys, values and the mask `(B, L, mem + L)` of the causal
-        attention over `[STM; segment]` (empty STM slots hidden)."""
-        mem = self.memory_length
-        key = self._rotary(self._key_dense(normed_window))
-        value = self._value_dense(normed_window)
-        segment_valid = ops.ones_like(normed_window[:, mem:, 0], dtype="float32")
-        key_valid = ops.concatenate(
-            [stm_mask > 0.5, segment_valid > 0.5], axis=1
-        )  # (B, mem + L)
-        causal = ops.arange(mem + length)[None, :] <= (
-            ops.arange(length)[:, None] + mem
-        )  # (L, mem + L)
-        mask = ops.logical_and(causal[None, :, :], key_valid[:, None, :])
-        return key, value, mask
-
-    def _compressed_read(
-        self, normed_window, stm_mask, state, reset, query, key, value, mask,
-        training,
-    ):
-        """The compressed memory, attended jointly with the STM.
-
-        The block leaving the STM is compressed into the memory; its slots
-        (oldest first) are prepended to the keys, values and mask. In
-        training, adds the attention-reconstruction loss. Returns the new
-        keys, values, mask and the memory's new state under this block's
-        names.
-        """
-        length = int(query.shape[1])
-        names = dict(self._inner_memories())[self._compressive]
-        leaving_block = normed_window[:, :length]
-        leaves = stm_mask[:, 0] > 0.5
-        (slots, slots_mask), cmem_state = self._compressive.step(
-            leaving_block,
-            {k: state[name] for k, name in names.items()},
-            reset=reset,
-            absorb=leaves,
-        )
-        if training and self.reconstruction_weight > 0:
-            self.add_loss(
-                self.reconstruction_weight
-                * self.attention_reconstruction_loss(query, leaving_block, leaves)
+        own = self.read_state({k: state[k] for k in self._own_state_names()}, reset)
+        length = self.segment_length
+        stm = ops.cast(own["stm"], self.compute_dtype)
+        normed_stm = self._attention_norm(stm) if self.normalize_first else stm
+        stm_mask = own["stm_mask"]
+        context = {"normed_stm": normed_stm, "stm_mask": stm_mask}
+        begun = dict(own)
+        if self.use_long_term_memory:
+            names = dict(self._inner_memories())[self._ltm]
+            sample_points = None
+            if self.sticky_memories:
+                # Where the previous LTM attention of this block went
+                # (uniform after a reset).
+                sample_points = self._sampler.sample(own["ltm_density"])
+            # The cache fills from the right, so the leaving block holds a
+            # token iff its newest slot does. When memory_length is not a
+            # multiple of L, the first block to leave after a reset is only
+            # partly filled: its empty (or stale, pre-reset) slots enter as
+            # zeros, rather than the block being dropped with its tokens.
+            leaving_mask = stm_mask[:, :length]
+            leaving = normed_stm[:, :length] * ops.cast(
+                leaving_mask[:, :, None], normed_stm.dtype
             )
-        slots = ops.cast(slots, normed_window.dtype)
+            coefficients, ltm_state = self._ltm.step(
+                leaving,
+                {key: state[name] for key, name in names.items()},
+                reset=reset,
+                sample_points=sample_points,
+                absorb=leaving_mask[:, length - 1] > 0.5,
+            )
+            context["coefficients"] = coefficients
+            begun.update({names[k]: v for k, v in ltm_state.items()})
+        if self.compressed_memory_length > 0:
+            names = dict(self._inner_memories())[self._compressive]
+            leaving_block = normed_stm[:, :length]
+            leaves = stm_mask[:, 0] > 0.5
+            (slots, slots_mask), cmem_state = self._compressive.step(
+                leaving_block,
+                {k: state[name] for k, name in names.items()},
+                reset=reset,
+                absorb=leaves,
+            )
+            context.update(
+                slots=slots, slots_mask=slots_mask, leaving=leaving_block, leaves=leaves
+            )
+            begun.update({names[k]: v for k, v in cmem_state.items()})
+        return context, begun
+
+    def _context_of(self, begun):
+        """The `context` of `_begin_segment`, read back from its state."""
+        stm = ops.cast(begun["stm"], self.compute_dtype)
+        context = {
+            "normed_stm": self._attention_norm(stm) if self.normalize_first else stm,
+            "stm_mask": begun["stm_mask"],
+        }
+        if self.use_long_term_memory:
+            context["coefficients"] = begun["ltm_coefficients"]
+        if self.compressed_memory_length > 0:
+            context.update(slots=begun["cmem"], slots_mask=begun["cmem_mask"])
+        return context
+
+    def _attend(self, x, segment, position, context, training, regularize=True):
+        """The block's output for the positions `position, ...` of `x`.
+
+        `x` `(B, T, d)` holds the layer inputs of positions `position` to
+        `position + T - 1` of the segment whose inputs so far are `segment`
+        `(B, L, d)` (slots after `position + T - 1` are never read). Each
+        attends causally over `[STM; segment]` (and the compressed slots,
+        jointly) and, with the same un-rotated query, over the LTM; the two
+        are summed. Returns `(outputs, query, mu, sigma_sq)`.
+        """
+        mem = self.memory_length
+        length = self.segment_length
+        steps = int(x.shape[1])
+        normed_segment = (
+            self._attention_norm(segment) if self.normalize_first else segment
+        )
+        if x is segment:
+            normed_x = normed_segment
+        else:
+            normed_x = self._attention_norm(x) if self.normalize_first else x
+        query = self._query_dense(normed_x)
+        window = ops.concatenate(
+            [ops.cast(context["normed_stm"], normed_segment.dtype), normed_segment],
+            axis=1,
+        )
+        key = self._rotary(self._key_dense(window))
+        value = self._value_dense(window)
+        rotated_query = self._rotary(query, start_index=mem + position)
+        batch = ops.shape(x)[0]
+        key_valid = ops.concatenate(
+            [context["stm_mask"] > 0.5, ops.ones((batch, length), dtype="bool")],
+            axis=1,
+        )  # (B, mem + L)
+        query_positions = ops.arange(steps) + position + mem
+        causal = ops.arange(mem + length)[None, :] <= query_positions[:, None]
+        mask = ops.logical_and(causal[None, :, :], key_valid[:, None, :])
+        if self.compressed_memory_length > 0:
+            key, value, mask = self._with_compressed_slots(context, key, value, mask)
+        attended = ops.dot_product_attention(
+            rotated_query, key, value, mask=mask[:, None, :, :]
+        )
+        attention_output = self._attention_output_dense(attended)
+        mu = sigma_sq = None
+        if self.use_long_term_memory:
+            if regularize:
+                ltm_output, mu, sigma_sq = self._ltm_attention(
+                    query, context["coefficients"], return_density=True
+                )
+            else:  # Decoding: no loss is collected, none is added.
+                ltm_output, mu, sigma_sq = self._ltm_attention.read(
+                    query, context["coefficients"]
+                )
+            attention_output = attention_output + ops.cast(
+                ltm_output, attention_output.dtype
+            )
+        outputs = self._feedforward(x, attention_output, training)
+        return outputs, query, mu, sigma_sq
+
+    def _with_compressed_slots(self, context, key, value, mask):
+        """Prepend the compressed slots (oldest first) to keys, values, mask."""
+        length = self.segment_length
+        slots = ops.cast(context["slots"], key.dtype)
+        slots_mask = context["slots_mask"]
         slot_key = self._rotary(
             self._key_dense(slots), positions=self._compressed_positions(length)
         )
         batch = ops.shape(slots_mask)[0]
+        steps = mask.shape[1]
         slot_visible = ops.broadcast_to(
             (slots_mask > 0.5)[:, None, :],
-            (batch, length, self.compressed_memory_length),
+            (batch, steps, self.compressed_memory_length),
         )
         mask = ops.concatenate(
             [slot_visible, ops.broadcast_to(mask, (batch,) + tuple(mask.shape[1:]))],
@@ -597,7 +627,111 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         )
         key = ops.concatenate([slot_key, key], axis=1)
         value = ops.concatenate([self._value_dense(slots), value], axis=1)
-        return key, value, mask, {names[k]: v for k, v in cmem_state.items()}
+        return key, value, mask
+
+    def _end_segment(self, begun, segment, mass):
+        """The STM keeps the last `memory_length` layer inputs; with sticky
+        memories, the density of this segment's LTM attention (from the
+        summed `mass` of its positions) is kept for the next update."""
+        length = self.segment_length
+        # Through the compute dtype, as the layer inputs were.
+        window = ops.concatenate(
+            [ops.cast(begun["stm"], self.compute_dtype), ops.cast(segment, self.compute_dtype)],
+            axis=1,
+        )
+        stm_mask = begun["stm_mask"]
+        ended = {
+            "stm": ops.stop_gradient(ops.cast(window[:, length:], "float32")),
+            "stm_mask": ops.concatenate(
+                [stm_mask, ops.ones_like(ops.cast(segment[:, :, 0], "float32"))], axis=1
+            )[:, length:],
+        }
+        if mass is not None:
+            ended["ltm_density"] = ops.stop_gradient(self._sampler.normalize_mass(mass))
+        return ended
+
+    # -- token-by-token decoding -------------------------------------------
+
+    def decode_state_spec(self, batch_size=None):
+        """The state of `decode`: `state_spec()` plus the partial segment
+        (`segment`, its layer inputs so far) and, with sticky memories, the
+        attention mass summed over it (`segment_mass`)."""
+        spec = dict(self.state_spec(batch_size))
+        spec["segment"] = keras.KerasTensor(
+            (batch_size, self.segment_length, self.hidden_dim), dtype="float32"
+        )
+        if self.use_long_term_memory and self.sticky_memories:
+            spec["segment_mass"] = keras.KerasTensor(
+                (batch_size, self._sampler.num_bins), dtype="float32"
+            )
+        return spec
+
+    def decode_state(self, state):
+        """A `decode` state from a `step` state (at a segment boundary)."""
+        first = state["stm"]
+        batch = ops.shape(first)[0]
+        decode_state = dict(state)
+        for name, spec in self.decode_state_spec().items():
+            if name not in state:
+                decode_state[name] = ops.zeros(
+                    (batch,) + tuple(spec.shape[1:]), dtype="float32"
+                )
+        return decode_state
+
+    def decode(self, inputs, state, position):
+        """One position at a time, equal to `step` over whole segments.
+
+        Args:
+            inputs: `(batch_size, 1, hidden_dim)`, the layer input of the
+                token at `position` of the current segment.
+            state: a `decode_state_spec()` dict: at `position == 0`, the
+                state `step` leaves at a segment boundary (plus zeros);
+                afterwards, what `decode` returned.
+            position: scalar int, the token's position in its segment
+                (shared by every row).
+
+        Returns `(outputs (batch_size, 1, hidden_dim), new_state)`. At
+        `position == 0` the memories are updated as `step` updates them at
+        the start of a segment; after position `L - 1` the STM moves on and
+        the partial segment is cleared, so the state is again a `step`
+        state (plus zeros).
+        """
+        length = self.segment_length
+        position = ops.cast(position, "int32")
+        names = list(self.state_spec())
+        boundary = {k: state[k] for k in names}
+        begun = ops.cond(
+            ops.equal(position, 0),
+            lambda: self._begin_segment(boundary)[1],
+            lambda: boundary,
+        )
+        x = ops.cast(inputs, self.compute_dtype)
+        segment = ops.slice_update(
+            ops.cast(state["segment"], self.compute_dtype), [0, position, 0], x
+        )
+        outputs, _, mu, sigma_sq = self._attend(
+            x, segment, position, self._context_of(begun), training=False,
+            regularize=False,
+        )
+        new_state = dict(begun)
+        new_state["segment"] = ops.cast(segment, "float32")
+        mass = None
+        if "segment_mass" in state:
+            mass = state["segment_mass"] + self._sampler.bin_mass(mu, sigma_sq)
+            new_state["segment_mass"] = mass
+
+        def finish():
+            ended = dict(new_state)
+            ended.update(self._end_segment(begun, segment, mass))
+            ended["segment"] = ops.zeros_like(new_state["segment"])
+            if mass is not None:
+                ended["segment_mass"] = ops.zeros_like(mass)
+            return ended
+
+        new_state = ops.cond(
+            ops.equal(position, length - 1), finish, lambda: new_state
+        )
+        return outputs, new_state
 
     def _feedforward(self, x, attention_output, training):
         """Dropout and residual around the attention, then the feed-forward

@@ -136,6 +136,15 @@ class StickyMemorySampler(keras.layers.Layer):
         clamped at `1e-12`, densities with a non-finite `mu` or `sigma_sq`
         are left out, and a row without mass gives the flat histogram.
         """
+        return self.normalize_mass(self.bin_mass(mu, sigma_sq))
+
+    def bin_mass(self, mu, sigma_sq):
+        """Attention mass per bin summed over densities, not normalised.
+
+        Masses of several passes add up (token-by-token decoding sums them
+        over a segment) and `normalize_mass` of the sum is the `histogram`
+        of all the densities at once.
+        """
         mu = ops.cast(mu, "float32")
         sigma_sq = ops.cast(sigma_sq, "float32")
         batch = ops.shape(mu)[0]
@@ -154,7 +163,10 @@ class StickyMemorySampler(keras.layers.Layer):
         )
         cdf = 0.5 * (1.0 + ops.erf((self.bin_edges - mu) / (sigma * np.sqrt(2.0))))
         mass = ops.where(valid, cdf[..., 1:] - cdf[..., :-1], 0.0)
-        mass = ops.sum(mass, axis=1)
+        return ops.sum(mass, axis=1)
+
+    def normalize_mass(self, mass):
+        """`bin_mass` output as a histogram that sums to 1 per row."""
         # A small floor keeps every bin reachable and the division safe.
         mass = ops.maximum(mass, 0.0) + 1e-6 / self.num_bins
         return mass / ops.sum(mass, axis=-1, keepdims=True)
