@@ -17,6 +17,9 @@ from keras_infformer import callbacks
 from keras_infformer.export import export_for_serving
 from keras_infformer.memory import ResetMemory
 from keras_infformer.memory import reset_memory
+from keras_infformer.models import InfiniteFormerBackbone
+from keras_infformer.models import InfiniteFormerCausalLM
+from keras_infformer.models import InfiniteFormerCausalLMPreprocessor
 from keras_infformer.models import InfiniteFormerLM
 
 __version__ = "0.1.0"

@@ -1,16 +1,26 @@
 import keras
-import numpy as np
-from keras import ops
 
-from keras_infformer import distribution
-from keras_infformer import memory
-from keras_infformer import utils
-from keras_infformer.layers.infinite_former_decoder import InfiniteFormerDecoder
+from keras_infformer.models.infinite_former_backbone import InfiniteFormerBackbone
+from keras_infformer.models.infinite_former_causal_lm import InfiniteFormerCausalLM
+
+# The backbone's settings, accepted here as keyword arguments.
+_SETTINGS = (
+    "vocabulary_size", "segment_length", "batch_size", "num_layers",
+    "hidden_dim", "num_heads", "intermediate_dim", "memory_length",
+    "use_long_term_memory", "num_basis", "basis_widths", "ridge_penalty",
+    "tau", "num_samples", "sticky_memories", "sticky_mode", "num_bins",
+    "sigma_0", "kl_weight", "compressed_memory_length", "compression_rate",
+    "reconstruction_weight", "dropout", "normalize_first", "tie_weights",
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
-class InfiniteFormerLM(keras.Model):
-    """A causal language model of stacked ∞-former decoder blocks.
+class InfiniteFormerLM(InfiniteFormerCausalLM):
+    """A causal language model of stacked ∞-former decoder blocks, from flat settings.
+
+    The same model as `InfiniteFormerCausalLM(InfiniteFormerBackbone(...))`,
+    built from one list of settings (the backbone is made inside): the
+    quickest way to a model, and the class of earlier releases.
 
     A functional `keras.Model` with a fixed batch size and segment length,
     made to read arbitrarily long streams segment by segment: inputs
@@ -74,381 +84,40 @@ class InfiniteFormerLM(keras.Model):
         vocabulary_size,
         segment_length,
         batch_size,
-        num_layers=3,
-        hidden_dim=300,
-        num_heads=6,
-        intermediate_dim=None,
-        memory_length=None,
-        use_long_term_memory=True,
-        num_basis=512,
-        basis_widths=(0.01, 0.05),
-        ridge_penalty=1.0,
-        tau=0.75,
-        num_samples=512,
-        sticky_memories=False,
-        sticky_mode="quantile",
-        num_bins=128,
-        sigma_0=0.05,
-        kl_weight=1e-6,
-        compressed_memory_length=0,
-        compression_rate=4,
-        reconstruction_weight=1.0,
-        dropout=0.1,
-        normalize_first=True,
-        tie_weights=True,
+        preprocessor=None,
         dtype=None,
+        name=None,
         **kwargs,
     ):
-        vocabulary_size = utils.check_positive_int(vocabulary_size, "vocabulary_size")
-        segment_length = utils.check_positive_int(segment_length, "segment_length")
-        batch_size = utils.check_positive_int(batch_size, "batch_size")
-        num_layers = utils.check_positive_int(num_layers, "num_layers")
-        hidden_dim = utils.check_positive_int(hidden_dim, "hidden_dim")
-        intermediate_dim = intermediate_dim or 4 * hidden_dim
-        memory_length = memory_length or segment_length
-
-        # === Layers ===
-        token_embedding = keras.layers.ReversibleEmbedding(
-            vocabulary_size,
-            hidden_dim,
-            tie_weights=tie_weights,
-            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
+        settings = {k: kwargs.pop(k) for k in list(kwargs) if k in _SETTINGS}
+        backbone = InfiniteFormerBackbone(
+            vocabulary_size=vocabulary_size,
+            segment_length=segment_length,
+            batch_size=batch_size,
             dtype=dtype,
-            name="token_embedding",
+            **settings,
         )
-        blocks = [
-            InfiniteFormerDecoder(
-                intermediate_dim=intermediate_dim,
-                num_heads=num_heads,
-                memory_length=memory_length,
-                use_long_term_memory=use_long_term_memory,
-                num_basis=num_basis,
-                basis_widths=basis_widths,
-                ridge_penalty=ridge_penalty,
-                tau=tau,
-                num_samples=num_samples,
-                sticky_memories=sticky_memories,
-                sticky_mode=sticky_mode,
-                num_bins=num_bins,
-                sigma_0=sigma_0,
-                kl_weight=kl_weight,
-                compressed_memory_length=compressed_memory_length,
-                compression_rate=compression_rate,
-                reconstruction_weight=reconstruction_weight,
-                dropout=dropout,
-                normalize_first=normalize_first,
-                dtype=dtype,
-                name=f"decoder_layer_{i}",
-            )
-            for i in range(num_layers)
-        ]
-        final_norm = keras.layers.LayerNormalization(
-            epsilon=1e-5, dtype=dtype, name="final_norm"
-        )
-
-        # === Functional model ===
-        token_ids = keras.Input(
-            (segment_length,), batch_size=batch_size, dtype="int32", name="token_ids"
-        )
-        reset = keras.Input((), batch_size=batch_size, dtype="bool", name="reset")
-        x = token_embedding(token_ids)
-        for block in blocks:
-            x = block(x, reset=reset)
-        if normalize_first:
-            x = final_norm(x)
-        logits = token_embedding(x, reverse=True)
-        super().__init__(
-            inputs={"token_ids": token_ids, "reset": reset},
-            outputs=logits,
-            dtype=dtype,
-            **kwargs,
-        )
-
-        # === Config ===
-        self.vocabulary_size = vocabulary_size
-        self.segment_length = segment_length
-        self.batch_size = batch_size
-        self.num_layers = num_layers
-        self.hidden_dim = hidden_dim
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.memory_length = memory_length
-        self.use_long_term_memory = use_long_term_memory
-        self.num_basis = num_basis
-        self.basis_widths = tuple(basis_widths)
-        self.ridge_penalty = ridge_penalty
-        self.tau = tau
-        self.num_samples = num_samples
-        self.sticky_memories = sticky_memories
-        self.sticky_mode = sticky_mode
-        self.num_bins = num_bins
-        self.sigma_0 = sigma_0
-        self.kl_weight = kl_weight
-        self.compressed_memory_length = compressed_memory_length
-        self.compression_rate = compression_rate
-        self.reconstruction_weight = reconstruction_weight
-        self.dropout = dropout
-        self.normalize_first = normalize_first
-        self.tie_weights = tie_weights
-        self.token_embedding = token_embedding
-        self.decoder_blocks = blocks
-        self.final_norm = final_norm
-
-    # -- validation ----------------------------------------------------------
-
-    def _validate_inputs(self, token_ids, reset, batch_size=None):
-        shape = tuple(token_ids.shape)
-        if len(shape) != 2 or shape[1] != self.segment_length or (
-            batch_size is not None
-            and shape[0] is not None
-            and shape[0] != batch_size
-        ):
-            expected = (batch_size or "batch_size", self.segment_length)
-            raise ValueError(
-                f"`token_ids` must have shape {expected}. Received: "
-                f"token_ids.shape={shape}"
-            )
-        memory.check_reset(reset, shape[0])
-        tokens = utils.concrete_value(token_ids)
-        if tokens is not None and tokens.size and (
-            tokens.min() < 0 or tokens.max() >= self.vocabulary_size
-        ):
-            bad = tokens[(tokens < 0) | (tokens >= self.vocabulary_size)][0]
-            raise ValueError(
-                "`token_ids` must lie in [0, vocabulary_size="
-                f"{self.vocabulary_size}). Received a token id {bad}."
-            )
-
-    def _check_data(self, x, batch_size, argument="x"):
-        """Checks data given to fit/evaluate/predict before any step runs.
-
-        Inside a compiled TF step the batch size of a dataset is unknown,
-        and a wrong one would only fail deep inside the graph (and after
-        some steps, for a partial last batch), so the fixed batch size is
-        checked here, on the data itself, while the memory is untouched.
-        Returns the batch size to pass on (the model's, for arrays).
-        """
-        if batch_size is not None and batch_size != self.batch_size:
-            raise ValueError(
-                f"This model is stateful with a fixed batch size of "
-                f"{self.batch_size} (one memory per row). Received: "
-                f"batch_size={batch_size}"
-            )
-        if isinstance(x, keras.utils.PyDataset):
-            if x.num_batches == 0:
-                return batch_size
-            first = x[0]
-            inputs = first[0] if isinstance(first, (tuple, list)) else first
-            if isinstance(inputs, dict) and "token_ids" in inputs:
-                shape = tuple(np.shape(inputs["token_ids"]))
-                if len(shape) != 2 or shape[0] != self.batch_size:
-                    raise ValueError(
-                        f"This model is stateful with a fixed batch size of "
-                        f"{self.batch_size} (one memory per row), but `{argument}` "
-                        f"yields batches of another size. Received: "
-                        f"token_ids.shape={shape} in batch 0"
-                    )
-                self._validate_inputs(
-                    inputs["token_ids"], inputs.get("reset"), self.batch_size
-                )
-            return batch_size
-        if isinstance(x, dict) and isinstance(x.get("token_ids"), np.ndarray):
-            tokens = x["token_ids"]
-            reset = x.get("reset")
-            self._validate_inputs(
-                tokens, None if reset is None else np.asarray(reset)
-            )
-            if tokens.shape[0] % self.batch_size:
-                raise ValueError(
-                    f"This model is stateful with a fixed batch size of "
-                    f"{self.batch_size} (one memory per row): the number of "
-                    "rows of array data must be a multiple of it (no partial "
-                    f"last batch). Received: token_ids.shape={tokens.shape}"
-                )
-            return self.batch_size
-        return batch_size
-
-    def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
-        # The memory carries each row from one batch to the next, so the
-        # batches must come in order: Keras' default `shuffle=True` would
-        # reorder them (a PyDataset's too). Default to False, refuse True.
-        shuffle = args[5] if len(args) > 5 else kwargs.get("shuffle", False)
-        if shuffle:
-            raise ValueError(
-                "InfiniteFormerLM keeps one memory per batch row and must read "
-                "the batches of a stream in order; shuffling would mix "
-                f"unrelated segments into the memory. Received: shuffle={shuffle!r}"
-            )
-        if len(args) <= 5:
-            kwargs["shuffle"] = False
-        batch_size = self._check_data(x, batch_size)
-        validation_data = kwargs.get("validation_data")
-        if validation_data is not None:
-            vx = (
-                validation_data[0]
-                if isinstance(validation_data, (tuple, list))
-                else validation_data
-            )
-            self._check_data(
-                vx, kwargs.get("validation_batch_size"), "validation_data"
-            )
-        return super().fit(x, y, batch_size, *args, **kwargs)
-
-    def evaluate(self, x=None, y=None, batch_size=None, *args, **kwargs):
-        batch_size = self._check_data(x, batch_size)
-        return super().evaluate(x, y, batch_size, *args, **kwargs)
-
-    def predict(self, x, batch_size=None, *args, **kwargs):
-        batch_size = self._check_data(x, batch_size)
-        return super().predict(x, batch_size, *args, **kwargs)
-
-    def call(self, inputs, training=None, mask=None):
-        if isinstance(inputs, dict) and "token_ids" in inputs:
-            batch_size = self.batch_size
-            # Inside a tf.distribute replica the batch is the replica's part.
-            local = distribution.per_replica_batch(self.batch_size)
-            if inputs["token_ids"].shape[0] == local:
-                batch_size = local
-            self._validate_inputs(
-                inputs["token_ids"], inputs.get("reset"), batch_size
-            )
-        return super().call(inputs, training=training, mask=mask)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # TensorFlow trainer with a tf.distribute strategy only: Keras would
-        # average the first batch over the replicas to build symbolically,
-        # which fails on the bool `reset`; replica 0's part builds the same.
-        if iterator is not None and data_batch is None:
-            data_batch = distribution.first_replica_batch(self, iterator)
-            if data_batch is not None:
-                iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    # -- memory ------------------------------------------------------------
-
-    def reset_state(self):
-        """Empty the memory of every block (all rows)."""
-        memory.reset_memory(self)
-
-    def _block_prefixes(self):
-        """`[(block, prefix)]`: block `i`'s state is named `layer_{i}_...`."""
-        return [
-            (block, memory.state_name("layer", i))
-            for i, block in enumerate(self.decoder_blocks)
-        ]
-
-    def _nested_state_spec(self, batch_size=None):
-        return {
-            prefix: block.state_spec(batch_size)
-            for block, prefix in self._block_prefixes()
-        }
-
-    def state_spec(self, batch_size=None):
-        """Flat dict `layer_{i}_{name}` of every piece of memory state."""
-        return memory.flatten_state(self._nested_state_spec(batch_size))
-
-    def get_initial_state(self, batch_size):
-        """The empty memory of every block, as a flat dict."""
-        return memory.flatten_state(
-            {
-                prefix: block.get_initial_state(batch_size)
-                for block, prefix in self._block_prefixes()
-            }
-        )
-
-    def set_state(self, state):
-        """Write a flat state dict (as from `step`) into the variables.
-
-        Every block's part is checked first (keys, shapes, finite values);
-        then all is written, or nothing when a check fails.
-        """
-        nested = memory.unflatten_state(state, self._nested_state_spec())
-        checked = {
-            prefix: block._checked_state(nested[prefix], f"state['{prefix}_...']")
-            for block, prefix in self._block_prefixes()
-        }
-        for block, prefix in self._block_prefixes():
-            block._assign_state(checked[prefix])
-
-    def get_state(self):
-        """The memory held in the variables, as a flat dict (copies)."""
-        return memory.flatten_state(
-            {prefix: block.get_state() for block, prefix in self._block_prefixes()}
-        )
-
-    def step(self, token_ids, reset, state, training=False, return_density=False):
-        """Pure streaming step: `(token_ids, reset, state) -> (logits, state)`.
-
-        Any batch size; no variable is read for memory or assigned. `reset`
-        holds bools (or 0/1) per row. With `return_density=True` a third
-        output lists, per block, the LTM attention's `(mu, sigma_sq)` (`None`
-        for blocks without an LTM).
-        """
-        token_ids = ops.convert_to_tensor(token_ids)
-        self._validate_inputs(token_ids, reset)
-        batch_size = token_ids.shape[0]
-        memory.check_state(state, self.state_spec(batch_size), "state", reset)
-        if reset is not None:
-            reset = ops.cast(reset, "bool")  # Once, for every block.
-        nested = memory.unflatten_state(state, self._nested_state_spec())
-        x = self.token_embedding(token_ids)
-        new_state = {}
-        densities = []
-        for block, prefix in self._block_prefixes():
-            with_density = return_density and block.use_long_term_memory
-            outputs, new_state[prefix] = block(
-                x, reset=reset, state=nested[prefix], training=training,
-                return_density=with_density,
-            )
-            if with_density:
-                x, mu, sigma_sq = outputs
-                densities.append((mu, sigma_sq))
-            else:
-                x = outputs
-                densities.append(None)
-        if self.normalize_first:
-            x = self.final_norm(x)
-        logits = self.token_embedding(x, reverse=True)
-        new_state = memory.flatten_state(new_state)
-        if return_density:
-            return logits, new_state, densities
-        return logits, new_state
+        super().__init__(backbone, preprocessor=preprocessor, name=name, **kwargs)
 
     def get_config(self):
-        return {
-            "vocabulary_size": self.vocabulary_size,
-            "segment_length": self.segment_length,
-            "batch_size": self.batch_size,
-            "num_layers": self.num_layers,
-            "hidden_dim": self.hidden_dim,
-            "num_heads": self.num_heads,
-            "intermediate_dim": self.intermediate_dim,
-            "memory_length": self.memory_length,
-            "use_long_term_memory": self.use_long_term_memory,
-            "num_basis": self.num_basis,
-            "basis_widths": self.basis_widths,
-            "ridge_penalty": self.ridge_penalty,
-            "tau": self.tau,
-            "num_samples": self.num_samples,
-            "sticky_memories": self.sticky_memories,
-            "sticky_mode": self.sticky_mode,
-            "num_bins": self.num_bins,
-            "sigma_0": self.sigma_0,
-            "kl_weight": self.kl_weight,
-            "compressed_memory_length": self.compressed_memory_length,
-            "compression_rate": self.compression_rate,
-            "reconstruction_weight": self.reconstruction_weight,
-            "dropout": self.dropout,
-            "normalize_first": self.normalize_first,
-            "tie_weights": self.tie_weights,
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-        }
+        backbone = self.backbone.get_config()
+        config = {k: backbone[k] for k in _SETTINGS}
+        config.update(
+            {
+                "name": self.name,
+                "trainable": self.trainable,
+                "dtype": backbone["dtype"],
+            }
+        )
+        if self.preprocessor is not None:
+            config["preprocessor"] = keras.layers.serialize(self.preprocessor)
+        return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        if isinstance(config.get("preprocessor"), dict):
+            config["preprocessor"] = keras.layers.deserialize(config["preprocessor"])
         return cls(**config)
