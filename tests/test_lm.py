@@ -317,7 +317,9 @@ def test_keras_round_trip_restores_weights_and_memory(tmp_path):
     )
 
     lines = []
-    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+    model.summary(
+        expand_nested=True, print_fn=lambda line, *args, **kwargs: lines.append(line)
+    )
     text = "\n".join(lines)
     assert "decoder_layer_1" in text and "token_embedding" in text
 
