@@ -26,21 +26,38 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
 
 
-def _reference_absorb(ltm, x, coefficients, filled):
-    """The update written out in NumPy: both fits, then a row-wise select."""
-    g_empty, g_update, psi = (
-        np.asarray(ops.convert_to_numpy(m), np.float64) for m in ltm._ridge_matrices(x.shape[1])
-    )
+def _reference_absorb(ref, x, coefficients, filled, num_samples, tau=0.75, penalty=1.0,
+                      widths=(0.01, 0.05)):
+    """The update written out from conftest's Reference (DESIGN §1.2, §1.4):
+    an empty row is fitted on its L vectors at (i + 1/2)/L; a filled row
+    reads its old signal at m/M, squeezes it to tau m/M, appends the new
+    vectors at tau + (1 - tau) l/L and refits. Row by row, float64."""
     x = x.astype(np.float64)
-    x_old = np.einsum("mn,bne->bme", psi, coefficients.astype(np.float64))
-    update = np.einsum("pn,bpe->bne", g_update, np.concatenate([x_old, x], 1))
-    empty = np.einsum("pn,bpe->bne", g_empty, x)
-    return np.where(filled[:, None, None] > 0.5, update, empty)
+    length, m = x.shape[1], num_samples
+    centers, basis_widths = ref.basis(coefficients.shape[1], widths)
+    levels = np.arange(1, m + 1) / m
+    update_positions = np.concatenate(
+        [tau * levels, tau + (1 - tau) * np.arange(1, length + 1) / length]
+    )
+    out = []
+    for b in range(len(x)):
+        if filled[b] > 0.5:
+            old = ref.signal(coefficients[b], levels, centers, basis_widths)
+            out.append(ref.ridge_fit(
+                update_positions, np.concatenate([old, x[b]]), centers, basis_widths,
+                penalty, False,
+            ))
+        else:
+            out.append(ref.ridge_fit(
+                (np.arange(length) + 0.5) / length, x[b], centers, basis_widths,
+                penalty, False,
+            ))
+    return np.stack(out)
 
 
 @pytest.mark.parametrize("filled", [[1, 1, 1], [0, 0, 0], [1, 0, 1]], ids=["all", "none", "mixed"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_absorb_selects_the_fit_row_by_row(filled, compiled, rng, to_numpy):
+def test_absorb_selects_the_fit_row_by_row(filled, compiled, ref, rng, to_numpy):
     batch, length, n, e = 3, 12, 8, 5
     ltm = ContinuousLTM(num_basis=n, num_samples=6, stateful=False)
     ltm.build((batch, length, e))
@@ -49,7 +66,7 @@ def test_absorb_selects_the_fit_row_by_row(filled, compiled, rng, to_numpy):
     filled = np.asarray(filled, "float32")
     # Large enough that the read bound never clips (covered in test_continuous_ltm).
     max_abs = np.full((batch,), 1e3, "float32")
-    expected = _reference_absorb(ltm, x, coefficients, filled)
+    expected = _reference_absorb(ref, x, coefficients, filled, num_samples=6)
     if compiled:
         xi = keras.Input((length, e), batch_size=batch)
         ci = keras.Input((n, e), batch_size=batch)

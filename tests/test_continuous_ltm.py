@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_infformer import basis
 from keras_infformer.layers import ContinuousLTM
 
 # Small sizes used by most tests.
@@ -36,6 +35,19 @@ def _assert_coefficients_close(actual, expected, rtol=1e-5):
     """Float32 layer output vs float64 reference, relative to the scale."""
     scale = np.abs(expected).max()
     np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale)
+
+
+def _ridge_matrix(ref, positions, centers, widths, penalty):
+    """G (P, N) with B = Gᵀ X, from conftest's normal equations (X = I)."""
+    return ref.ridge_fit(
+        positions, np.eye(len(positions)), centers, widths, penalty, False
+    ).T
+
+
+def _update_positions(num_samples, length, tau):
+    """Old samples at tau m/M, new vectors at tau + (1 - tau) l/L (§1.4)."""
+    old = tau * np.arange(1, num_samples + 1) / num_samples
+    return np.concatenate([old, tau + (1 - tau) * np.arange(1, length + 1) / length])
 
 
 # -- the fit against independent normal equations ------------------------------
@@ -128,15 +140,24 @@ def test_edge_padding_reconstructs_the_interior(to_numpy):
     assert error < 0.01
 
 
-def test_smooths_white_noise(rng, to_numpy):
+def test_smooths_white_noise(ref, rng, to_numpy):
+    """The fit is a smoother: white noise keeps the share of its variance
+    that the ridge smoother S (positions -> fit -> the same positions)
+    passes, tr(SᵀS) / P, computed here in float64 (~0.25). Two-sided: an
+    all-zero memory keeps nothing, an interpolating one keeps everything."""
     length = 256
     t = (np.arange(length) + 0.5) / length
     noise = rng.standard_normal((1, length, 4)).astype("float32")
     layer = ContinuousLTM(num_basis=128, ridge_penalty=0.5, num_samples=64)
     rec = to_numpy(layer.reconstruct(layer(noise), t))
     ratio = rec.var() / noise.var()
-    print(f"white noise: variance ratio reconstruction / noise = {ratio:.3f}")
-    assert ratio < 0.5
+    centers, widths = ref.basis(128, (0.01, 0.05))
+    smoother = ref.rbf(t, centers, widths) @ _ridge_matrix(ref, t, centers, widths, 0.5).T
+    expected = (smoother**2).sum() / length
+    print(f"white noise: variance ratio reconstruction / noise = {ratio:.3f} "
+          f"(expected share tr(SᵀS)/P = {expected:.3f})")
+    assert 0.1 < expected < 0.5
+    assert 0.8 * expected < ratio < 1.25 * expected
 
 
 @pytest.mark.parametrize("edge_padding", [False, True])
@@ -495,18 +516,15 @@ def test_explicit_state_errors(rng):
         layer(x, state={"coefficients": np.zeros((BATCH, N, E), "float32")})
 
 
-def test_unstable_settings_are_refused():
+def test_unstable_settings_are_refused(ref):
     # N=64, M=32, L=32: the update map has spectral radius ~1.54 (diverges).
     layer = ContinuousLTM(num_basis=64, num_samples=32)
     with pytest.raises(ValueError, match="num_samples=32"):
         layer.build((2, 32, 4))
     # Independent check of the claim: iterate the update map in NumPy.
-    centers, widths = basis.basis_parameters(64, (0.01, 0.05))
-    psi = np.stack([
-        np.exp(-0.5 * ((m / 32 - centers) / widths) ** 2) / (widths * np.sqrt(2 * np.pi))
-        for m in range(1, 33)
-    ])
-    g = basis.ridge_matrix(basis.update_positions(32, 32, 0.75), centers, widths, 1.0)
+    centers, widths = ref.basis(64, (0.01, 0.05))
+    psi = ref.rbf(np.arange(1, 33) / 32, centers, widths)  # reads at m/M
+    g = _ridge_matrix(ref, _update_positions(32, 32, 0.75), centers, widths, 1.0)
     b = np.random.default_rng(0).normal(size=(64, 1))
     for _ in range(50):
         b = g[:32].T @ (psi @ b)
@@ -542,11 +560,11 @@ def _sticky_growth_setting():
     return n, m, length, points.astype("float32")
 
 
-def test_sticky_reads_that_expand_stay_bounded(rng, to_numpy):
+def test_sticky_reads_that_expand_stay_bounded(ref, rng, to_numpy):
     n, m, length, points = _sticky_growth_setting()
-    centers, widths = basis.basis_parameters(n, WIDTHS)
-    g = basis.ridge_matrix(basis.update_positions(m, length, 0.75), centers, widths, 1.0)
-    psi = basis.design_matrix(points[0].astype(np.float64), centers, widths).T
+    centers, widths = ref.basis(n, WIDTHS)
+    g = _ridge_matrix(ref, _update_positions(m, length, 0.75), centers, widths, 1.0)
+    psi = ref.rbf(points[0].astype(np.float64), centers, widths)
     radius = np.max(np.abs(np.linalg.eigvals(g[:m].T @ psi)))
     assert radius > 1.05  # the setting really expands without the bound
 
@@ -559,18 +577,21 @@ def test_sticky_reads_that_expand_stay_bounded(rng, to_numpy):
         _, state = layer.absorb(x, state, sample_points=points)
         # The same map without the bound, in float64.
         if unbounded is None:
-            unbounded = basis.ridge_matrix(
-                basis.uniform_positions(length), centers, widths, 1.0
+            unbounded = _ridge_matrix(
+                ref, (np.arange(length) + 0.5) / length, centers, widths, 1.0
             ).T @ x[0]
         else:
             unbounded = g.T @ np.concatenate([psi @ unbounded, x[0]])
     t = np.linspace(0.0, 1.0, 501)
     signal = to_numpy(layer.reconstruct(state["coefficients"], t))
-    free = basis.design_matrix(t, centers, widths).T @ unbounded
+    free = ref.rbf(t, centers, widths) @ unbounded
     peak = np.abs(xs).max()
     print(f"sticky reads with radius {radius:.3f}, 400 updates: max |X(t)| "
           f"bounded {np.abs(signal).max():.2f}, unbounded {np.abs(free).max():.3g} "
           f"(inputs within ±{peak:.2f})")
     np.testing.assert_allclose(to_numpy(state["max_abs"]), [peak], rtol=1e-6)
     assert np.abs(free).max() > 1e6
-    assert np.all(np.isfinite(signal)) and np.abs(signal).max() < 10 * peak
+    # Bounded, and not by emptying the memory: the signal keeps the inputs'
+    # scale (an all-zero memory would pass a one-sided bound).
+    assert np.all(np.isfinite(signal))
+    assert 0.2 * peak < np.abs(signal).max() < 10 * peak

@@ -60,6 +60,14 @@ class _MemoryRecorder(keras.callbacks.Callback):
         self.snapshots.append(np.array(ops.convert_to_numpy(layer.coefficients.value)))
 
 
+# Known package bug (PyTorch only, reported, not fixed here): the first `fit`
+# of this model fails at random (~3% of fits) with "`mu` must hold only
+# finite values". Keras' torch `_symbolic_build` first traces the model on
+# the "meta" device; GaussianAttention's CPU constants (centers, widths) make
+# that trace fail after ContinuousLTM has recorded a meta-device memory in
+# the shared StatelessScope, so the eager fallback reads that memory as
+# `torch.empty_like` (uninitialised) and StickyMemorySampler's finiteness
+# check raises when the garbage holds a NaN.
 def _fit(model, jit_compile, epochs, num_batches=6):
     model.compile(
         optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile=jit_compile
@@ -95,15 +103,38 @@ def test_fit_decreases_the_loss(jit_compile):
         assert layer.trainable_weights == []
 
 
-def test_fit_under_mixed_bfloat16(mixed_bfloat16, jit_compile):
+def test_fit_under_mixed_bfloat16(mixed_bfloat16, jit_compile, to_numpy):
+    """The mixed model computes what the float32 one does (same weights), to
+    bfloat16 accuracy: the outputs before training (measured 1.4% of their
+    scale) and the loss of every epoch of the same fit (measured 2e-4)."""
+    keras.mixed_precision.set_dtype_policy("float32")
+    reference = _model()
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     model = _model()
+    model.set_weights(reference.get_weights())
     attention = model.get_layer("attention")
     assert attention.compute_dtype == "bfloat16"
+    assert reference.get_layer("attention").compute_dtype == "float32"
+    (past, query), _ = _data(2, seed=5)
+    for name in ("ltm", "output_ltm"):
+        model.get_layer(name).reset_state()
+        reference.get_layer(name).reset_state()
+    for rows in (slice(0, B), slice(B, 2 * B)):  # The memory fills on the way.
+        expected = to_numpy(reference.predict_on_batch((past[rows], query[rows])))
+        got = to_numpy(ops.cast(model.predict_on_batch((past[rows], query[rows])), "float32"))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=5e-2 * np.abs(expected).max())
+    for m in (model, reference):
+        for name in ("ltm", "output_ltm"):
+            m.get_layer(name).reset_state()
+
     losses, snapshots = _fit(model, jit_compile, epochs=4)
+    reference_losses, _ = _fit(reference, jit_compile, epochs=4)
     print(f"{keras.backend.backend()} mixed_bfloat16: loss per epoch "
-          f"{np.round(losses, 4).tolist()}")
+          f"{np.round(losses, 4).tolist()} (float32: "
+          f"{np.round(reference_losses, 4).tolist()})")
     assert np.all(np.isfinite(losses))
     assert losses[-1] < 0.8 * losses[0]
+    np.testing.assert_allclose(losses, reference_losses, rtol=2e-2)
     _assert_memory_changes(snapshots, 4 * 6)
     for name in ("ltm", "output_ltm"):
         layer = model.get_layer(name)

@@ -76,38 +76,85 @@ def _rotary(x, positions, max_wavelength=10000):
     return x * np.cos(angle) + rotated * np.sin(angle)
 
 
+def _relative_path(layer, variable):
+    """`variable.path` without the leading layer name, e.g. "query/kernel"."""
+    return variable.path.split("/", 1)[1]
+
+
+def _randomize(layer, seed):
+    """Give every trainable weight its own random values.
+
+    The reference reads the weights back, so a test whose kernels were equal
+    (or all ones / zeros) could not tell, e.g., the key from the value
+    projection. Each weight gets an independent draw at a sensible scale
+    (gammas around 1, small biases, kernels ~ 1/sqrt(fan_in)).
+    """
+    rng = np.random.default_rng(seed)
+    for w in layer.trainable_weights:
+        name = _relative_path(layer, w)
+        shape = tuple(w.shape)
+        if name.endswith("gamma"):
+            value = 1.0 + 0.3 * rng.standard_normal(shape)
+        elif name.endswith(("beta", "bias")):
+            value = 0.2 * rng.standard_normal(shape)
+        elif name.split("/")[-2] in ("query", "key", "value"):
+            value = rng.standard_normal(shape) / np.sqrt(shape[0])
+        else:  # (fan_in..., out) kernels, and w_mu, w_sigma of shape (N,)
+            value = rng.standard_normal(shape) / np.sqrt(max(np.prod(shape[:-1]), shape[-1]))
+        w.assign(value.astype("float32"))
+    values = [_np(w).ravel() for w in layer.trainable_weights]
+    for i, a in enumerate(values):
+        for b in values[:i]:
+            n = min(a.size, b.size)
+            assert not np.allclose(a[:n], b[:n])
+
+
 def _weights(block):
-    w = lambda v: _np(v).astype(np.float64)  # noqa: E731
-    return dict(
-        ln1_g=w(block._attention_norm.gamma),
-        ln1_b=w(block._attention_norm.beta),
-        wq=w(block._query_dense.kernel),
-        wk=w(block._key_dense.kernel),
-        wv=w(block._value_dense.kernel),
-        wo=w(block._attention_output_dense.kernel),
-        ln2_g=w(block._feedforward_norm.gamma),
-        ln2_b=w(block._feedforward_norm.beta),
-        w1=w(block._feedforward_intermediate.kernel),
-        b1=w(block._feedforward_intermediate.bias),
-        w2=w(block._feedforward_output.kernel),
-        b2=w(block._feedforward_output.bias),
+    """The block's trainable weights as float64 arrays, by relative path."""
+    return {
+        _relative_path(block, w): _np(w).astype(np.float64)
+        for w in block.trainable_weights
+    }
+
+
+def _reference_ltm_read(ref, w, query, coefficients, centers, widths, min_variance=1e-6):
+    """Gaussian attention over the LTM (DESIGN §1.3), float64.
+
+    query (B, L, h, d_h), the short-term attention's *un-rotated* query;
+    coefficients (B, N, d). Returns (output (B, L, d), mu, sigma_sq), the
+    latter two (B, h, L).
+    """
+    k = np.einsum("bne,ehk->bnhk", coefficients, w["long_term_attention/key/kernel"])
+    v = np.einsum("bne,ehk->bnhk", coefficients, w["long_term_attention/value/kernel"])
+    scores = np.einsum("bqhk,bnhk->bhqn", query, k) / np.sqrt(query.shape[-1])
+    mu = 1.0 / (1.0 + np.exp(-scores @ w["long_term_attention/mu_kernel"]))
+    sigma_sq = np.maximum(
+        np.logaddexp(0.0, scores @ w["long_term_attention/sigma_kernel"]), min_variance
     )
+    r = ref.expectation(mu, sigma_sq, centers, widths)  # (B, h, L, N)
+    z = np.einsum("bhqn,bnhk->bqhk", r, v)
+    output = np.einsum("bqhk,hko->bqo", z, w["long_term_attention/output/kernel"])
+    return output, mu, sigma_sq
 
 
-def _reference_block(w, cache, cache_mask, x):
-    """One pre-norm block (no LTM) over [cache; x]; float64.
+def _reference_block(w, cache, cache_mask, x, ltm=None):
+    """One pre-norm block over [cache; x]; float64.
 
     cache (B, M, d), cache_mask (B, M) bool, x (B, L, d) -> (B, L, d).
+    With `ltm` (a `_ReferenceLTM`), the block first absorbs the L oldest
+    cached vectors (normalised with the attention LayerNorm) into it, then
+    adds its Gaussian read, with the same un-rotated queries, to the
+    short-term attention output.
     """
     memory, length = cache.shape[1], x.shape[1]
     window = np.concatenate([cache, x], axis=1)
-    normed = _layer_norm(window, w["ln1_g"], w["ln1_b"])
-    q = np.einsum("btd,dhk->bthk", normed[:, memory:], w["wq"])
-    k = np.einsum("btd,dhk->bthk", normed, w["wk"])
-    v = np.einsum("btd,dhk->bthk", normed, w["wv"])
-    q = _rotary(q, np.arange(memory, memory + length, dtype=np.float64))
+    normed = _layer_norm(window, w["attention_norm/gamma"], w["attention_norm/beta"])
+    q = np.einsum("btd,dhk->bthk", normed[:, memory:], w["query/kernel"])
+    k = np.einsum("btd,dhk->bthk", normed, w["key/kernel"])
+    v = np.einsum("btd,dhk->bthk", normed, w["value/kernel"])
+    rotated_q = _rotary(q, np.arange(memory, memory + length, dtype=np.float64))
     k = _rotary(k, np.arange(memory + length, dtype=np.float64))
-    scores = np.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(q.shape[-1])
+    scores = np.einsum("bqhk,bshk->bhqs", rotated_q, k) / np.sqrt(q.shape[-1])
     causal = np.arange(memory + length)[None, :] <= (
         np.arange(length)[:, None] + memory
     )
@@ -118,10 +165,84 @@ def _reference_block(w, cache, cache_mask, x):
     probs = np.exp(scores)
     probs /= probs.sum(-1, keepdims=True)
     attended = np.einsum("bhqs,bshk->bqhk", probs, v)
-    x = x + np.einsum("bqhk,hkd->bqd", attended, w["wo"])
-    h = _layer_norm(x, w["ln2_g"], w["ln2_b"])
-    h = np.maximum(h @ w["w1"] + w["b1"], 0.0) @ w["w2"] + w["b2"]
+    attention = np.einsum("bqhk,hkd->bqd", attended, w["attention_output/kernel"])
+    if ltm is not None:
+        leaving_mask = cache_mask[:, :length]
+        ltm.absorb(normed[:, :length] * leaving_mask[..., None], leaving_mask.any(1))
+        attention = attention + ltm.read(w, q)
+    x = x + attention
+    h = _layer_norm(x, w["feedforward_norm/gamma"], w["feedforward_norm/beta"])
+    h = np.maximum(
+        h @ w["feedforward_intermediate/kernel"] + w["feedforward_intermediate/bias"],
+        0.0,
+    )
+    h = h @ w["feedforward_output/kernel"] + w["feedforward_output/bias"]
     return x + h
+
+
+class _ReferenceLTM:
+    """The continuous memory of every row, float64 (DESIGN §1.2, 1.4, 1.5).
+
+    Written from conftest's independent `Reference` (the `ref` fixture:
+    basis, ridge fit by the normal equations, signal, Gaussian expectation,
+    sticky histogram and its inverse CDF); nothing is read from the layer
+    but its trainable weights.
+    """
+
+    def __init__(self, ref, batch, width, num_basis=16, basis_widths=(0.01, 0.05),
+                 ridge_penalty=1.0, tau=0.75, num_samples=16, sticky=False,
+                 num_bins=16):
+        self.ref = ref
+        self.centers, self.widths = ref.basis(num_basis, basis_widths)
+        self.penalty, self.tau, self.num_samples = ridge_penalty, tau, num_samples
+        self.sticky, self.num_bins = sticky, num_bins
+        self.coefficients = np.zeros((batch, num_basis, width))
+        self.filled = np.zeros(batch, bool)
+        self.max_abs = np.zeros(batch)
+        self.density = np.full((batch, num_bins), 1.0 / num_bins)
+        self.largest_read = 0.0
+
+    def reset(self, rows):
+        self.coefficients[rows] = 0.0
+        self.filled[rows] = False
+        self.max_abs[rows] = 0.0
+        self.density[rows] = 1.0 / self.num_bins
+
+    def absorb(self, leaving, absorbs):
+        """leaving (B, L, d): what leaves the STM, empty slots as zeros."""
+        m, length = self.num_samples, leaving.shape[1]
+        levels = np.arange(1, m + 1) / m
+        fit = lambda positions, values: self.ref.ridge_fit(  # noqa: E731
+            positions, values, self.centers, self.widths, self.penalty, False
+        )
+        for b in np.flatnonzero(absorbs):
+            if not self.filled[b]:
+                self.coefficients[b] = fit((np.arange(length) + 0.5) / length, leaving[b])
+                self.max_abs[b] = np.abs(leaving[b]).max()
+                self.filled[b] = True
+                continue
+            # Uniform reads at m/M; sticky (quantile) reads at the inverse
+            # CDF of the previous pass's histogram at the same levels.
+            reads = self.ref.inverse_cdf(self.density[b], levels) if self.sticky else levels
+            bound = 2.0 * self.max_abs[b]  # reads clipped to twice the absorbed peak
+            old = np.clip(
+                self.ref.signal(self.coefficients[b], reads, self.centers, self.widths),
+                -bound, bound,
+            )
+            positions = np.concatenate(
+                [self.tau * levels, self.tau + (1 - self.tau) * np.arange(1, length + 1) / length]
+            )
+            self.coefficients[b] = fit(positions, np.concatenate([old, leaving[b]]))
+            self.max_abs[b] = max(self.max_abs[b], np.abs(leaving[b]).max())
+
+    def read(self, w, query):
+        output, mu, sigma_sq = _reference_ltm_read(
+            self.ref, w, query, self.coefficients, self.centers, self.widths
+        )
+        if self.sticky:
+            self.density = self.ref.sticky_histogram(mu, sigma_sq, self.num_bins)
+        self.largest_read = max(self.largest_read, np.abs(output).max())
+        return output
 
 
 # -- Tests --------------------------------------------------------------------
@@ -158,36 +279,96 @@ def test_config_round_trip_symbolic_and_eager_call():
         assert keras.backend.standardize_dtype(value.dtype) == "float32"
 
 
-@pytest.mark.parametrize("memory_length", [MEMORY, 4])
-def test_streaming_equals_numpy_reference_without_ltm(memory_length):
-    """Segment-by-segment streaming == the block's math on [cache; segment].
+def _stream_against_reference(block, segments, resets, ltm=None, atol=2e-5, rtol=1e-5):
+    """Stream `segments` through `block` and through the float64 reference.
 
-    The cache is kept independently here (the last MEMORY inputs, with a
-    validity mask); row 1 starts a new document at segment 5. A memory
-    shorter than the segment is allowed without the LTM.
+    The cache is kept independently here (the last `memory_length` inputs,
+    with a validity mask), and `ltm` (a `_ReferenceLTM`) holds the reference
+    long-term memory. Returns the reference weights, cache and mask at the
+    end and the last output.
     """
-    block = _block(use_long_term_memory=False, memory_length=memory_length)
-    segments = _stream(1, 10)
-    block(segments[0])  # Build, then start from empty memory.
+    memory_length = block.memory_length
     block.reset_state()
     weights = _weights(block)
     cache = np.zeros((BATCH, memory_length, HIDDEN))
     cache_mask = np.zeros((BATCH, memory_length), bool)
-    for s, x in enumerate(segments):
-        reset = np.array([s == 0, s in (0, 5)])
+    error = 0.0
+    for s, (x, reset) in enumerate(zip(segments, resets)):
         cache_mask &= ~reset[:, None]
-        expected = _reference_block(weights, cache, cache_mask, x.astype(np.float64))
+        if ltm is not None:
+            ltm.reset(reset)
+        expected = _reference_block(weights, cache, cache_mask, x.astype(np.float64), ltm)
         got = _np(block(x, reset=reset))
-        np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5, err_msg=f"s={s}")
+        np.testing.assert_allclose(got, expected, atol=atol, rtol=rtol, err_msg=f"s={s}")
+        error = max(error, np.abs(got - expected).max())
         cache = np.concatenate([cache, x], axis=1)[:, -memory_length:]
         cache_mask = np.concatenate(
             [cache_mask, np.ones((BATCH, SEGMENT), bool)], axis=1
         )[:, -memory_length:]
+    print(f"max |layer - float64 reference| over {len(segments)} segments: {error:.1e}")
+    return weights, cache, cache_mask, got
+
+
+@pytest.mark.parametrize("memory_length", [MEMORY, 4])
+def test_streaming_equals_numpy_reference_without_ltm(memory_length):
+    """Segment-by-segment streaming == the block's math on [cache; segment].
+
+    Row 1 starts a new document at segment 5. A memory shorter than the
+    segment is allowed without the LTM. Every weight holds its own random
+    values, so swapping two projections cannot go unseen.
+    """
+    block = _block(use_long_term_memory=False, memory_length=memory_length)
+    segments = _stream(1, 10)
+    block(segments[0])  # Build.
+    _randomize(block, seed=memory_length)
+    resets = [np.array([s == 0, s in (0, 5)]) for s in range(10)]
+    weights, cache, cache_mask, got = _stream_against_reference(block, segments, resets)
     # The reference is not trivially satisfied: the memory changes outputs.
     fresh = _reference_block(
         weights, cache, np.zeros_like(cache_mask), segments[-1].astype(np.float64)
     )
     assert np.abs(fresh - got).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "memory_length,sticky",
+    [(MEMORY, False), (12, False), (SEGMENT, True)],
+    ids=["ltm", "ltm-memory-12", "sticky"],
+)
+def test_streaming_equals_numpy_reference_with_ltm(ref, memory_length, sticky):
+    """The whole block with its long-term path against float64 NumPy.
+
+    What leaves the short-term window (normalised by the attention
+    LayerNorm) is ridge-fitted into the LTM (DESIGN §1.2, §1.4; sticky reads
+    at the quantiles of the previous pass's histogram, §1.5), read with the
+    shared un-rotated short-term query (§1.3) and summed into the attention
+    output; then the residual and the feed-forward sub-block. Twelve
+    segments, row 1 restarts at segment 6; every weight its own random
+    values. With memory_length = 12 the first block to leave after a reset
+    is partly filled (empty slots enter as zeros).
+    """
+    block = _block(memory_length=memory_length, sticky_memories=sticky)
+    segments = _stream(13, 12)
+    block(segments[0])  # Build.
+    _randomize(block, seed=100 + memory_length)
+    ltm = _ReferenceLTM(
+        ref, BATCH, HIDDEN, num_basis=16, num_samples=16, sticky=sticky, num_bins=16
+    )
+    resets = [np.array([s == 0, s in (0, 6)]) for s in range(12)]
+    _stream_against_reference(block, segments, resets, ltm=ltm, atol=1e-4, rtol=1e-4)
+    # The memory the layer left is the reference's fit.
+    state = block.get_state()
+    assert np.all(ltm.filled)
+    np.testing.assert_array_equal(_np(state["ltm_filled"]), ltm.filled.astype("float32"))
+    scale = np.abs(ltm.coefficients).max()
+    np.testing.assert_allclose(
+        _np(state["ltm_coefficients"]), ltm.coefficients, rtol=0, atol=1e-4 * scale
+    )
+    np.testing.assert_allclose(_np(state["ltm_max_abs"]), ltm.max_abs, rtol=1e-5)
+    # The LTM's share of the output is far above the tolerance, so a read
+    # of the wrong memory, or of the right one at the wrong scale, shows.
+    print(f"largest |LTM read| {ltm.largest_read:.3f}, memory scale {scale:.3f}")
+    assert ltm.largest_read > 0.05
 
 
 @pytest.mark.parametrize("use_ltm", [False, True])

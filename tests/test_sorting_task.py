@@ -102,6 +102,60 @@ def test_density_images_callback_makes_images(tmp_path):
     assert "layer_0/sticky_histogram" in images
 
 
+class _ScriptedModel:
+    """Stands in for a trained model in the scorer: logits from a rule of
+    the segment's token ids; records the resets it was called with."""
+
+    def __init__(self, rule):
+        self.rule = rule
+        self.resets = []
+
+    def predict_on_batch(self, inputs):
+        token_ids = np.asarray(inputs["token_ids"])
+        self.resets.append(np.asarray(inputs["reset"]).tolist())
+        return self.rule(token_ids)
+
+
+def _one_hot(ids):
+    return np.eye(sorting.VOCABULARY_SIZE, dtype="float32")[ids]
+
+
+def _oracle(token_ids):
+    """Teacher forcing: the target at position i is the input at i + 1."""
+    return _one_hot(np.concatenate([token_ids[:, 1:], token_ids[:, -1:]], axis=1))
+
+
+def _constant(symbol):
+    return lambda token_ids: _one_hot(np.full(token_ids.shape, symbol))
+
+
+def test_scorer_gives_oracle_logits_full_marks():
+    args = sorting_task.parse_args(TINY + ["--eval-sequences", "6"])
+    model = _ScriptedModel(_oracle)
+    assert sorting_task.evaluate(model, args, 64) == 1.0
+    # 64 tokens + separator + 20 answers in segments of 32: 3 segments per
+    # group of 2 sequences, 3 groups; memory reset at each group's start.
+    assert model.resets == [[True, True], [False, False], [False, False]] * 3
+    # The scorer reads the final segment's answer positions: an oracle
+    # shifted by one position scores far less.
+    late = _ScriptedModel(lambda ids: _one_hot(ids))
+    assert sorting_task.evaluate(late, args, 64) < 0.5
+
+
+@pytest.mark.parametrize("symbol", [0, 7, 19, sorting.SEPARATOR_ID, sorting.PAD_ID])
+def test_scorer_gives_constant_logits_the_value_computed_by_hand(symbol):
+    """Every true order is a permutation of the 20 symbols, so a model that
+    always predicts the same symbol is right at exactly one rank of the 20:
+    accuracy 1/20. Predicting the separator or the pad is never right."""
+    args = sorting_task.parse_args(TINY + ["--eval-sequences", "6"])
+    expected = 1.0 / 20 if symbol < sorting.NUM_SYMBOLS else 0.0
+    accuracy = sorting_task.evaluate(_ScriptedModel(_constant(symbol)), args, 64)
+    assert accuracy == pytest.approx(expected, abs=1e-12)
+    # All-equal logits: argmax takes the first, symbol 0.
+    flat = _ScriptedModel(lambda ids: np.zeros(ids.shape + (sorting.VOCABULARY_SIZE,)))
+    assert sorting_task.evaluate(flat, args, 64) == pytest.approx(1.0 / 20, abs=1e-12)
+
+
 def test_cli_runs_end_to_end(tmp_path):
     results = tmp_path / "sorting.json"
     env = dict(os.environ)
@@ -133,12 +187,19 @@ def _compressive_block(weight=1.0):
     return block
 
 
+def _weight(block, path):
+    """The block's weight at `path` (relative to the block), by public path."""
+    matches = [w for w in block.weights if w.path.split("/", 1)[1] == path]
+    assert len(matches) == 1, (path, [w.path for w in block.weights])
+    return matches[0]
+
+
 def _numpy_reconstruction_loss(block, query, leaving, valid):
     """Rae et al.'s attention-reconstruction loss written out in float64."""
     to64 = lambda v: np.asarray(keras.ops.convert_to_numpy(v), np.float64)  # noqa: E731
-    wk, wv = to64(block._key_dense.kernel), to64(block._value_dense.kernel)
-    conv = block._compressive._compression
-    kernel, bias = to64(conv.kernel), to64(conv.bias)  # (c, d, d), (d,)
+    wk, wv = to64(_weight(block, "key/kernel")), to64(_weight(block, "value/kernel"))
+    kernel = to64(_weight(block, "compressive_memory/compression/kernel"))  # (c, d, d)
+    bias = to64(_weight(block, "compressive_memory/compression/bias"))  # (d,)
     c = kernel.shape[0]
     b, length, d = leaving.shape
     windows = leaving.reshape(b, length // c, c, d)
@@ -198,14 +259,16 @@ def test_attention_reconstruction_loss_trains_only_the_compression(gradients):
     rng = np.random.default_rng(1)
     query = rng.standard_normal((2, 8, 2, 8)).astype("float32")
     leaving = rng.standard_normal((2, 8, 16)).astype("float32")
-    conv = block._compressive._compression
-    held = [block._key_dense.kernel, block._value_dense.kernel, block._query_dense.kernel]
+    compression = [
+        _weight(block, "compressive_memory/compression/" + name) for name in ("kernel", "bias")
+    ]
+    held = [_weight(block, name + "/kernel") for name in ("key", "value", "query")]
 
     def loss(q, x):
         return block.attention_reconstruction_loss(q, x, np.ones((2,), "float32"))
 
     (g_kernel, g_bias, *g_held), (g_query, g_block) = gradients(
-        loss, [conv.kernel, conv.bias] + held, [query, leaving]
+        loss, compression + held, [query, leaving]
     )
     assert np.abs(g_kernel).max() > 1e-4 and np.abs(g_bias).max() > 0
     for g in g_held + [g_query, g_block]:
