@@ -117,6 +117,14 @@ class InfiniteFormerCausalLM(_keras_hub().models.CausalLM):
             loss = metrics.masked_token_loss()
         if weighted_metrics == "auto":
             weighted_metrics = metrics.language_model_metrics()
+        if not isinstance(
+            _keras_hub().samplers.get(sampler), _keras_hub().samplers.Sampler
+        ):
+            raise ValueError(
+                "`sampler` must be a keras_hub.samplers name ('greedy', "
+                "'top_k', 'top_p', 'random', ...) or a Sampler instance. "
+                f"Received: sampler={sampler!r}"
+            )
         super().compile(
             optimizer=optimizer,
             loss=loss,

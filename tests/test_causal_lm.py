@@ -1,0 +1,232 @@
+"""The keras-hub model family: generation equals teacher forcing, samplers,
+stop tokens, state continuation, text in and out, loss over real tokens."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_infformer as kif
+from conftest import to_numpy
+
+VOCAB, SEGMENT, BATCH = 40, 6, 2
+MAX_LENGTH = 3 * SEGMENT + 5 + 8
+CONFIGS = {
+    "plain": dict(),
+    "sticky": dict(sticky_memories=True),
+    "compressive": dict(use_long_term_memory=False, compressed_memory_length=3,
+                        compression_rate=2, memory_length=SEGMENT),
+}
+
+
+def _model(kind, **kwargs):
+    keras.utils.set_random_seed(3)
+    settings = dict(
+        vocabulary_size=VOCAB, segment_length=SEGMENT, batch_size=BATCH,
+        num_layers=2, hidden_dim=16, num_heads=2, num_basis=16, num_samples=16,
+        memory_length=SEGMENT + 2, dropout=0.0,
+    )
+    settings.update(CONFIGS[kind])
+    settings.update(kwargs)
+    model = kif.InfiniteFormerLM(**settings)
+    model.compile(sampler="greedy")
+    return model
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {kind: _model(kind) for kind in CONFIGS}
+
+
+def _teacher_forced_logits(model, token_ids):
+    """Logits of streaming `token_ids` (B, T) segment by segment."""
+    rows, total = token_ids.shape
+    pad = (-total) % SEGMENT
+    padded = np.concatenate([token_ids, np.zeros((rows, pad), "int32")], axis=1)
+    state = model.get_initial_state(rows)
+    logits = []
+    for start in range(0, padded.shape[1], SEGMENT):
+        out, state = model.step(padded[:, start : start + SEGMENT], np.zeros(rows, bool), state)
+        logits.append(to_numpy(out))
+    return np.concatenate(logits, axis=1)[:, :total]
+
+
+def _prompts(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    token_ids = np.zeros((len(lengths), MAX_LENGTH), "int32")
+    mask = np.zeros_like(token_ids, dtype=bool)
+    for row, n in enumerate(lengths):
+        token_ids[row, :n] = rng.integers(1, VOCAB, size=n)
+        mask[row, :n] = True
+    return {"token_ids": token_ids, "padding_mask": mask}
+
+
+def _assert_generation_is_teacher_forced(model, prompts, outputs, logits):
+    tokens = outputs["token_ids"]
+    lengths = prompts["padding_mask"].sum(axis=1)
+    # Prompts are kept as they were.
+    for row, n in enumerate(lengths):
+        np.testing.assert_array_equal(tokens[row, :n], prompts["token_ids"][row, :n])
+    expected = _teacher_forced_logits(model, tokens)
+    for row, n in enumerate(lengths):
+        got, want = logits[row, n - 1 :], expected[row, n - 1 :]
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+        assert np.abs(want).max() > 1e-3
+
+
+_LENGTHS = {
+    "1": (1,), "L-1": (SEGMENT - 1,), "L": (SEGMENT,), "3L+5": (3 * SEGMENT + 5,),
+    "mixed": (1, SEGMENT - 1, SEGMENT, 3 * SEGMENT + 5),
+}
+
+
+# Every prompt length with sticky memories (the most state to carry); the
+# mixed batch and the longest prompt for the other memories.
+@pytest.mark.parametrize(
+    "kind, lengths",
+    [("sticky", v) for v in _LENGTHS.values()]
+    + [(k, _LENGTHS[n]) for k in ("plain", "compressive") for n in ("3L+5", "mixed")],
+    ids=[f"sticky-{n}" for n in _LENGTHS]
+    + [f"{k}-{n}" for k in ("plain", "compressive") for n in ("3L+5", "mixed")],
+)
+def test_generated_logits_equal_teacher_forcing(models, kind, lengths):
+    model = models[kind]
+    prompts = _prompts(lengths)
+    memory_before = {k: to_numpy(v) for k, v in model.get_state().items()}
+    outputs, logits = model.generate(
+        prompts, stop_token_ids=None, return_logits=True
+    )
+    _assert_generation_is_teacher_forced(model, prompts, outputs, logits)
+    # Generation never touches the training memory.
+    for name, value in model.get_state().items():
+        np.testing.assert_array_equal(to_numpy(value), memory_before[name])
+
+
+@pytest.mark.parametrize("sampler", ["top_k", "top_p", "random"])
+def test_every_sampler_decodes_through_the_memory(models, sampler):
+    model = models["sticky"]
+    model.compile(sampler=sampler)
+    try:
+        prompts = _prompts((SEGMENT + 2, 2 * SEGMENT + 1), seed=1)
+        outputs, logits = model.generate(prompts, stop_token_ids=None, return_logits=True)
+        _assert_generation_is_teacher_forced(model, prompts, outputs, logits)
+    finally:
+        model.compile(sampler="greedy")
+
+
+def test_beam_search_is_refused(models):
+    model = _model("plain")
+    model.compile(sampler="beam")
+    with pytest.raises(ValueError, match="greedy"):
+        model.generate(_prompts((3,)), stop_token_ids=None)
+
+
+def test_stop_tokens_end_rows(models):
+    model = models["plain"]
+    prompts = _prompts((SEGMENT + 1,), seed=2)
+    free = model.generate(prompts, stop_token_ids=None)
+    start = SEGMENT + 1
+    stop = int(free["token_ids"][0, start + 2])
+    first = start + list(free["token_ids"][0, start:]).index(stop)
+    stopped = model.generate(prompts, stop_token_ids=(stop,))
+    np.testing.assert_array_equal(
+        stopped["token_ids"][0, : first + 1], free["token_ids"][0, : first + 1]
+    )
+    assert stopped["padding_mask"][0, : first + 1].all()
+    assert not stopped["padding_mask"][0, first + 1 :].any()
+
+
+def test_continuing_from_a_returned_state_equals_one_long_generation(models):
+    model = models["sticky"]
+    first = _prompts((SEGMENT + 3,), seed=4)
+    out1, state = model.generate(
+        {k: v[:, : 2 * SEGMENT + 1] for k, v in first.items()},
+        stop_token_ids=None, return_state=True,
+    )
+    second = np.random.default_rng(5).integers(1, VOCAB, size=(1, 4)).astype("int32")
+    out2, logits2 = model.generate(
+        second, max_length=4 + SEGMENT + 2, stop_token_ids=None, state=state,
+        return_logits=True,
+    )
+    # The same tokens streamed from the start give the same logits.
+    whole = np.concatenate([out1["token_ids"], out2["token_ids"]], axis=1)
+    expected = _teacher_forced_logits(model, whole)[:, out1["token_ids"].shape[1] :]
+    np.testing.assert_allclose(logits2[:, 3:], expected[:, 3:], atol=1e-4, rtol=1e-4)
+
+
+def test_bad_generation_input_is_refused_and_memory_untouched(models):
+    model = models["plain"]
+    before = {k: to_numpy(v) for k, v in model.get_state().items()}
+    empty = _prompts((3,))
+    empty["padding_mask"][:] = False
+    with pytest.raises(ValueError, match="at least one token"):
+        model.generate(empty, stop_token_ids=None)
+    with pytest.raises(ValueError, match="vocabulary_size"):
+        model.generate(np.array([[1, VOCAB + 3]]), stop_token_ids=None)
+    with pytest.raises(ValueError, match="max_length"):
+        model.generate(np.array([[1, 2, 3, 4]]), max_length=2, stop_token_ids=None)
+    with pytest.raises(ValueError):
+        model.compile(sampler="no_such_sampler")
+    for name, value in model.get_state().items():
+        np.testing.assert_array_equal(to_numpy(value), before[name])
+
+
+def test_text_in_text_out_with_a_byte_tokenizer(tmp_path):
+    preprocessor = kif.InfiniteFormerCausalLMPreprocessor()
+    text = "Mémoire infinie: any UTF-8 text round-trips. ✓"
+    ids = preprocessor.tokenize_documents([text])[0]
+    assert preprocessor.generate_postprocess(
+        {"token_ids": ids[None], "padding_mask": np.ones((1, len(ids)), bool)}
+    ) == [text]
+    backbone = kif.InfiniteFormerBackbone(
+        vocabulary_size=256, segment_length=8, batch_size=2, num_layers=1,
+        hidden_dim=16, num_heads=2, num_basis=16, num_samples=16, dropout=0.0,
+    )
+    model = kif.InfiniteFormerCausalLM(backbone, preprocessor)
+    model.compile(sampler="greedy")
+    generated = model.generate(["Hello", "A longer prompt, read by segments"], max_length=48)
+    assert generated[0].startswith("Hello") and len(generated) == 2
+    assert generated[1].startswith("A longer prompt, read by segments")
+    # A directory of texts becomes streams; targets never cross files.
+    for name, body in [("a.txt", "first file " * 5), ("sub/b.txt", "second " * 9)]:
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(body, encoding="utf-8")
+    stream = preprocessor.streaming_dataset(directory=str(tmp_path), batch_size=2, segment_length=8)
+    assert stream.num_documents == 2
+    lengths = sorted(len(d) for d in preprocessor.tokenize_documents(["first file " * 5, "second " * 9]))
+    weights = np.concatenate([stream.get_batch(i)[2] for i in range(len(stream))], axis=1)
+    assert sorted(int(w.sum()) + 1 for w in weights) == lengths
+
+
+def test_compile_defaults_average_over_real_tokens():
+    """`evaluate` with the default loss equals the masked mean in NumPy on
+    a stream whose rows are mostly padding."""
+    model = kif.InfiniteFormerLM(
+        vocabulary_size=VOCAB, segment_length=SEGMENT, batch_size=4, num_layers=1,
+        hidden_dim=16, num_heads=2, num_basis=16, num_samples=16, dropout=0.0,
+        kl_weight=0.0,
+    )
+    model.compile()
+    rng = np.random.default_rng(6)
+    documents = [rng.integers(1, VOCAB, size=n) for n in (4 * SEGMENT, 3)]
+    stream = kif.data.StreamingDataset(documents, batch_size=4, segment_length=SEGMENT)
+    results = model.evaluate(stream, return_dict=True, verbose=0)
+    state = model.get_initial_state(4)
+    total, count, batch_means = 0.0, 0.0, []
+    for index in range(len(stream)):
+        inputs, targets, weights = stream.get_batch(index)
+        logits, state = model.step(inputs["token_ids"], inputs["reset"], state)
+        z = to_numpy(logits).astype(np.float64)
+        log_probs = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
+        nats = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+        total += (nats * weights).sum()
+        count += weights.sum()
+        batch_means.append((nats * weights).sum() / weights.sum())
+    expected = total / count
+    np.testing.assert_allclose(results["bits_per_token"], expected / np.log(2), rtol=1e-4)
+    np.testing.assert_allclose(results["perplexity"], np.exp(expected), rtol=1e-4)
+    # The loss: each batch's mean over its real tokens, averaged over batches
+    # (Keras' plain reduction would divide by every position, padding too).
+    np.testing.assert_allclose(results["loss"], np.mean(batch_means), rtol=1e-4)
