@@ -326,6 +326,7 @@ class InfiniteFormerLM(keras.Model):
         Every block's part is checked first (keys, shapes, finite values);
         then all is written, or nothing when a check fails.
         """
+        memory.check_state(state, self.state_spec(self.batch_size))  # Flat names.
         nested = memory.unflatten_state(state, self._nested_state_spec())
         checked = {
             prefix: block._checked_state(nested[prefix], f"state['{prefix}_...']")
