@@ -1,5 +1,4 @@
 import keras
-import numpy as np
 from keras import ops
 
 from keras_infformer import distribution
@@ -264,18 +263,7 @@ class InfiniteFormerLM(keras.Model):
         return self.predict_function
 
     def call(self, inputs, training=None, mask=None):
-        if isinstance(inputs, dict) and "token_ids" in inputs:
-            batch_size = self.batch_size
-            # Inside a tf.distribute replica the batch is the replica's part.
-            local = distribution.per_replica_batch(self.batch_size)
-            if inputs["token_ids"].shape[0] == local:
-                batch_size = local
-            self._validate_inputs(
-                inputs["token_ids"], inputs.get("reset"), batch_size
-            )
-            inputs = dict(inputs, token_ids=stream_guards.clip_traced_token_ids(
-                inputs["token_ids"], self.vocabulary_size
-            ))
+        inputs = stream_guards.check_call_inputs(self, inputs)
         return super().call(inputs, training=training, mask=mask)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):

@@ -61,6 +61,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_infformer import distribution
 from keras_infformer import memory
 from keras_infformer import utils
 
@@ -133,6 +134,27 @@ def validate_inputs(model, token_ids, reset, batch_size=None):
     """
     check_token_ids(token_ids, model.vocabulary_size, model.segment_length, batch_size)
     memory.check_reset(reset, tuple(token_ids.shape)[0])
+
+
+def check_call_inputs(model, inputs):
+    """The checks of `model.call(inputs)`; returns the inputs to use.
+
+    `token_ids` must have the model's fixed batch size (inside a
+    `tf.distribute` replica: the replica's part of it). Traced JAX ids are
+    clipped (see `clip_traced_token_ids`).
+    """
+    if not isinstance(inputs, dict) or "token_ids" not in inputs:
+        return inputs
+    token_ids = inputs["token_ids"]
+    if not hasattr(token_ids, "shape"):
+        token_ids = np.asarray(token_ids)
+    batch_size = model.batch_size
+    local = distribution.per_replica_batch(model.batch_size)
+    if len(token_ids.shape) and token_ids.shape[0] == local:
+        batch_size = local
+    validate_inputs(model, token_ids, inputs.get("reset"), batch_size)
+    token_ids = clip_traced_token_ids(inputs["token_ids"], model.vocabulary_size)
+    return dict(inputs, token_ids=token_ids)
 
 
 class BatchChecker:
