@@ -210,6 +210,24 @@ def test_out_of_vocabulary_id_in_a_later_batch_is_refused(lm, method, kind):
     _assert_same(after, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["pydataset", "tf_data", "generator"])
+def test_out_of_vocabulary_id_in_validation_data_is_refused(lm, kind):
+    """Validation batches are checked too: a bad one stops fit with the
+    package's error once the epoch's training steps are done."""
+    expected = _reference(lm, "fit", NUM_STEPS)
+    _restart(lm)
+    with pytest.raises(ValueError) as info:
+        lm.fit(
+            _Batches(_batches()), validation_data=_as(kind, _batches(bad=True)), verbose=0
+        )
+    assert "of `validation_data`" in str(info.value)
+    assert f"token id {BAD_ID}" in str(info.value)
+    # The epoch's training steps all ran (the memory then saw validation).
+    trainable = [i for i, v in enumerate(lm.weights) if v.trainable]
+    after = _snapshot(lm)
+    _assert_same([after[i] for i in trainable], [expected[i] for i in trainable], atol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["train_on_batch", "test_on_batch", "predict_on_batch"])
 def test_out_of_vocabulary_id_in_one_batch_is_refused(lm, method):
     _restart(lm)

@@ -225,7 +225,8 @@ class InfiniteFormerLM(keras.Model):
             return super().fit(x, y, batch_size, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, *args, **kwargs):
-        x, batch_size = stream_guards.check_data(self, x, batch_size)
+        if not kwargs.get("_use_cached_eval_dataset"):  # (Else fit's, checked.)
+            x, batch_size = stream_guards.check_data(self, x, batch_size)
         with stream_guards.refusals_as_errors():
             return super().evaluate(x, y, batch_size, *args, **kwargs)
 

@@ -418,7 +418,11 @@ def check_data(model, x, batch_size=None, argument="x"):
         checker(first, 0)
         return CheckedPyDataset(x, checker), batch_size
     if _is_tf_dataset(x):
-        for first in x.take(1).as_numpy_iterator():
+        try:  # Peeked through a new iterator: nothing is consumed.
+            first = next(iter(x.take(1).as_numpy_iterator()), None)
+        except (TypeError, ValueError):  # Elements NumPy cannot hold.
+            first = None
+        if first is not None:
             checker(first, 0)
         return checker.tf_dataset(x), batch_size
     if isinstance(x, types.GeneratorType):
@@ -430,6 +434,9 @@ def check_data(model, x, batch_size=None, argument="x"):
         return _checked_generator(first, x, checker), batch_size
     if isinstance(x, dict) and "token_ids" in x:
         token_ids = x["token_ids"]
+        if isinstance(token_ids, (list, tuple)):
+            token_ids = np.asarray(token_ids)
+            x = dict(x, token_ids=token_ids)
         if not hasattr(token_ids, "shape"):
             return x, batch_size
         rows = tuple(token_ids.shape)[0] if len(token_ids.shape) else None
