@@ -355,6 +355,23 @@ def _serving_function(model, tf, jit_compile):
                     message=f"{name} must have one row per row of token_ids",
                 )
             )
+            # NaN or Inf in the memory of a row that goes on would poison
+            # its logits and every later state; a row being reset is
+            # replaced by the empty state, whatever it holds (as in
+            # `model.step`). InvalidArgument naming the tensor.
+            continuing = tf.reshape(
+                tf.logical_not(reset), tf.concat([[-1], tf.ones_like(tf.shape(value)[1:])], 0)
+            )
+            checks.append(
+                tf.debugging.assert_all_finite(
+                    tf.where(continuing, value, tf.zeros_like(value)),
+                    message=(
+                        f"state tensor '{name}' must hold only finite values "
+                        "in the rows whose reset is False (a reset row may "
+                        "hold anything)"
+                    ),
+                )
+            )
             state[name] = value
         with tf.control_dependencies(checks):
             token_ids = tf.identity(token_ids)

@@ -243,7 +243,9 @@ class InfiniteFormerBackbone(_backbone_base()):
 
     def set_state(self, state):
         """Write a flat state dict into the variables (all or nothing)."""
-        nested = self._nested(state, self.state_spec(self.batch_size))
+        spec = self.state_spec(self.batch_size)
+        memory.check_state(state, spec)  # Errors name the flat keys.
+        nested = self._nested(state, spec)
         checked = [
             block._checked_state(nested[self._prefix(i)], "state")
             for i, block in enumerate(self.decoder_blocks)

@@ -6,6 +6,7 @@ from keras_infformer import distribution
 from keras_infformer import memory
 from keras_infformer import metrics
 from keras_infformer import utils
+from keras_infformer.models import stream_guards
 from keras_infformer.models.infinite_former_backbone import InfiniteFormerBackbone
 from keras_infformer.models.infinite_former_causal_lm_preprocessor import (
     InfiniteFormerCausalLMPreprocessor,
@@ -136,83 +137,11 @@ class InfiniteFormerCausalLM(_keras_hub().models.CausalLM):
     # -- validation ----------------------------------------------------------
 
     def _validate_inputs(self, token_ids, reset, batch_size=None, length=None):
-        length = self.segment_length if length is None else length
-        shape = tuple(token_ids.shape)
-        if len(shape) != 2 or shape[1] != length or (
-            batch_size is not None
-            and shape[0] is not None
-            and shape[0] != batch_size
-        ):
-            expected = (batch_size or "batch_size", length)
-            raise ValueError(
-                f"`token_ids` must have shape {expected}. Received: "
-                f"token_ids.shape={shape}"
-            )
-        dtype = keras.backend.standardize_dtype(token_ids.dtype)
-        if "int" not in dtype:
-            raise TypeError(
-                f"`token_ids` must hold integers. Received: token_ids.dtype={dtype}"
-            )
-        memory.check_reset(reset, shape[0])
-        tokens = utils.concrete_value(token_ids)
-        if tokens is not None and tokens.size and (
-            tokens.min() < 0 or tokens.max() >= self.vocabulary_size
-        ):
-            bad = tokens[(tokens < 0) | (tokens >= self.vocabulary_size)][0]
-            raise ValueError(
-                "`token_ids` must lie in [0, vocabulary_size="
-                f"{self.vocabulary_size}). Received a token id {bad}."
-            )
-
-    def _check_data(self, x, batch_size, argument="x"):
-        """Checks data given to fit/evaluate/predict before any step runs.
-
-        Inside a compiled TF step the batch size of a dataset is unknown,
-        and a wrong one would only fail deep inside the graph (and after
-        some steps, for a partial last batch), so the fixed batch size is
-        checked here, on the data itself, while the memory is untouched.
-        Returns the batch size to pass on (the model's, for arrays).
-        """
-        if batch_size is not None and batch_size != self.batch_size:
-            raise ValueError(
-                f"This model is stateful with a fixed batch size of "
-                f"{self.batch_size} (one memory per row). Received: "
-                f"batch_size={batch_size}"
-            )
-        if isinstance(x, keras.utils.PyDataset):
-            if x.num_batches == 0:
-                return batch_size
-            getter = getattr(x, "get_batch", None) or x.__getitem__
-            first = getter(0)
-            inputs = first[0] if isinstance(first, (tuple, list)) else first
-            if isinstance(inputs, dict) and "token_ids" in inputs:
-                shape = tuple(np.shape(inputs["token_ids"]))
-                if len(shape) != 2 or shape[0] != self.batch_size:
-                    raise ValueError(
-                        f"This model is stateful with a fixed batch size of "
-                        f"{self.batch_size} (one memory per row), but `{argument}` "
-                        f"yields batches of another size. Received: "
-                        f"token_ids.shape={shape} in batch 0"
-                    )
-                self._validate_inputs(
-                    np.asarray(inputs["token_ids"]), inputs.get("reset"), self.batch_size
-                )
-            return batch_size
-        if isinstance(x, dict) and isinstance(x.get("token_ids"), np.ndarray):
-            tokens = x["token_ids"]
-            reset = x.get("reset")
-            self._validate_inputs(
-                tokens, None if reset is None else np.asarray(reset)
-            )
-            if tokens.shape[0] % self.batch_size:
-                raise ValueError(
-                    f"This model is stateful with a fixed batch size of "
-                    f"{self.batch_size} (one memory per row): the number of "
-                    "rows of array data must be a multiple of it (no partial "
-                    f"last batch). Received: token_ids.shape={tokens.shape}"
-                )
-            return self.batch_size
-        return batch_size
+        if length is None:
+            stream_guards.validate_inputs(self, token_ids, reset, batch_size)
+            return
+        stream_guards.check_token_ids(token_ids, self.vocabulary_size, length, batch_size)
+        memory.check_reset(reset, tuple(token_ids.shape)[0])
 
     # -- training on streams ------------------------------------------------
 
@@ -229,39 +158,56 @@ class InfiniteFormerCausalLM(_keras_hub().models.CausalLM):
             )
         if len(args) <= 5:
             kwargs["shuffle"] = False
-        batch_size = self._check_data(x, batch_size)
-        validation_data = kwargs.get("validation_data")
-        if validation_data is not None:
-            vx = (
-                validation_data[0]
-                if isinstance(validation_data, (tuple, list))
-                else validation_data
-            )
-            self._check_data(
-                vx, kwargs.get("validation_batch_size"), "validation_data"
-            )
+        # Every batch is checked on the host before its step (stream_guards).
+        x, batch_size, args, kwargs = stream_guards.check_fit_arguments(
+            self, x, batch_size, args, kwargs
+        )
         # keras.Model's fit, not keras-hub's: a stream is laid out across
         # batches, so no per-sample preprocessing may touch it.
-        return keras.Model.fit(self, x, y, batch_size, *args, **kwargs)
+        with stream_guards.refusals_as_errors():
+            return keras.Model.fit(self, x, y, batch_size, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, *args, **kwargs):
-        batch_size = self._check_data(x, batch_size)
-        return keras.Model.evaluate(self, x, y, batch_size, *args, **kwargs)
+        if not kwargs.get("_use_cached_eval_dataset"):  # (Else fit's, checked.)
+            x, batch_size = stream_guards.check_data(self, x, batch_size)
+        with stream_guards.refusals_as_errors():
+            return keras.Model.evaluate(self, x, y, batch_size, *args, **kwargs)
 
     def predict(self, x, batch_size=None, *args, **kwargs):
-        batch_size = self._check_data(x, batch_size)
-        return keras.Model.predict(self, x, batch_size, *args, **kwargs)
+        x, batch_size = stream_guards.check_data(self, x, batch_size)
+        with stream_guards.refusals_as_errors():
+            return keras.Model.predict(self, x, batch_size, *args, **kwargs)
+
+    def train_on_batch(self, x, *args, **kwargs):
+        stream_guards.check_batch(self, x)
+        return super().train_on_batch(x, *args, **kwargs)
+
+    def test_on_batch(self, x, *args, **kwargs):
+        stream_guards.check_batch(self, x)
+        return super().test_on_batch(x, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        stream_guards.check_batch(self, x)
+        return super().predict_on_batch(x)
+
+    # JAX: a step that raises puts the variables back (stream_guards).
+    def make_train_function(self, force=False):
+        super().make_train_function(force)
+        stream_guards.guard_step_function(self, "train_function")
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        super().make_test_function(force)
+        stream_guards.guard_step_function(self, "test_function")
+        return self.test_function
+
+    def make_predict_function(self, force=False):
+        super().make_predict_function(force)
+        stream_guards.guard_step_function(self, "predict_function")
+        return self.predict_function
 
     def call(self, inputs, training=None, mask=None):
-        if isinstance(inputs, dict) and "token_ids" in inputs:
-            batch_size = self.batch_size
-            # Inside a tf.distribute replica the batch is the replica's part.
-            local = distribution.per_replica_batch(self.batch_size)
-            if inputs["token_ids"].shape[0] == local:
-                batch_size = local
-            self._validate_inputs(
-                inputs["token_ids"], inputs.get("reset"), batch_size
-            )
+        inputs = stream_guards.check_call_inputs(self, inputs)
         return super().call(inputs, training=training, mask=mask)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -303,8 +249,12 @@ class InfiniteFormerCausalLM(_keras_hub().models.CausalLM):
         holds bools (or 0/1) per row. With `return_density=True` a third
         output lists, per block, the LTM attention's `(mu, sigma_sq)`.
         """
-        token_ids = ops.convert_to_tensor(token_ids)
+        if not hasattr(token_ids, "shape"):
+            token_ids = np.asarray(token_ids)
         self._validate_inputs(token_ids, reset)
+        token_ids = stream_guards.clip_traced_token_ids(
+            ops.convert_to_tensor(token_ids), self.vocabulary_size
+        )
         memory.check_state(state, self.state_spec(token_ids.shape[0]), "state", reset)
         if reset is not None:
             reset = ops.cast(reset, "bool")
