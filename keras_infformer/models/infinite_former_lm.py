@@ -95,6 +95,7 @@ class InfiniteFormerLM(InfiniteFormerCausalLM):
             segment_length=segment_length,
             batch_size=batch_size,
             dtype=dtype,
+            name="backbone",  # Fixed, so a reloaded model names it alike.
             **settings,
         )
         super().__init__(backbone, preprocessor=preprocessor, name=name, **kwargs)
