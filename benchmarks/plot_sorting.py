@@ -1,6 +1,10 @@
 """Plot the sorting comparison: accuracy vs sequence length, one line per model.
 
     python benchmarks/plot_sorting.py [--results benchmarks/results/sorting.json]
+        [--extra-seeds benchmarks/results/sorting_seed1.json ...]
+
+Lines join the runs of --results; the runs of each --extra-seeds file (other
+seeds of some cells) are drawn as hollow markers in the model's colour.
 """
 
 import argparse
@@ -25,23 +29,40 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--results", default=os.path.join(here, "results", "sorting.json"))
     parser.add_argument("--output", default=None, help="PNG path (default: next to the JSON).")
+    default_extra = os.path.join(here, "results", "sorting_seed1.json")
+    parser.add_argument("--extra-seeds", nargs="*",
+                        default=[default_extra] if os.path.exists(default_extra) else [],
+                        help="Results JSONs of other seeds (hollow markers).")
     args = parser.parse_args(argv)
     with open(args.results) as f:
         runs = json.load(f)["runs"]
+    extra = []
+    for path in args.extra_seeds:
+        with open(path) as f:
+            extra += json.load(f)["runs"]
     output = args.output or os.path.splitext(args.results)[0] + ".png"
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     for model in sorted({r["model"] for r in runs}):
         points = sorted(
             (r["sequence_length"], r["accuracy"]) for r in runs if r["model"] == model
         )
         xs, ys = zip(*points)
-        ax.plot(xs, ys, marker="o", label=LABELS.get(model, model))
+        (line,) = ax.plot(xs, ys, marker="o", label=LABELS.get(model, model))
+        others = [(r["sequence_length"], r["accuracy"]) for r in extra if r["model"] == model]
+        if others:
+            ox, oy = zip(*others)
+            ax.plot(ox, oy, linestyle="none", marker="o", markerfacecolor="none",
+                    markeredgecolor=line.get_color(), markersize=8)
+    if extra:
+        ax.plot([], [], linestyle="none", marker="o", markerfacecolor="none",
+                markeredgecolor="gray", label="another seed")
     ax.axhline(1 / 20, color="gray", linestyle=":", label="chance (1/20)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sequence length (tokens)")
     ax.set_ylabel("sorting accuracy")
-    ax.set_title("Sorting by frequency, CPU-sized models, equal budget")
-    ax.legend()
+    ax.set_title("Sorting by frequency, CPU-sized models, equal budget"
+                 + (" (lines: one seed)" if extra else ""))
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(output, dpi=120)
