@@ -1,7 +1,7 @@
 """Shared fixtures and independent NumPy references for the test suite.
 
 The backend is chosen by KERAS_BACKEND; the suite runs once per backend.
-Everything in `Reference` is written from the maths of DESIGN.md in NumPy
+Everything in `Reference` is written from the maths of docs/theory.md in NumPy
 float64 and never calls the package, so the tests compare the package with an
 independent computation.
 """
@@ -63,7 +63,7 @@ def _to_numpy_fixture():
 
 
 class Reference:
-    """The maths of DESIGN.md §1.1-1.5 in NumPy float64."""
+    """The maths of docs/theory.md §1-5 in NumPy float64."""
 
     @staticmethod
     def basis(num_basis, widths):

@@ -27,7 +27,7 @@ def _softplus(x):
 
 def _reference(ref, w, query, coefficients, num_basis, min_variance=1e-6,
                project_query=True):
-    """The forward pass of DESIGN.md §1.3 in NumPy float64."""
+    """The forward pass of docs/theory.md §3 in NumPy float64."""
     query = np.asarray(query, np.float64)
     coefficients = np.asarray(coefficients, np.float64)
     q = np.einsum("bqd,dhk->bqhk", query, w["query"]) if project_query else query
