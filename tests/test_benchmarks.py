@@ -28,7 +28,7 @@ BENCH = os.path.join(ROOT, "benchmarks")
 
 def _reference_absorb(ref, x, coefficients, filled, num_samples, tau=0.75, penalty=1.0,
                       widths=(0.01, 0.05)):
-    """The update written out from conftest's Reference (DESIGN §1.2, §1.4):
+    """The update written out from conftest's Reference (docs/theory.md §2, §4):
     an empty row is fitted on its L vectors at (i + 1/2)/L; a filled row
     reads its old signal at m/M, squeezes it to tau m/M, appends the new
     vectors at tau + (1 - tau) l/L and refits. Row by row, float64."""

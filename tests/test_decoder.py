@@ -118,7 +118,7 @@ def _weights(block):
 
 
 def _reference_ltm_read(ref, w, query, coefficients, centers, widths, min_variance=1e-6):
-    """Gaussian attention over the LTM (DESIGN §1.3), float64.
+    """Gaussian attention over the LTM (docs/theory.md §3), float64.
 
     query (B, L, h, d_h), the short-term attention's *un-rotated* query;
     coefficients (B, N, d). Returns (output (B, L, d), mu, sigma_sq), the
@@ -181,7 +181,7 @@ def _reference_block(w, cache, cache_mask, x, ltm=None):
 
 
 class _ReferenceLTM:
-    """The continuous memory of every row, float64 (DESIGN §1.2, 1.4, 1.5).
+    """The continuous memory of every row, float64 (docs/theory.md §2, §4, §5).
 
     Written from conftest's independent `Reference` (the `ref` fixture:
     basis, ridge fit by the normal equations, signal, Gaussian expectation,
@@ -339,7 +339,7 @@ def test_streaming_equals_numpy_reference_with_ltm(ref, memory_length, sticky):
     """The whole block with its long-term path against float64 NumPy.
 
     What leaves the short-term window (normalised by the attention
-    LayerNorm) is ridge-fitted into the LTM (DESIGN §1.2, §1.4; sticky reads
+    LayerNorm) is ridge-fitted into the LTM (docs/theory.md §2, §4; sticky reads
     at the quantiles of the previous pass's histogram, §1.5), read with the
     shared un-rotated short-term query (§1.3) and summed into the attention
     output; then the residual and the feed-forward sub-block. Twelve
