@@ -57,6 +57,14 @@ def _compressive(**kwargs):
     return layer
 
 
+def _memory_attention(**kwargs):
+    layer = keras_infformer.ContinuousMemoryAttention(
+        num_heads=2, key_dim=8, num_basis=16, num_samples=16, **kwargs
+    )
+    layer.build((BATCH, SEGMENT, HIDDEN), (BATCH, SEGMENT, HIDDEN))
+    return layer
+
+
 def _lm():
     return keras_infformer.InfiniteFormerLM(
         vocabulary_size=20, segment_length=SEGMENT, batch_size=BATCH,
@@ -70,10 +78,14 @@ BUILDERS = {
     "GaussianAttention": _gaussian_attention,
     "InfiniteFormerDecoder": _decoder,
     "CompressiveMemory": _compressive,
+    "ContinuousMemoryAttention": _memory_attention,
     "InfiniteFormerLM": _lm,
 }
 # Layers that take a `kernel_initializer`.
-SEEDABLE = ["GaussianAttention", "InfiniteFormerDecoder", "CompressiveMemory"]
+SEEDABLE = [
+    "GaussianAttention", "InfiniteFormerDecoder", "CompressiveMemory",
+    "ContinuousMemoryAttention",
+]
 # Randomly initialised weights per fresh instance, at least: CompressiveMemory
 # has a single kernel (its convolution), the others several.
 MIN_RANDOM = {"CompressiveMemory": 1}
