@@ -14,12 +14,12 @@ def constant(array, dtype="float32"):
 
         with tf.init_scope():
             return tf.constant(np.asarray(array), dtype=dtype)
-    if keras.backend.backend() == "jax":
-        # JAX only: a NumPy array is a valid operand and never a tracer, so
-        # a layer built inside a trace (a subclassed model's symbolic build)
-        # cannot leak one into later calls.
-        return np.asarray(array, dtype=dtype)
-    return ops.convert_to_tensor(np.asarray(array), dtype=dtype)
+    # JAX and PyTorch: a NumPy array, which every keras.ops call converts
+    # where it runs. A JAX tracer can then never leak from a layer built
+    # inside a trace, and PyTorch's shape inference on the "meta" device
+    # gets meta constants (a CPU tensor there fails the build). Use the
+    # constant through keras.ops, not Python operators.
+    return np.asarray(array, dtype=dtype)
 
 
 def clone_initializer(initializer, salt=0):

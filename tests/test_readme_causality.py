@@ -38,9 +38,9 @@ def _run(code, perturb):
 def test_readme_layer_example_never_reads_later_tokens():
     code = _layer_example()
     base, changed = _run(code, 0.0), _run(code, 5.0)
-    outputs = [np.asarray(n["outputs"]) for n in (base, changed)]
+    outputs = [keras.ops.convert_to_numpy(n["outputs"]) for n in (base, changed)]
     np.testing.assert_array_equal(outputs[0], outputs[1])  # Whole segment.
     # The memory did take the change in (it is written after the read).
-    memories = [np.asarray(n["coefficients"]) for n in (base, changed)]
+    memories = [keras.ops.convert_to_numpy(n["coefficients"]) for n in (base, changed)]
     assert np.abs(memories[0] - memories[1]).max() > 1e-4
     assert np.all(np.isfinite(outputs[0])) and np.abs(outputs[0]).max() > 0

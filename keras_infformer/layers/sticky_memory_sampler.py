@@ -161,7 +161,7 @@ class StickyMemorySampler(keras.layers.Layer):
         sigma = ops.sqrt(
             ops.where(valid, ops.maximum(sigma_sq, _MIN_SIGMA_SQ), 1.0)
         )
-        cdf = 0.5 * (1.0 + ops.erf((self.bin_edges - mu) / (sigma * np.sqrt(2.0))))
+        cdf = 0.5 * (1.0 + ops.erf(ops.subtract(self.bin_edges, mu) / (sigma * np.sqrt(2.0))))
         mass = ops.where(valid, cdf[..., 1:] - cdf[..., :-1], 0.0)
         return ops.sum(mass, axis=1)
 
