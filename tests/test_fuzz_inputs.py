@@ -712,3 +712,74 @@ def test_fuzz_lm_fit_evaluate_predict(lm, method, kind, how, count, position, wh
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+# -- the exported signature -------------------------------------------------------
+# A served model is a TensorFlow graph whatever the backend it was exported
+# from; fuzzing it once (TensorFlow backend, where export is in-process) is
+# enough. A bad request must be refused by TensorFlow's own argument errors
+# (a signature checks dtypes and shapes; the graph's asserts check values)
+# or answered with finite logits and state.
+
+
+@pytest.fixture(scope="module")
+def served(lm, tmp_path_factory):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the served graph is the same from every backend; fuzzed once, under TF")
+    import tensorflow as tf
+
+    import keras_infformer
+
+    path = keras_infformer.export_for_serving(lm, str(tmp_path_factory.mktemp("served")))
+    return tf.saved_model.load(path)
+
+
+@st.composite
+def serving_requests(draw):
+    import tensorflow as tf  # noqa: F401 (only under the TF backend)
+
+    batch = draw(st.integers(1, 3))
+    length = draw(mostly(st.just(LM_SEGMENT), st.integers(1, 2 * LM_SEGMENT)))
+    ids = draw(
+        hnp.arrays(np.int64, (batch, length), elements=st.integers(0, LM_VOCAB - 1))
+    )
+    if draw(st.integers(0, 3)) == 0:  # Now and then one id out of range.
+        ids[0, 0] = draw(st.sampled_from([-1, LM_VOCAB, LM_VOCAB + 7]))
+    ids = draw(mostly(st.just(ids.astype("int32")), st.sampled_from(
+        [ids.astype("float32"), ids.astype("int64"), ids[:, :1].astype("int32")]
+    )))
+    reset = draw(mostly(st.just(np.zeros(batch, bool)), st.sampled_from(
+        [np.ones(batch + 1, bool), np.zeros(batch, "int32"), np.ones(batch, bool)]
+    )))
+    poison = draw(st.sampled_from([None, float("nan"), float("inf")]))
+    return ids, reset, poison
+
+
+@FUZZ_SETTINGS
+@given(request=serving_requests())
+def test_fuzz_exported_serving_signature(served, request):
+    import tensorflow as tf
+
+    ids, reset, poison = request
+    batch = ids.shape[0]
+    state = dict(served.signatures["initial_state"](batch_size=tf.constant(batch)))
+    if poison is not None:
+        name = sorted(state)[0]
+        value = state[name].numpy().copy()
+        value.reshape(-1)[0] = poison
+        state[name] = tf.constant(value)
+
+    def call():
+        return dict(served.signatures["serving_default"](
+            token_ids=tf.constant(ids), reset=tf.constant(reset), **state
+        ))
+
+    ok, result = outcome(
+        call, errors=DOCUMENTED_ERRORS + (tf.errors.InvalidArgumentError,)
+    )
+    if ok:
+        _assert_finite(*result.values())
+        # What was answered was a valid request.
+        assert ids.dtype == np.int32 and ids.shape[1] == LM_SEGMENT
+        assert ids.min() >= 0 and ids.max() < LM_VOCAB
+        assert poison is None or bool(np.all(reset))
