@@ -461,8 +461,8 @@ class InfiniteFormerCausalLM(_keras_hub().models.CausalLM):
                 last generated token.
             return_logits: bool. Also return every logit computed, `(batch,
                 max_length, vocabulary_size)` (position `t` predicts
-                `t + 1`; zeros where a whole segment of prompt was read and
-                no row needs it... see `generate_step`).
+                `t + 1`; zeros after the last position reached when every
+                row stopped early).
 
         Returns:
             Strings (with a preprocessor) or `{"token_ids",
@@ -586,10 +586,6 @@ class InfiniteFormerCausalLM(_keras_hub().models.CausalLM):
         padding_mask = np.zeros_like(token_ids, dtype=bool)
         padding_mask[:, :length] = True
         return {"token_ids": token_ids, "padding_mask": padding_mask}
-
-    def get_config(self):
-        config = super().get_config()
-        return config
 
 
 _BACKBONE_ATTRIBUTES = frozenset(
