@@ -1,12 +1,20 @@
-"""Stream a long token sequence through an exported ∞-former, as a client would.
+"""Stream tokens through an exported ∞-former, or generate text with it, as a client would.
 
 The exported model (`keras_infformer.export_for_serving`) is a pure function:
 every request carries the memory of its stream(s) and the response carries
-the new memory, which the client sends back with the next segment. This
-script does exactly that with TensorFlow alone (no Keras, no keras_infformer)
-and prints the latency of each segment.
+the new memory, which the client sends back with the next request. This
+script does exactly that with TensorFlow alone (no Keras, no keras_infformer).
+
+Stream random segments and print the latency of each:
 
     python examples/serving_client.py --export-dir saved_models/lm
+
+Generate text (a byte-level model, e.g. from `examples/train_text.py`): the
+prompt is read a segment per `serving_default` request, the rest of it and
+then every new token one per `decode_step` request (greedy):
+
+    python examples/serving_client.py --export-dir saved_models/text_lm \
+        --prompt "The memory of a" --max-new-tokens 64
 
 The same round trip through TensorFlow Serving:
 
@@ -63,6 +71,71 @@ def latest_version(export_dir):
     return os.path.join(export_dir, max(versions, key=int))
 
 
+def generate(served, prompt_ids, max_new_tokens, stop_token_id=None):
+    """Greedy generation with the exported signatures, TensorFlow only.
+
+    Reads the prompt as `InfiniteFormerCausalLM.generate` does (whole
+    segments through `serving_default`, then one token per `decode_step`),
+    so the logits equal the in-process model's.
+
+    Args:
+        served: the loaded SavedModel (`tf.saved_model.load`).
+        prompt_ids: int array `(batch, prompt_length)`, prompts of equal
+            length (at least one token).
+        max_new_tokens: int >= 0. Tokens to add to each row.
+        stop_token_id: optional int. A row stops once it produced it.
+
+    Returns:
+        `(token_ids (batch, prompt_length + max_new_tokens), logits (batch,
+        prompt_length + max_new_tokens - 1, vocabulary_size), decode_seconds)`:
+        `logits[:, t]` predicts token `t + 1` (rows stop when every row has
+        produced `stop_token_id`), `decode_seconds` the wall time of each
+        `decode_step` request.
+    """
+    signatures = served.signatures
+    step = signatures["serving_default"]
+    segment_length = step.structured_input_signature[1]["token_ids"].shape[1]
+    prompt_ids = np.asarray(prompt_ids, dtype="int32")
+    batch, prompt_length = prompt_ids.shape
+    if prompt_length < 1:
+        raise ValueError(f"The prompt is empty: prompt_ids.shape={prompt_ids.shape}")
+    state = signatures["initial_state"](batch_size=tf.constant(batch))
+    logits = []
+    # Whole segments of the prompt, leaving at least its last token to decode.
+    consumed = 0
+    while consumed + segment_length <= prompt_length - 1:
+        outputs = step(
+            token_ids=tf.constant(prompt_ids[:, consumed : consumed + segment_length]),
+            reset=tf.constant(np.full((batch,), consumed == 0)),
+            **state,
+        )
+        logits.extend(np.moveaxis(outputs.pop("logits").numpy(), 1, 0))
+        state = outputs
+        consumed += segment_length
+    state = signatures["decode_state"](**state)
+
+    decode_step = signatures["decode_step"]
+    tokens = list(prompt_ids.T)
+    stopped = np.zeros((batch,), bool)
+    seconds = []
+    for index in range(consumed, prompt_length + max_new_tokens - 1):
+        start = time.perf_counter()
+        outputs = decode_step(token_ids=tf.constant(tokens[index][:, None]), **state)
+        next_logits = outputs.pop("logits").numpy()
+        seconds.append(time.perf_counter() - start)
+        state = outputs
+        logits.append(next_logits)
+        if index + 1 < prompt_length:
+            continue  # Still reading the prompt.
+        next_token = next_logits.argmax(-1).astype("int32")
+        tokens.append(next_token)
+        if stop_token_id is not None:
+            stopped |= next_token == stop_token_id
+            if stopped.all():
+                break
+    return np.stack(tokens, axis=1), np.stack(logits, axis=1), seconds
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -72,10 +145,28 @@ def main():
     parser.add_argument("--batch-size", type=int, default=1, help="parallel streams")
     parser.add_argument("--num-segments", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--prompt", default=None,
+        help="generate from this text instead (a byte-level model: ids are UTF-8 bytes)",
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
 
     path = latest_version(args.export_dir)
     served = tf.saved_model.load(path)
+    if args.prompt is not None:
+        if "decode_step" not in served.signatures:
+            raise SystemExit(f"{path} has no decode_step signature (export it again).")
+        prompt = np.frombuffer(args.prompt.encode("utf-8"), np.uint8).astype("int32")
+        tokens, _, seconds = generate(served, prompt[None, :], args.max_new_tokens)
+        text = bytes(tokens[0].astype("uint8").tolist()).decode("utf-8", "replace")
+        print(f"Loaded {path}\n{text!r}")
+        steady = seconds[1:] or seconds
+        print(
+            f"decode_step: median {1000 * np.median(steady):.2f} ms per token "
+            f"after the first ({len(seconds)} requests; first {1000 * seconds[0]:.2f} ms)"
+        )
+        return
     serve = served.signatures["serving_default"]
     inputs = serve.structured_input_signature[1]
     segment_length = inputs["token_ids"].shape[1]

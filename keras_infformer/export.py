@@ -13,6 +13,23 @@ signatures:
   names. Any batch size, whatever batch the training model was built with.
 - `initial_state`: `batch_size` int32 scalar -> the empty state.
 
+Models that decode token by token (`decode_state_spec`, `decode_state`,
+`decode`, as `InfiniteFormerCausalLM` has) get two more, for generation:
+
+- `decode_state`: a `serving_default` state (at a segment boundary) -> the
+  decoding state: the same tensors plus the partial segment's buffers
+  (zeros) and `position` float32 `(batch,)` (the next token's position in
+  its segment, equal in every row).
+- `decode_step`: `token_ids` int32 `(batch, 1)` and the decoding state ->
+  `logits` float32 `(batch, vocabulary_size)` (the next token's) and the
+  new decoding state. Its logits equal `serving_default`'s at the same
+  positions. Whenever `position` is back at 0, the decoding state's
+  `serving_default` names form a `serving_default` state again.
+
+So a client reads a long prompt a segment per request, turns the state into
+a decoding state, feeds the prompt's last partial segment and then each
+sampled token through `decode_step` (`examples/serving_client.py`).
+
 The served graph is always traced by TensorFlow from the model's own Keras
 code, so it holds plain TensorFlow ops (and, with `jit_compile=True`, one
 XLA-compiled function) whichever backend the model was trained with. Under
@@ -40,6 +57,8 @@ import numpy as np
 
 # Inputs and outputs of `serving_default` besides the state.
 _RESERVED_NAMES = ("token_ids", "reset", "logits")
+# The optional members that add the `decode_state`/`decode_step` signatures.
+_DECODING = ("decode_state_spec", "decode_state", "decode")
 # TensorFlow's rule for op (and so SignatureDef tensor) names.
 _TF_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
 # Graph ops that would make a served step impure: they write variables
@@ -87,6 +106,13 @@ def export_for_serving(model, export_dir, version=None, jit_compile=None, verbos
       batch size; pure: it reads the weights and its inputs only, and
       assigns no variable and draws from no random generator (checked on the
       traced graph).
+    - Optionally, for the `decode_state`/`decode_step` signatures (all
+      three or none): `decode_state_spec(batch_size=None)` (as
+      `state_spec`, a superset of its names, plus `position` `(batch,)`),
+      `decode_state(state)` (a `step` state at a segment boundary -> a
+      decoding state, `position` 0) and `decode(token_ids, state)`
+      (`token_ids` int32 `(batch, 1)` -> `(logits (batch,
+      vocabulary_size), new_state)`; pure, like `step`).
     - Under JAX, the model must also round-trip through `model.save()` /
       `keras.saving.load_model()` (a registered class with `get_config()`),
       in a process that imports the package (module) of its class.
@@ -228,16 +254,41 @@ def _check_model(model):
             f"it once on a batch or call `model.build(...)`. {described}"
         )
 
-    spec = model.state_spec()
+    _check_spec(model.state_spec(), "state_spec", described)
+    decoding = [name for name in _DECODING if callable(getattr(model, name, None))]
+    if decoding and len(decoding) < len(_DECODING):
+        raise TypeError(
+            "A model that decodes token by token for `decode_step` needs all of "
+            f"{list(_DECODING)}; it has only {decoding}. {described}"
+        )
+    if decoding:
+        spec = _check_spec(model.decode_state_spec(), "decode_state_spec", described)
+        missing = sorted(set(model.state_spec()) - set(spec))
+        if missing or "position" not in spec:
+            raise ValueError(
+                "`model.decode_state_spec()` must hold every name of "
+                f"`state_spec()` and `position`; missing: "
+                f"{missing + ([] if 'position' in spec else ['position'])}. "
+                f"{described}"
+            )
+
+
+def decodes(model):
+    """Whether `model` offers token-by-token decoding (`decode_step`)."""
+    return all(callable(getattr(model, name, None)) for name in _DECODING)
+
+
+def _check_spec(spec, method, described):
+    """Check a dict of served state specs (names, shapes, dtypes)."""
     if not isinstance(spec, Mapping):
         raise TypeError(
-            "`model.state_spec()` must return a dict `name -> spec`. Received: "
+            f"`model.{method}()` must return a dict `name -> spec`. Received: "
             f"{type(spec).__name__}. {described}"
         )
     for name, tensor in spec.items():
         if not hasattr(tensor, "shape") or not hasattr(tensor, "dtype"):
             raise TypeError(
-                f"`model.state_spec()['{name}']` must have `.shape` and "
+                f"`model.{method}()['{name}']` must have `.shape` and "
                 f"`.dtype` (e.g. a keras.KerasTensor). Received: {tensor!r}"
             )
         shape = tuple(tensor.shape)
@@ -247,21 +298,22 @@ def _check_model(model):
             or name in _RESERVED_NAMES
         ):
             raise ValueError(
-                "The names of `model.state_spec()` become served tensor names: "
+                f"The names of `model.{method}()` become served tensor names: "
                 "they must be valid TensorFlow names other than "
                 f"{list(_RESERVED_NAMES)}. Received: {name!r}"
             )
         if not shape or shape[0] is not None or None in shape[1:]:
             raise ValueError(
-                f"`model.state_spec()['{name}']` must be batch first with the "
+                f"`model.{method}()['{name}']` must be batch first with the "
                 "batch axis `None` and every other axis known. Received: "
                 f"shape={shape}"
             )
         if keras.backend.standardize_dtype(tensor.dtype) != "float32":
             raise ValueError(
-                f"Served state is float32: `model.state_spec()['{name}']` must "
+                f"Served state is float32: `model.{method}()['{name}']` must "
                 f"be float32. Received: dtype={tensor.dtype}"
             )
+    return spec
 
 
 def _version_dir(export_dir, version):
@@ -332,47 +384,13 @@ def _serving_function(model, tf, jit_compile):
         token_ids = tf.ensure_shape(inputs.pop("token_ids"), (None, segment_length))
         reset = tf.ensure_shape(inputs.pop("reset"), (None,))
         batch = tf.shape(token_ids)[0]
-        checks = [
-            tf.debugging.assert_non_negative(
-                token_ids, message="token_ids must be >= 0"
-            ),
-            tf.debugging.assert_less(
-                token_ids,
-                tf.constant(vocabulary_size, tf.int32),
-                message=f"token_ids must be < vocabulary_size={vocabulary_size}",
-            ),
+        checks = _token_checks(token_ids, vocabulary_size, tf) + [
             tf.debugging.assert_equal(
                 tf.shape(reset)[0], batch,
                 message="reset must have one entry per row of token_ids",
             ),
         ]
-        state = {}
-        for name, spec in state_signature.items():
-            value = tf.ensure_shape(inputs[name], spec.shape)
-            checks.append(
-                tf.debugging.assert_equal(
-                    tf.shape(value)[0], batch,
-                    message=f"{name} must have one row per row of token_ids",
-                )
-            )
-            # NaN or Inf in the memory of a row that goes on would poison
-            # its logits and every later state; a row being reset is
-            # replaced by the empty state, whatever it holds (as in
-            # `model.step`). InvalidArgument naming the tensor.
-            continuing = tf.reshape(
-                tf.logical_not(reset), tf.concat([[-1], tf.ones_like(tf.shape(value)[1:])], 0)
-            )
-            checks.append(
-                tf.debugging.assert_all_finite(
-                    tf.where(continuing, value, tf.zeros_like(value)),
-                    message=(
-                        f"state tensor '{name}' must hold only finite values "
-                        "in the rows whose reset is False (a reset row may "
-                        "hold anything)"
-                    ),
-                )
-            )
-            state[name] = value
+        state = _checked_state(inputs, state_signature, batch, reset, checks, tf)
         with tf.control_dependencies(checks):
             token_ids = tf.identity(token_ids)
         logits, new_state = step(token_ids, reset, state)
@@ -382,13 +400,137 @@ def _serving_function(model, tf, jit_compile):
                 f"`model.step` must return the whole new state; missing: {missing}"
             )
         outputs = {"logits": tf.cast(logits, tf.float32)}
-        for name in state_signature:
-            outputs[name] = tf.cast(new_state[name], tf.float32)
+        outputs.update(_float_outputs(new_state, state_signature, tf))
         return outputs
 
     function = tf.function(serving_default, input_signature=[signature], autograph=False)
     function.get_concrete_function()
     return function
+
+
+def _token_checks(token_ids, vocabulary_size, tf):
+    return [
+        tf.debugging.assert_non_negative(token_ids, message="token_ids must be >= 0"),
+        tf.debugging.assert_less(
+            token_ids,
+            tf.constant(vocabulary_size, tf.int32),
+            message=f"token_ids must be < vocabulary_size={vocabulary_size}",
+        ),
+    ]
+
+
+def _checked_state(inputs, state_signature, batch, reset, checks, tf):
+    """The state tensors of a request, with their checks appended to
+    `checks`: one row per request row, finite in the rows that go on
+    (`reset` None: every row goes on)."""
+    state = {}
+    for name, spec in state_signature.items():
+        value = tf.ensure_shape(inputs[name], spec.shape)
+        checks.append(
+            tf.debugging.assert_equal(
+                tf.shape(value)[0], batch,
+                message=f"{name} must have one row per row of token_ids",
+            )
+        )
+        # NaN or Inf in the memory of a row that goes on would poison its
+        # logits and every later state; a row being reset is replaced by
+        # the empty state, whatever it holds (as in `model.step`).
+        # InvalidArgument naming the tensor.
+        if reset is not None:
+            continuing = tf.reshape(
+                tf.logical_not(reset),
+                tf.concat([[-1], tf.ones_like(tf.shape(value)[1:])], 0),
+            )
+            value_checked = tf.where(continuing, value, tf.zeros_like(value))
+            rule = "in the rows whose reset is False (a reset row may hold anything)"
+        else:
+            value_checked, rule = value, "(NaN or Inf would poison every later step)"
+        checks.append(
+            tf.debugging.assert_all_finite(
+                value_checked,
+                message=f"state tensor '{name}' must hold only finite values {rule}",
+            )
+        )
+        state[name] = value
+    return state
+
+
+def _float_outputs(values, names, tf):
+    return {name: tf.cast(values[name], tf.float32) for name in names}
+
+
+def _decoding_functions(model, tf, jit_compile):
+    """`decode_state` and `decode_step`, traced by TF (see the module doc)."""
+    segment_length = model.segment_length
+    vocabulary_size = model.vocabulary_size
+    step_signature = _state_signature(model, tf)
+    decode_signature = {
+        name: tf.TensorSpec(spec.shape, spec.dtype, name=name)
+        for name, spec in model.decode_state_spec().items()
+    }
+
+    def to_decode_state(inputs):
+        first = inputs[next(iter(step_signature))]
+        checks = []
+        state = _checked_state(inputs, step_signature, tf.shape(first)[0], None, checks, tf)
+        with tf.control_dependencies(checks):
+            state = {name: tf.identity(value) for name, value in state.items()}
+        return _float_outputs(model.decode_state(state), decode_signature, tf)
+
+    def decode(token_ids, state):
+        return model.decode(token_ids, state)
+
+    if jit_compile:
+        decode = tf.function(decode, jit_compile=True, autograph=False)
+
+    def decode_step(inputs):
+        inputs = dict(inputs)
+        token_ids = tf.ensure_shape(inputs.pop("token_ids"), (None, 1))
+        batch = tf.shape(token_ids)[0]
+        checks = _token_checks(token_ids, vocabulary_size, tf)
+        state = _checked_state(inputs, decode_signature, batch, None, checks, tf)
+        # Every row decodes the same position of its segment (the state
+        # holds it per row so that it travels with the batch).
+        position = state["position"]
+        checks += [
+            tf.debugging.assert_equal(
+                position, tf.round(position),
+                message="position must hold whole numbers",
+            ),
+            tf.debugging.assert_non_negative(position, message="position must be >= 0"),
+            tf.debugging.assert_less(
+                position, tf.constant(float(segment_length)),
+                message=f"position must be < segment_length={segment_length}",
+            ),
+            tf.debugging.assert_equal(
+                position, tf.fill(tf.shape(position), position[0]),
+                message="position must be equal in every row",
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            token_ids = tf.identity(token_ids)
+        logits, new_state = decode(token_ids, state)
+        missing = sorted(set(decode_signature) - set(new_state))
+        if missing:
+            raise ValueError(
+                f"`model.decode` must return the whole new state; missing: {missing}"
+            )
+        outputs = {"logits": tf.cast(logits, tf.float32)}
+        outputs.update(_float_outputs(new_state, decode_signature, tf))
+        return outputs
+
+    token_spec = tf.TensorSpec((None, 1), tf.int32, name="token_ids")
+    functions = (
+        tf.function(to_decode_state, input_signature=[step_signature], autograph=False),
+        tf.function(
+            decode_step,
+            input_signature=[{"token_ids": token_spec, **decode_signature}],
+            autograph=False,
+        ),
+    )
+    for function in functions:
+        function.get_concrete_function()
+    return functions
 
 
 def _initial_state_function(model, tf):
@@ -422,8 +564,6 @@ def _initial_state_function(model, tf):
     )
     function.get_concrete_function()
     return function
-
-
 
 
 def _check_pure(concrete_function, tf):
@@ -467,6 +607,11 @@ def _write_saved_model(model, path, jit_compile, verbose):
     archive = keras.export.ExportArchive()
     archive.add_endpoint("serving_default", serving_default)
     archive.add_endpoint("initial_state", initial_state)
+    if decodes(model):
+        decode_state, decode_step = _decoding_functions(model, tf, jit_compile)
+        _check_pure(decode_step.get_concrete_function(), tf)
+        archive.add_endpoint("decode_state", decode_state)
+        archive.add_endpoint("decode_step", decode_step)
     archive.write_out(path, verbose=verbose)
 
 

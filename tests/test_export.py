@@ -289,6 +289,8 @@ def test_any_model_that_follows_the_contract(tmp_path):
     model = RunningSumLM()
     path = keras_infformer.export_for_serving(model, tmp_path / "sum")
     served = tf.saved_model.load(path)
+    # Decoding signatures only for models that decode token by token.
+    assert set(served.signatures) == {"serving_default", "initial_state"}
 
     rng = np.random.default_rng(4)
     segments = [rng.integers(0, 13, (3, 4)).astype("int32") for _ in range(3)]
@@ -532,7 +534,7 @@ def test_reset_empties_only_its_rows(served):
 
 
 @needs_export
-def test_saved_model_cli_lists_both_signatures(exported):
+def test_saved_model_cli_lists_the_signatures(exported):
     cli = shutil.which("saved_model_cli", path=os.path.dirname(sys.executable))
     cli = cli or shutil.which("saved_model_cli")
     if cli is None:
@@ -557,6 +559,13 @@ def test_saved_model_cli_lists_both_signatures(exported):
     for name in exported["state_names"]:
         assert f"outputs['{name}']" in sections["initial_state"]
     assert "DT_INT32" in inputs and "DT_BOOL" in inputs
+    decode_names = sorted(exported["model"].decode_state_spec())
+    inputs, outputs = sections["decode_step"].split("output(s):")
+    for name in ["token_ids"] + decode_names:
+        assert f"inputs['{name}']" in inputs
+    for name in ["logits"] + decode_names:
+        assert f"outputs['{name}']" in outputs
+    assert "(-1, 1)" in inputs.split("inputs['token_ids']")[1].split("name:")[0]
 
 
 @needs_export
