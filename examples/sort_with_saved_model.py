@@ -1,11 +1,11 @@
 """Sort one sequence with an exported sorting model, using TensorFlow only.
 
 This is what a TF Serving client does, in-process: it keeps the memory of its
-stream itself, sends it with every segment to the pure `serving_default`
-signature and keeps the new state it gets back. The answer is decoded
-greedily: the final segment is re-sent from the same state with one more
-predicted symbol each time (the server holds nothing, so re-sending a
-segment from a saved state is free of side effects).
+stream itself and sends it with every request. The sequence is read a
+segment per `serving_default` request; then the last segment, up to the
+separator, and each predicted symbol go one token per `decode_step` request
+(greedy decoding over the 20 symbols), the way
+`InfiniteFormerCausalLM.generate()` decodes.
 
     python examples/sort_with_saved_model.py --export-dir saved_models/sorting_infformer/1 \\
         --sequence sequence.npz
@@ -13,6 +13,7 @@ segment from a saved state is free of side effects).
 
 import argparse
 import sys
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -21,9 +22,11 @@ NUM_SYMBOLS, SEPARATOR_ID, PAD_ID = 20, 20, 21
 
 
 def sort_sequence(export_dir, tokens, segment_length):
+    """The predicted order of the 20 symbols, and the seconds of each
+    `decode_step` request."""
     served = tf.saved_model.load(export_dir)
-    step = served.signatures["serving_default"]
-    state = served.signatures["initial_state"](batch_size=tf.constant(1, tf.int32))
+    signatures = served.signatures
+    state = signatures["initial_state"](batch_size=tf.constant(1, tf.int32))
     stream_length = len(tokens) + 1 + NUM_SYMBOLS
     num_segments = -(-stream_length // segment_length)
     stream = np.full(num_segments * segment_length, PAD_ID, np.int32)
@@ -32,26 +35,28 @@ def sort_sequence(export_dir, tokens, segment_length):
     stream[offset + len(tokens)] = SEPARATOR_ID
     segments = stream.reshape(num_segments, segment_length)
     for s in range(num_segments - 1):
-        outputs = step(
+        outputs = signatures["serving_default"](
             token_ids=tf.constant(segments[s][None]), reset=tf.constant([s == 0]), **state
         )
         outputs.pop("logits")
         state = outputs
-    final = segments[-1].copy()
-    first = segment_length - NUM_SYMBOLS - 1  # Position of the separator.
-    predicted = []
-    for k in range(NUM_SYMBOLS):
-        outputs = step(
-            token_ids=tf.constant(final[None]),
-            reset=tf.constant([num_segments == 1]),
-            **state,
+    state = signatures["decode_state"](**state)
+
+    separator = segment_length - NUM_SYMBOLS - 1  # Its position in the last segment.
+    feed = list(segments[-1][: separator + 1])  # The last segment's prompt part.
+    predicted, seconds = [], []
+    while len(predicted) < NUM_SYMBOLS:
+        start = time.perf_counter()
+        outputs = signatures["decode_step"](
+            token_ids=tf.constant([[feed.pop(0)]], tf.int32), **state
         )
-        logits = outputs["logits"].numpy()[0, first + k, :NUM_SYMBOLS]
-        symbol = int(np.argmax(logits))
-        predicted.append(symbol)
-        if k + 1 < NUM_SYMBOLS:
-            final[first + 1 + k] = symbol
-    return np.asarray(predicted)
+        logits = outputs.pop("logits").numpy()[0, :NUM_SYMBOLS]
+        seconds.append(time.perf_counter() - start)
+        state = outputs
+        if not feed:  # The prompt is read: this logit predicts the next symbol.
+            predicted.append(int(np.argmax(logits)))
+            feed.append(predicted[-1])
+    return np.asarray(predicted), seconds
 
 
 def main(argv=None):
@@ -63,7 +68,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     data = np.load(args.sequence)
     tokens, order = data["tokens"], data["order"]
-    predicted = sort_sequence(args.export_dir, tokens, int(data["segment_length"]))
+    predicted, seconds = sort_sequence(args.export_dir, tokens, int(data["segment_length"]))
     counts = np.bincount(tokens, minlength=NUM_SYMBOLS)
     print(f"Loaded {args.export_dir} with TensorFlow {tf.__version__} only "
           f"(keras_infformer imported: {'keras_infformer' in sys.modules}).")
@@ -73,6 +78,8 @@ def main(argv=None):
     print(f"True order:      {order.tolist()}")
     print(f"Predicted order: {predicted.tolist()}")
     print(f"Positions right: {int((predicted == order).sum())} / {NUM_SYMBOLS}")
+    print(f"decode_step: {len(seconds)} requests, median "
+          f"{1000 * np.median(seconds[1:] or seconds):.2f} ms each")
 
 
 if __name__ == "__main__":

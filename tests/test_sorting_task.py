@@ -304,3 +304,45 @@ def test_compressive_lm_adds_the_reconstruction_loss_in_training(to_numpy):
     config = model.get_config()
     assert config["reconstruction_weight"] == 0.0
     assert keras_infformer.InfiniteFormerLM.from_config(config).reconstruction_weight == 0.0
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "torch", reason="export needs TensorFlow or JAX"
+)
+def test_saved_model_sorts_through_decode_step_as_the_model_does(tmp_path):
+    """`examples/sort_with_saved_model.py` generates the answer through
+    `decode_step`; it must predict what the Keras model predicts when the
+    last segment is re-sent whole with one more predicted symbol each time
+    (greedy over the 20 symbols, every segment through `model.step`)."""
+    import sort_with_saved_model
+
+    args = sorting_task.parse_args(TINY + ["--logdir", str(tmp_path)])
+    keras.utils.set_random_seed(3)
+    model = sorting_task.build_model("infformer", args)
+    path = keras_infformer.export_for_serving(model, tmp_path / "export")
+    tokens, _ = sorting.generate_sequences(1, 64, seed=5)
+    tokens = tokens[0]
+    predicted, seconds = sort_with_saved_model.sort_sequence(path, tokens, 32)
+    assert len(seconds) > sorting.NUM_SYMBOLS
+
+    segment = 32
+    stream_length = len(tokens) + 1 + sorting.NUM_SYMBOLS
+    count = -(-stream_length // segment)
+    stream = np.full(count * segment, sorting.PAD_ID, "int32")
+    offset = len(stream) - stream_length
+    stream[offset : offset + len(tokens)] = tokens
+    stream[offset + len(tokens)] = sorting.SEPARATOR_ID
+    segments = stream.reshape(count, segment)
+    state = model.get_initial_state(1)
+    for s in range(count - 1):
+        _, state = model.step(segments[s][None], np.array([s == 0]), state)
+    final = segments[-1].copy()
+    first = segment - sorting.NUM_SYMBOLS - 1
+    want = []
+    for k in range(sorting.NUM_SYMBOLS):
+        logits, _ = model.step(final[None], np.array([count == 1]), state)
+        logits = keras.ops.convert_to_numpy(logits)[0, first + k, : sorting.NUM_SYMBOLS]
+        want.append(int(np.argmax(logits)))
+        if k + 1 < sorting.NUM_SYMBOLS:
+            final[first + 1 + k] = want[-1]
+    np.testing.assert_array_equal(predicted, want)
