@@ -4,7 +4,9 @@ Exports a small LM (hidden 64, 2 layers, segment 64, N 64) with
 `keras_infformer.export_for_serving` under the current Keras backend
 (TensorFlow or JAX), loads it back with `tf.saved_model.load`, and times the
 `serving_default` signature streaming segments (state round-trip, as a TF
-Serving client does) at batch 1 and 8. Prints a table and merges the results
+Serving client does) at batch 1 and 8, and the `decode_step` signature
+decoding one token per request (the generation path) at batch 1 and 8.
+Prints a table and merges the results
 into benchmarks/results/export_latency.json under the backend's name.
 
     KERAS_BACKEND=tensorflow python benchmarks/export_latency.py
@@ -67,6 +69,34 @@ def time_stream(served, batch, segments, warmup):
     }
 
 
+def time_decode(served, batch, tokens, warmup):
+    """Median latency of `decode_step` requests, one token per row each
+    (greedy: the next request carries the argmax), state round-tripped."""
+    import tensorflow as tf
+
+    signatures = served.signatures
+    state = signatures["decode_state"](
+        **signatures["initial_state"](batch_size=tf.constant(batch))
+    )
+    token_ids = np.zeros((batch, 1), "int32")
+    times = []
+    for i in range(warmup + tokens):
+        start = time.perf_counter()
+        outputs = dict(signatures["decode_step"](token_ids=tf.constant(token_ids), **state))
+        token_ids = outputs.pop("logits").numpy().argmax(-1)[:, None].astype("int32")
+        state = outputs
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    times = np.array(times) * 1000.0
+    return {
+        "batch_size": batch,
+        "tokens_timed": tokens,
+        "median_ms": round(float(np.median(times)), 3),
+        "p90_ms": round(float(np.percentile(times, 90)), 3),
+        "tokens_per_s": round(batch / float(np.median(times)) * 1000.0, 1),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--segments", type=int, default=50, help="timed segments per batch size")
@@ -95,6 +125,12 @@ def main():
         served = tf.saved_model.load(path)
         load_s = time.perf_counter() - start
         latency = [time_stream(served, b, args.segments, args.warmup) for b in (1, 8)]
+        # Whole segments pass a segment boundary every `segment_length`
+        # tokens: time two segments' worth of single tokens.
+        decode = [
+            time_decode(served, b, 2 * CONFIG["segment_length"], args.warmup)
+            for b in (1, 8)
+        ]
 
     result = {
         "backend": backend,
@@ -103,6 +139,7 @@ def main():
         "load_s": round(load_s, 2),
         "size": size,
         "latency": latency,
+        "decode_step_latency": decode,
         "machine": {
             "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
@@ -123,6 +160,13 @@ def main():
         print(
             f"{row['batch_size']:>5} | {row['median_ms']:>9.2f} | {row['p90_ms']:>8.2f} "
             f"| {row['mean_ms']:>8.2f} | {row['tokens_per_s']:>9.0f}"
+        )
+
+    print("decode_step (one token per row per request):")
+    for row in decode:
+        print(
+            f"{row['batch_size']:>5} | {row['median_ms']:>9.2f} | {row['p90_ms']:>8.2f} "
+            f"| {'':>8} | {row['tokens_per_s']:>9.0f}"
         )
 
     results = {}
