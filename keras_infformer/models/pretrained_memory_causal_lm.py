@@ -263,6 +263,12 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
             x = self._wiring.layer(i, x, read, training=training)
         return self._wiring.logits(x), memory.flatten_state(new_state)
 
+    def __call__(self, inputs, *args, **kwargs):
+        # Our checks first: they name the argument and the model's sizes
+        # (Keras' own input check would only speak of "Input 1").
+        stream_guards.check_call_inputs(self, inputs)
+        return super().__call__(inputs, *args, **kwargs)
+
     def call(self, inputs, training=None, mask=None):
         inputs = stream_guards.check_call_inputs(self, inputs)
         return super().call(inputs, training=training, mask=mask)
