@@ -152,9 +152,15 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
             dtype=backbone.dtype_policy,
             name="segment",
         )(token_ids, reset)
+        memory_layers = self.memory_layers
         super().__init__(
             inputs={"token_ids": token_ids, "reset": reset}, outputs=logits, **kwargs
         )
+        # Tracked again now that the model is initialised: the graph holds
+        # no weight (one `_Segment` node), and on PyTorch attributes set
+        # before `Model.__init__` are not registered as sub-modules.
+        self.backbone = backbone
+        self.memory_layers = memory_layers
 
         # === Config ===
         self.segment_length = segment_length
