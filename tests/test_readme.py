@@ -126,8 +126,14 @@ def _check_memory(name, state, sizes):
     assert state, name
     for key, value in state.items():
         assert np.all(np.isfinite(value)), (name, key)
-    filled_keys = [k for k in state if k.endswith("filled")]
     coefficient_keys = [k for k in state if k.endswith("coefficients")]
+    # Each set of coefficients has its `filled` flags beside it (other
+    # `*filled` flags, e.g. of vectors kept for the next segment, are not
+    # a memory's).
+    filled_keys = [
+        k for k in state
+        if k.endswith("filled") and k[: -len("filled")] + "coefficients" in state
+    ]
     assert filled_keys and len(filled_keys) == len(coefficient_keys), sorted(state)
     batch = {sizes[k] for k in ("batch", "batch_size") if k in sizes}
     for filled_key, coefficient_key in zip(sorted(filled_keys), sorted(coefficient_keys)):

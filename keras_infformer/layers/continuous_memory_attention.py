@@ -240,13 +240,16 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
             inputs, reset=reset, state=state, training=training, query=query
         )
 
-    def read(self, state, query):
+    def read(self, state, query, regularize=True):
         """The memory's answer to `query` for a (read-only) `state`.
 
         Nothing is absorbed: `state` as it stands is read. Returns
-        `(outputs, mu, sigma_sq)`.
+        `(outputs, mu, sigma_sq)`. `regularize=False` adds no KL loss
+        (inference paths such as token-by-token decoding).
         """
         coefficients = ops.cast(state[memory.state_name("ltm", "coefficients")], "float32")
+        if not regularize:
+            return self._attention.read(query, coefficients)
         return self._attention(query, coefficients, return_density=True)
 
     def absorb_pending(self, state):

@@ -5,11 +5,19 @@ from keras_infformer.models.infinite_former_causal_lm import InfiniteFormerCausa
 from keras_infformer.models.infinite_former_causal_lm_preprocessor import (
     InfiniteFormerCausalLMPreprocessor,
 )
+from keras_infformer.models.infinite_former_gpt2_causal_lm import (
+    InfiniteFormerGPT2CausalLM,
+)
 from keras_infformer.models.infinite_former_lm import InfiniteFormerLM
+from keras_infformer.models.pretrained_memory_causal_lm import PretrainedMemoryCausalLM
+from keras_infformer.models.streaming_causal_lm import StreamingCausalLM
 
 __all__ = [
     "InfiniteFormerBackbone",
     "InfiniteFormerCausalLM",
     "InfiniteFormerCausalLMPreprocessor",
+    "InfiniteFormerGPT2CausalLM",
     "InfiniteFormerLM",
+    "PretrainedMemoryCausalLM",
+    "StreamingCausalLM",
 ]

@@ -1,0 +1,186 @@
+"""Per-layer wiring of a pretrained keras-hub decoder with a continuous memory.
+
+This is the extension point of `PretrainedMemoryCausalLM`. The model owns
+everything that does not depend on the pretrained network: one
+`ContinuousMemoryAttention` per layer, the memory state and its names,
+segments, resets, token-by-token decoding (the partial segment, the
+position, the sticky mass) and generation. A `BackboneWiring` owns the
+maths of one family of keras-hub decoders, reusing the backbone's own
+layer objects (their weights, as they are):
+
+- `embed(token_ids, start_index, training)`: token ids to the first
+  layer's input (positions count from `start_index`, the position in the
+  segment);
+- `layer(index, x, read, training)`: one decoder layer over a whole
+  segment, causal;
+- `decode_layer(index, x, cache, position, read)`: the same layer for one
+  token at `position` of its segment, with the layer's own key/value
+  cache of the partial segment (`cache_shape(segment_length)` per row);
+- `logits(hidden)`: the final norm and the language-model head.
+
+In `layer` and `decode_layer` the wiring calls `read(memory_inputs,
+query)` once: `memory_inputs` `(B, T, hidden_dim)` are the vectors the
+layer wants remembered, `query` `(B, T, num_heads, head_dim)` its own
+projected query (without rotary positions: the memory has no token
+positions). It adds the returned `(B, T, hidden_dim)` to its attention
+output before the residual. `read` starts at zero (the memory's output
+projection is zero), so a wiring that computes the pretrained layer
+exactly gives the pretrained model exactly.
+
+Adding a decoder (e.g. Llama or Gemma, with rotary positions and an own
+cache layout) means writing one subclass: the four methods, the sizes
+(`num_layers`, `hidden_dim`, `num_heads`, `head_dim`, `vocabulary_size`,
+`max_length`) and `backbone_cls`; then a model class is
+`class InfiniteFormerLlamaCausalLM(PretrainedMemoryCausalLM)` with
+`wiring_cls`, `backbone_cls` and `preprocessor_cls` set.
+"""
+
+from keras import ops
+
+
+def _keras_hub():
+    import keras_hub
+
+    return keras_hub
+
+
+class BackboneWiring:
+    """How a memory model runs the layers of a pretrained backbone.
+
+    See the module docstring for the contract. Subclasses check the
+    backbone's type in `__init__` (a `TypeError` naming `backbone` and the
+    type received) and set the size attributes.
+
+    Args:
+        backbone: the pretrained `keras_hub.models.Backbone`.
+    """
+
+    backbone_cls = None
+
+    def __init__(self, backbone):
+        backbone_cls = self.backbone_cls
+        if backbone_cls is not None and not isinstance(backbone, backbone_cls):
+            raise TypeError(
+                f"`backbone` must be a {backbone_cls.__module__.split('.')[0]}"
+                f".models.{backbone_cls.__name__}. Received: backbone of type "
+                f"{type(backbone).__name__}"
+            )
+        self.backbone = backbone
+
+    def embed(self, token_ids, start_index=0, training=None):
+        raise NotImplementedError
+
+    def layer(self, index, x, read, training=None):
+        raise NotImplementedError
+
+    def cache_shape(self, length):
+        raise NotImplementedError
+
+    def decode_layer(self, index, x, cache, position, read):
+        raise NotImplementedError
+
+    def logits(self, hidden):
+        raise NotImplementedError
+
+
+class GPT2Wiring(BackboneWiring):
+    """`keras_hub.models.GPT2Backbone`: pre-norm blocks, learned positions.
+
+    Each block runs as keras-hub's `TransformerDecoder` does (same layers,
+    same order): `h = LN1(x)`, GPT-2's causal self-attention over the
+    segment, plus the memory read with GPT-2's projected query, summed
+    before the dropout and the residual; then the feed-forward sub-block.
+
+    What a layer remembers is `h`, its *normalised* input: the vectors
+    GPT-2's own keys and values are made from, so the memory holds the
+    same kind of context as the short-term attention, at the scale the
+    layer norm sets. The raw residual stream `x` grows with depth (by
+    orders of magnitude in GPT-2's last layers), which would make one
+    ridge fit and one set of memory projections per layer see very
+    differently scaled signals.
+    """
+
+    def __init__(self, backbone):
+        self.backbone_cls = _keras_hub().models.GPT2Backbone
+        super().__init__(backbone)
+        self.num_layers = int(backbone.num_layers)
+        self.hidden_dim = int(backbone.hidden_dim)
+        self.num_heads = int(backbone.num_heads)
+        self.head_dim = self.hidden_dim // self.num_heads
+        self.vocabulary_size = int(backbone.vocabulary_size)
+        self.max_length = int(backbone.max_sequence_length)
+
+    def embed(self, token_ids, start_index=0, training=None):
+        backbone = self.backbone
+        tokens = backbone.token_embedding(token_ids)
+        positions = backbone.position_embedding(tokens, start_index=start_index)
+        x = backbone.embeddings_add((tokens, positions))
+        return backbone.embeddings_dropout(x, training=training)
+
+    def layer(self, index, x, read, training=None):
+        block = self.backbone.transformer_layers[index]
+        attention = block._self_attention_layer
+        h = block._self_attention_layer_norm(x)
+        query = attention._query_dense(h)
+        key = attention._key_dense(h)
+        value = attention._value_dense(h)
+        mask = block._compute_self_attention_mask(
+            decoder_sequence=x,
+            decoder_padding_mask=None,
+            decoder_attention_mask=None,
+            use_causal_mask=True,
+            self_attention_cache=None,
+            self_attention_cache_update_index=None,
+        )
+        attended, _ = attention._compute_attention(
+            query=query, key=key, value=value, attention_mask=mask, training=training
+        )
+        return self._finish(block, x, attended, read(h, query), training)
+
+    def cache_shape(self, length):
+        # keras-hub's own layout: (2, length, heads, head_dim), keys first.
+        return (2, int(length), self.num_heads, self.head_dim)
+
+    def decode_layer(self, index, x, cache, position, read):
+        block = self.backbone.transformer_layers[index]
+        attention = block._self_attention_layer
+        h = block._self_attention_layer_norm(x)
+        query = attention._query_dense(h)
+        start = [0, position, 0, 0]
+        key = ops.slice_update(
+            ops.cast(cache[:, 0], query.dtype), start, attention._key_dense(h)
+        )
+        value = ops.slice_update(
+            ops.cast(cache[:, 1], query.dtype), start, attention._value_dense(h)
+        )
+        cache = ops.stack((key, value), axis=1)
+        mask = block._compute_self_attention_mask(
+            decoder_sequence=x,
+            decoder_padding_mask=None,
+            decoder_attention_mask=None,
+            use_causal_mask=True,
+            self_attention_cache=cache,
+            self_attention_cache_update_index=position,
+        )
+        attended, _ = attention._compute_attention(
+            query=query, key=key, value=value, attention_mask=mask, training=False
+        )
+        return self._finish(block, x, attended, read(h, query), False), cache
+
+    def _finish(self, block, x, attended, memory_output, training):
+        attention_output = block._self_attention_layer._output_dense(attended)
+        # The paper's sum: short-term attention plus the memory read.
+        attention_output = attention_output + ops.cast(
+            memory_output, attention_output.dtype
+        )
+        x = block._self_attention_dropout(attention_output, training=training) + x
+        residual = x
+        h = block._feedforward_layer_norm(x)
+        h = block._feedforward_intermediate_dense(h)
+        h = block._feedforward_output_dense(h)
+        h = block._feedforward_dropout(h, training=training)
+        return h + residual
+
+    def logits(self, hidden):
+        hidden = self.backbone.layer_norm(hidden)
+        return self.backbone.token_embedding(hidden, reverse=True)
