@@ -8,6 +8,7 @@ streaming through `step`.
 """
 
 import os
+import sys
 
 import keras
 import numpy as np
@@ -18,6 +19,9 @@ import keras_infformer
 from keras_infformer.models import InfiniteFormerGPT2CausalLM
 
 BACKEND = keras.backend.backend()
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+)
 SEGMENT = 8
 BATCH = 2
 MAX_POSITIONS = 16
@@ -353,6 +357,20 @@ def test_export_and_tensorflow_reload_equal_the_keras_model(awake, tmp_path):
         state = outputs
         expected, keras_state = model.step(segment, reset, keras_state)
         np.testing.assert_allclose(logits, to_numpy(expected), atol=1e-5)
+
+    # Generation through `decode_step` (examples/serving_client.py, TF
+    # only) equals in-process generate(), tokens and logits.
+    import serving_client
+
+    prompt = _tokens(rng, BATCH, 2 * SEGMENT + 3, model.vocabulary_size)
+    new_tokens = SEGMENT
+    want, want_logits = model.generate(
+        prompt, max_length=prompt.shape[1] + new_tokens, stop_token_ids=None,
+        return_logits=True,
+    )
+    tokens, logits, _ = serving_client.generate(served, prompt, new_tokens)
+    np.testing.assert_array_equal(tokens, to_numpy(want["token_ids"]))
+    np.testing.assert_allclose(logits, to_numpy(want_logits)[:, :-1], atol=1e-5, rtol=0)
 
 
 # -- bad input ------------------------------------------------------------------------
