@@ -188,9 +188,15 @@ class GaussianAttention(keras.layers.Layer):
         self._output_dim = output_dim
         self.built = True
 
-    def density(self, query, coefficients):
-        """`(mu, sigma_sq)` of shape `(batch_size, num_heads, Lq)`, float32."""
-        q = self._query_dense(query) if self.project_query else query
+    def memory_view(self, coefficients):
+        """What reading needs of a memory, computed once per memory.
+
+        Returns `(weighted_keys, values)`, float32: the keys contracted with
+        the μ and σ kernels, `(batch_size, num_heads, key_dim, 2)`, and the
+        values, `(batch_size, num_basis, num_heads, value_dim)`. Token-by-token
+        decoding reads one memory many times; keeping its view saves
+        projecting the `num_basis` coefficients at every token.
+        """
         k = self._key_dense(ops.cast(coefficients, self.compute_dtype))
         # μ and σ² see the scores s = K_h q / √d_h only through w·s, and
         # w·s = q · (K_hᵀ w) / √d_h: contracting the keys with the two
@@ -201,6 +207,20 @@ class GaussianAttention(keras.layers.Layer):
             axis=-1,
         )  # (N, 2)
         weighted_keys = ops.einsum("bnhk,nj->bhkj", ops.cast(k, "float32"), kernels)
+        values = ops.cast(
+            self._value_dense(ops.cast(coefficients, self.compute_dtype)), "float32"
+        )
+        return weighted_keys, values
+
+    def density(self, query, coefficients=None, view=None):
+        """`(mu, sigma_sq)` of shape `(batch_size, num_heads, Lq)`, float32.
+
+        From the `coefficients`, or from their `memory_view()` (`view`).
+        """
+        q = self._query_dense(query) if self.project_query else query
+        if view is None:
+            view = self.memory_view(coefficients)
+        weighted_keys = view[0]
         logits = ops.einsum(
             "bqhk,bhkj->bhqj", ops.cast(q, "float32"), weighted_keys
         ) / math.sqrt(self.key_dim)
@@ -213,16 +233,18 @@ class GaussianAttention(keras.layers.Layer):
         ratio = sigma_sq / (self.sigma_0**2)
         return ops.mean(0.5 * (ratio - ops.log(ratio) - 1.0))
 
-    def read(self, query, coefficients):
+    def read(self, query, coefficients=None, view=None):
         """`(outputs, mu, sigma_sq)` without adding the regulariser.
 
         The forward pass alone, for inference paths (token-by-token
-        decoding) where no training loss is collected.
+        decoding) where no training loss is collected. Reads the
+        `coefficients`, or their `memory_view()` (`view`).
         """
-        mu, sigma_sq = self.density(query, coefficients)
+        if view is None:
+            view = self.memory_view(coefficients)
+        mu, sigma_sq = self.density(query, view=view)
         r = basis.gaussian_expectation(mu, sigma_sq, self.centers, self.widths)
-        v = ops.cast(self._value_dense(ops.cast(coefficients, self.compute_dtype)), "float32")
-        z = ops.einsum("bhqn,bnhk->bqhk", r, v)
+        z = ops.einsum("bhqn,bnhk->bqhk", r, view[1])
         outputs = self._output_dense(ops.cast(z, self.compute_dtype))
         return outputs, mu, sigma_sq
 

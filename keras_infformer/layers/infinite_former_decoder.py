@@ -599,7 +599,7 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
                 )
             else:  # Decoding: no loss is collected, none is added.
                 ltm_output, mu, sigma_sq = self._ltm_attention.read(
-                    query, context["coefficients"]
+                    query, context["coefficients"], view=context.get("ltm_view")
                 )
             attention_output = attention_output + ops.cast(
                 ltm_output, attention_output.dtype
@@ -660,6 +660,17 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         spec["segment"] = keras.KerasTensor(
             (batch_size, self.segment_length, self.hidden_dim), dtype="float32"
         )
+        if self.use_long_term_memory:
+            # The LTM's read view (`GaussianAttention.memory_view`), made at
+            # the segment's first token and read by the others.
+            attention = self._ltm_attention
+            spec["ltm_weighted_keys"] = keras.KerasTensor(
+                (batch_size, attention.num_heads, attention.key_dim, 2), dtype="float32"
+            )
+            spec["ltm_values"] = keras.KerasTensor(
+                (batch_size, self.num_basis, attention.num_heads, attention.value_dim),
+                dtype="float32",
+            )
         if self.use_long_term_memory and self.sticky_memories:
             spec["segment_mass"] = keras.KerasTensor(
                 (batch_size, self._sampler.num_bins), dtype="float32"
@@ -700,20 +711,32 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         position = ops.cast(position, "int32")
         names = list(self.state_spec())
         boundary = {k: state[k] for k in names}
-        begun = ops.cond(
+        view_names = ("ltm_weighted_keys", "ltm_values") if self.use_long_term_memory else ()
+
+        def begin():
+            begun = self._begin_segment(boundary)[1]
+            if not view_names:
+                return begun, ()
+            view = self._ltm_attention.memory_view(begun["ltm_coefficients"])
+            return begun, tuple(ops.cast(v, "float32") for v in view)
+
+        begun, view = ops.cond(
             ops.equal(position, 0),
-            lambda: self._begin_segment(boundary)[1],
-            lambda: boundary,
+            begin,
+            lambda: (boundary, tuple(state[k] for k in view_names)),
         )
         x = ops.cast(inputs, self.compute_dtype)
         segment = ops.slice_update(
             ops.cast(state["segment"], self.compute_dtype), [0, position, 0], x
         )
+        context = self._context_of(begun)
+        if view_names:
+            context["ltm_view"] = view
         outputs, _, mu, sigma_sq = self._attend(
-            x, segment, position, self._context_of(begun), training=False,
-            regularize=False,
+            x, segment, position, context, training=False, regularize=False,
         )
         new_state = dict(begun)
+        new_state.update(zip(view_names, view))
         new_state["segment"] = ops.cast(segment, "float32")
         mass = None
         if "segment_mass" in state:
