@@ -60,10 +60,11 @@ DEFAULT_CORPUS = "/usr/share/doc/linux-doc-6.1/html/_sources"
 SYSTEMS = ("infformer", "infformer_sticky", "xl", "compressive")
 BASELINE = "xl"
 
-# The full configuration, sized for a 2-core CPU (each system's training
-# within ~15 minutes with JAX; see the README for the measured step times).
+# The full configuration, sized for a 2-core CPU: measured JAX steps of
+# 250-340 ms per system (load ~3) give 10-14 minutes of training per system,
+# about 50 minutes for the four, plus evaluation (see the README).
 FULL = dict(
-    steps=3000, batch_size=8, segment_length=256, num_layers=2, hidden_dim=128,
+    steps=2500, batch_size=8, segment_length=256, num_layers=2, hidden_dim=128,
     num_heads=4, num_basis=128, buckets=[0, 1024, 4096, 16384],
     eval_max_bytes=65536, probe_documents=64, bootstrap=1000,
 )
@@ -163,15 +164,12 @@ def load_corpus(args):
     from keras_infformer.models import InfiniteFormerCausalLMPreprocessor
 
     if not os.path.isdir(args.corpus):
-        hint = ""
-        if os.path.abspath(args.corpus) == DEFAULT_CORPUS:
-            hint = (" It is the default corpus: install it with "
-                    "`apt-get install linux-doc-6.1` (as root), whose .rst.txt "
-                    "sources land there,")
         raise SystemExit(
-            f"text_lm: corpus folder {args.corpus!r} does not exist.{hint} or "
-            "pass --corpus DIR, any folder of .txt files (read recursively; one "
-            "document per file)."
+            f"text_lm: the corpus folder {args.corpus!r} does not exist. The "
+            "default corpus is the Linux kernel's documentation: install it "
+            "with `apt-get install linux-doc-6.1` (as root; its .rst.txt "
+            f"sources land in {DEFAULT_CORPUS}), or pass --corpus DIR, any "
+            "folder of .txt files (read recursively, one document per file)."
         )
     texts = text_utils.read_text_files(args.corpus, max_files=args.max_files)
     preprocessor = InfiniteFormerCausalLMPreprocessor()  # 256 byte ids.
@@ -685,14 +683,16 @@ def plot(record, path):
     results = record["results"]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
     base = {c["from"]: c["bits_per_byte"] for c in results.get(BASELINE, {}).get("curve", [])}
-    for name, r in results.items():
+    for i, (name, r) in enumerate(results.items()):
+        color = f"C{i}"  # The same system, the same colour in both panels.
         xs = [math.sqrt(c["from"] * c["to"]) for c in r["curve"]]
-        top.plot(xs, [c["bits_per_byte"] for c in r["curve"]], marker="o", label=name)
+        top.plot(xs, [c["bits_per_byte"] for c in r["curve"]], marker="o",
+                 color=color, label=name)
         if base and name != BASELINE:
             pts = [(math.sqrt(c["from"] * c["to"]), c["bits_per_byte"] - base[c["from"]])
                    for c in r["curve"] if c["from"] in base]
             if pts:
-                bottom.plot(*zip(*pts), marker="o", label=name)
+                bottom.plot(*zip(*pts), marker="o", color=color, label=name)
     reach = record["transformer_xl_reach_bytes"]
     for ax in (top, bottom):
         ax.axvline(reach, color="grey", ls=":", lw=1)
