@@ -37,7 +37,7 @@ here yet: it plugs into `build_systems` (any model with `train_on_batch`,
 Usage:
 
     apt-get install linux-doc-6.1     # the default corpus (3,184 files, 25 MB)
-    KERAS_BACKEND=jax python benchmarks/text_lm.py            # full: ~2 hours
+    KERAS_BACKEND=jax python benchmarks/text_lm.py            # full: ~1 hour
     python benchmarks/text_lm.py --quick --max-files 40       # minutes
     python benchmarks/text_lm.py --corpus DIR --logdir logs/text_lm
     tensorboard --logdir logs/text_lm
@@ -157,9 +157,8 @@ def parse_args(argv=None):
 
 
 def load_corpus(args):
-    """(token arrays, bytes) of every document; a clear exit if there is none."""
-    import numpy as np
-
+    """(token arrays, vocabulary size) of every document; a clear exit if
+    the folder does not exist."""
     from keras_infformer.data import text as text_utils
     from keras_infformer.models import InfiniteFormerCausalLMPreprocessor
 
@@ -514,7 +513,6 @@ def read_twice_probe(model, held_documents, args, weights_seed):
 def main(argv=None):
     args = parse_args(argv)
     backend = _common.select_backend(args.backend, args.torch_threads)
-    import keras
     import numpy as np
 
     from keras_infformer.data import StreamingDataset

@@ -7,7 +7,6 @@ import math
 import os
 import sys
 
-import keras
 import numpy as np
 import pytest
 
