@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BACKENDS := tensorflow jax torch
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-text bench-text-quick clean
 
 $(STAMP): pyproject.toml .ci/constraints.txt
 	python3 -m venv $(VENV)
@@ -24,6 +24,16 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	KERAS_BACKEND=jax $(PY) benchmarks/run_all.py --short
+
+# Real text (issue 15): ~1 hour of training on 2 cores, then evaluation.
+# Needs `apt-get install linux-doc-6.1`, or CORPUS=any folder of .txt files.
+CORPUS ?= /usr/share/doc/linux-doc-6.1/html/_sources
+bench-text: $(STAMP)
+	KERAS_BACKEND=jax $(PY) benchmarks/text_lm.py --corpus $(CORPUS) --logdir logs/text_lm
+
+bench-text-quick: $(STAMP)
+	KERAS_BACKEND=jax $(PY) benchmarks/text_lm.py --quick --max-files 40 --corpus $(CORPUS) \
+	  --out /tmp/text_lm_quick.json --logdir /tmp/text_lm_quick_logs
 
 clean:
 	rm -rf $(VENV) build *.egg-info

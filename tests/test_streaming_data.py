@@ -152,6 +152,30 @@ def test_greedy_packing_and_pad_id():
     np.testing.assert_array_equal(x["reset"], [False, True])
 
 
+def test_positions_locate_every_token_in_its_document():
+    rng = np.random.default_rng(3)
+    lengths = [39, 10, 70, 1, 33, 16]
+    documents = [rng.integers(1, 50, n) for n in lengths]
+    dataset = StreamingDataset(documents, batch_size=3, segment_length=16)
+    seen = {i: [] for i in range(len(documents))}
+    for step in range(len(dataset)):
+        x, _, _ = dataset.get_batch(step)
+        document, offset = dataset.positions(step)
+        assert document.shape == offset.shape == (3, 16)
+        # Padding is -1 in both; every real token is its document's token.
+        np.testing.assert_array_equal(document < 0, offset < 0)
+        for b, i in zip(*np.nonzero(document >= 0)):
+            d, o = document[b, i], offset[b, i]
+            assert x["token_ids"][b, i] == documents[d][o]
+            seen[d].append(o)
+    for d, n in enumerate(lengths):
+        assert sorted(seen[d]) == list(range(n))
+    # Any order; a bad index is refused as by get_batch.
+    dataset.positions(len(dataset) - 1)
+    with pytest.raises(IndexError):
+        dataset.positions(len(dataset))
+
+
 def test_from_array():
     tokens = np.arange(1, 104)  # 103 tokens
     dataset = StreamingDataset.from_array(

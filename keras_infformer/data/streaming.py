@@ -200,7 +200,8 @@ class StreamingDataset(keras.utils.PyDataset):
         num_shards: int. The number of devices the batch is split over.
         num_documents: int. The number of documents.
         stream_documents: list of `batch_size` lists. The indices (into
-            `documents`) of the documents of each stream, in stream order.
+            `documents`) of the documents of each stream, in stream order
+            (`positions(index)` locates every token of a step).
         check_order: bool. Whether reads out of stream order raise.
 
     Examples:
@@ -316,16 +317,21 @@ class StreamingDataset(keras.utils.PyDataset):
         # Every row starts a stream at step 0, a row without documents too:
         # whatever memory a stateful model held is cleared.
         resets[0] = True
+        # Where each document starts in its row, for `positions()`.
+        self._row_starts = []
         for row, doc_ids in enumerate(self.stream_documents):
             position = 0
+            starts = []
             for i in doc_ids:
                 doc = docs[i]
                 n = len(doc)
+                starts.append((position, i, n))
                 resets[position // S, row] = True
                 tokens[row, position : position + n] = doc
                 targets[row, position : position + n - 1] = doc[1:]
                 weights[row, position : position + n - 1] = 1.0
                 position += doc_segments[i] * S
+            self._row_starts.append(np.array(starts, np.int64).reshape(-1, 3))
 
         def to_steps(array):
             array = array.reshape(self.batch_size, self.num_steps, S)
@@ -477,6 +483,36 @@ class StreamingDataset(keras.utils.PyDataset):
         counted in the passes it tracks): to look at the data.
         """
         return self._batch(self._check_index(index))
+
+    def positions(self, index):
+        """Which document, and where in it, each token of step `index` is.
+
+        Returns `(document, offset)`, two int64 arrays of shape
+        `(batch_size, segment_length)`: `document[b, i]` is the index (into
+        `documents`) of the document token `i` of row `b` belongs to, and
+        `offset[b, i]` its position in that document (0 for its first
+        token); both are -1 on padding. The target of a token with a weight
+        of 1 is the token at `offset + 1` of the same document, which is
+        how per-position losses are attributed (e.g. bits per byte by
+        position in the document). Reads any step, in any order.
+        """
+        index = self._check_index(index)
+        S = self.segment_length
+        where = index * S + np.arange(S)
+        document = np.full((self.batch_size, S), -1, np.int64)
+        offset = np.full((self.batch_size, S), -1, np.int64)
+        for row, starts in enumerate(self._row_starts):
+            if not len(starts):
+                continue
+            # The last document starting at or before each position.
+            k = np.searchsorted(starts[:, 0], where, side="right") - 1
+            inside = k >= 0
+            k = np.maximum(k, 0)
+            local = where - starts[k, 0]
+            inside &= local < starts[k, 2]
+            document[row] = np.where(inside, starts[k, 1], -1)
+            offset[row] = np.where(inside, local, -1)
+        return document, offset
 
     def _batch(self, index):
         inputs = {
