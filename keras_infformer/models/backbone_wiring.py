@@ -98,6 +98,11 @@ class GPT2Wiring(BackboneWiring):
     orders of magnitude in GPT-2's last layers), which would make one
     ridge fit and one set of memory projections per layer see very
     differently scaled signals.
+
+    keras-hub has no public hook inside a decoder layer, so this wiring
+    calls the layer's own sublayers and two of its private helpers
+    (`_compute_self_attention_mask`, `_compute_attention`); it is tested
+    against `GPT2CausalLM` with keras-hub 0.32 (pinned in .ci/constraints.txt).
     """
 
     def __init__(self, backbone):
