@@ -29,21 +29,38 @@ Measured on the held-out documents (each streamed from its first byte):
   document; bits per byte on the second copy against the first. A model
   that remembers the first copy predicts the second better: the drop.
 
-Part 2 (fine-tuning a pretrained GPT-2 with the continuous memory) is not in
-here yet: it plugs into `build_systems` (any model with `train_on_batch`,
-`predict_on_batch` and `reset_state` on these batches) and reuses
-`per_byte_losses`, `position_summary` and `read_twice_probe` unchanged.
+Part 2, the paper's §5.2 at small scale: a byte-level keras-hub
+`GPT2Backbone` (maximum length one segment of `--gpt2-segment` bytes,
+positions restarting every segment) is pretrained as `GPT2CausalLM`, with no
+memory, on the training streams (`--pretrain-steps`); two copies of its
+weights are then fine-tuned on the next `--finetune-steps` batches, the
+same batches and optimizer settings for both:
+
+  gpt2          (a) as is
+  gpt2_memory   (b) with the continuous memory added
+                (`InfiniteFormerGPT2CausalLM.from_backbone`, sticky
+                memories, every weight trained, emptied per document)
+
+Before fine-tuning (b) equals (a) (its memories' output projections start
+at zero; checked on held-out bytes, `zero_start`). Measured as in part 1:
+bits per byte by position with the paired difference from (a), and the
+read-twice probe (K = `--gpt2-probe-bytes`, default 4 segments). Part 2
+goes under "part2" of the JSON; with `--parts 2` alone the JSON at `--out`
+is read and only its "part2" is replaced (and `--parts 1` keeps an earlier
+"part2"). Its plot is text_lm_gpt2.png.
 
 Usage:
 
     apt-get install linux-doc-6.1     # the default corpus (3,184 files, 25 MB)
-    KERAS_BACKEND=jax python benchmarks/text_lm.py            # full: ~1 hour
+    KERAS_BACKEND=jax python benchmarks/text_lm.py            # full: ~1.3 hours
+    KERAS_BACKEND=jax python benchmarks/text_lm.py --parts 2  # part 2: ~20 min
     python benchmarks/text_lm.py --quick --max-files 40       # minutes
     python benchmarks/text_lm.py --corpus DIR --logdir logs/text_lm
     tensorboard --logdir logs/text_lm
 
-Writes benchmarks/results/text_lm.json (or `--out`) and text_lm.png next to
-it, prints tables, and TensorBoard logs of every run under `--logdir`.
+Writes benchmarks/results/text_lm.json (or `--out`), text_lm.png and
+text_lm_gpt2.png next to it, prints tables, and TensorBoard logs of every
+run under `--logdir`.
 """
 
 import argparse
@@ -74,10 +91,12 @@ QUICK = dict(
     num_heads=2, num_basis=16, buckets=[0, 64, 256, 1024],
     eval_max_bytes=4096, probe_documents=8, bootstrap=200,
 )
-# Part 2's sizes (the batch, buckets and evaluation settings are part 1's).
-# Full: sized from measured step times (see the README), about 35 minutes.
+# Part 2's sizes (the batch, buckets and evaluation settings are part 1's);
+# the depth and width of part 1's systems. Full: measured JAX steps (load
+# ~4-5) of 136-220 ms (GPT-2) and 375 ms (with the memory) give 6-9 minutes
+# of pretraining, 6 of fine-tuning and ~4 of evaluation (see the README).
 FULL_GPT2 = dict(
-    pretrain_steps=1200, finetune_steps=400, gpt2_segment=256, gpt2_layers=2,
+    pretrain_steps=2500, finetune_steps=600, gpt2_segment=256, gpt2_layers=2,
     gpt2_hidden_dim=128, gpt2_heads=4, gpt2_num_basis=128,
 )
 QUICK_GPT2 = dict(
@@ -303,8 +322,9 @@ def matched_intermediate_dim(kind, args, vocabulary_size):
 def build_systems(args, vocabulary_size):
     """name -> compiled model, all from the same seed and schedule.
 
-    Part 2's pretrained systems go here: anything with `train_on_batch`,
-    `predict_on_batch` (logits) and `reset_state` on these batches.
+    The training and evaluation below take anything with `train_on_batch`,
+    `predict_on_batch` (logits) and `reset_state` on these batches (part 2's
+    `PlainGPT2` and `InfiniteFormerGPT2CausalLM` too).
     """
     systems = {}
     for kind in args.systems:
@@ -762,6 +782,7 @@ def run_part2(args, documents, train_ids, eval_docs, weights, vocabulary_size):
         "pretrain_steps": args.pretrain_steps,
         "finetune_steps": args.finetune_steps,
         "train_steps_per_pass": len(train_set),
+        "eval_steps": len(eval_set),
         "pretrain_bytes_seen": args.pretrain_steps * args.batch_size * segment,
         "finetune_bytes_seen": args.finetune_steps * args.batch_size * segment,
         "pretrain": pretrain,
