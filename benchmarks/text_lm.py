@@ -326,6 +326,8 @@ def build_systems(args, vocabulary_size):
     `predict_on_batch` (logits) and `reset_state` on these batches (part 2's
     `PlainGPT2` and `InfiniteFormerGPT2CausalLM` too).
     """
+    import keras
+
     systems = {}
     for kind in args.systems:
         width = matched_intermediate_dim(kind, args, vocabulary_size)
