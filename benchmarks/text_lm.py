@@ -705,7 +705,8 @@ def train_summary(times, losses, parameters):
     }
 
 
-def run_part2(args, documents, train_ids, eval_docs, weights, vocabulary_size):
+def run_part2(args, documents, train_ids, eval_ids, eval_docs, weights,
+              vocabulary_size):
     """Pretrain GPT-2 alone, fine-tune (a) as is and (b) with the memory."""
     import argparse
 
@@ -753,7 +754,8 @@ def run_part2(args, documents, train_ids, eval_docs, weights, vocabulary_size):
         stats[name] = bucket_sums(document, position, bits, len(eval_docs), args.buckets)
         eval_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        probe = read_twice_probe(model, eval_docs, probe_args, args.seed + 2)
+        probe = read_twice_probe(model, [documents[i] for i in eval_ids], probe_args,
+                                 args.seed + 2)
         results[name] = dict(
             train_summary(times[name], losses[name], trainable_parameters(model)),
             eval_seconds=eval_seconds,
@@ -974,7 +976,7 @@ def main(argv=None):
         print_tables(record["results"], f"{record['steps']} steps",
                      record["probe_bytes"], BASELINE)
     if 2 in args.parts:
-        part2 = run_part2(args, documents, train_ids, eval_docs, weights,
+        part2 = run_part2(args, documents, train_ids, eval_ids, eval_docs, weights,
                           vocabulary_size)
         part2 = dict(task=part2.pop("task"), **shared, **part2)
         part2["settings"]["backend"] = backend
