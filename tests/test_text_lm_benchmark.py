@@ -1,8 +1,12 @@
 """`benchmarks/text_lm.py --quick` on a tiny corpus written here: the JSON's
 structure, plausible finite numbers (bits per byte, intervals around their
 estimates, bucket byte counts adding up, a disjoint split), and a clear
-message when the corpus folder does not exist. One run per backend."""
+message when the corpus folder does not exist. Part 1 runs once, then part 2
+alone into the same JSON (which must keep part 1); part 2's fine-tunes
+start from the same pretrained weights (the zero start). One run of each
+part per backend."""
 
+import json
 import math
 import os
 import sys
@@ -34,12 +38,29 @@ def record(tmp_path_factory):
     base = tmp_path_factory.mktemp("text_lm")
     corpus = write_corpus(base / "corpus")
     argv = [
-        "--quick", "--corpus", str(corpus), "--held-out", "0.3", "--steps", "24",
+        "--quick", "--parts", "1", "--corpus", str(corpus), "--held-out", "0.3",
+        "--steps", "24",
         "--num-layers", "1", "--hidden-dim", "16", "--buckets", "0", "128", "512",
         "--probe-documents", "4", "--bootstrap", "100",
         "--logdir", str(base / "logs"), "--out", str(base / "text_lm.json"),
     ]
-    return dict(record=text_lm.main(argv), base=base)
+    return dict(record=text_lm.main(argv), base=base, corpus=corpus)
+
+
+@pytest.fixture(scope="module")
+def merged(record):
+    """Part 2 alone, into part 1's JSON."""
+    base = record["base"]
+    with open(base / "text_lm.json") as f:
+        before = json.load(f)
+    argv = [
+        "--quick", "--parts", "2", "--corpus", str(record["corpus"]), "--held-out",
+        "0.3", "--pretrain-steps", "12", "--finetune-steps", "8", "--gpt2-layers", "1",
+        "--gpt2-hidden-dim", "16", "--buckets", "0", "128", "512",
+        "--probe-documents", "4", "--bootstrap", "100",
+        "--logdir", str(base / "logs"), "--out", str(base / "text_lm.json"),
+    ]
+    return dict(record=text_lm.main(argv), before=before, base=base)
 
 
 def test_json_structure_and_files(record):
@@ -66,10 +87,9 @@ def test_split_is_disjoint(record):
     assert set(split["evaluated"]) <= set(split["held_out"])
 
 
-def test_bits_per_byte_plausible(record):
-    r = record["record"]
-    targets = r["corpus"]["evaluated_targets"]
-    for name, result in r["results"].items():
+def check_results(results, targets, baseline):
+    """Bits per byte by position and the probe, for every system."""
+    for name, result in results.items():
         rows = result["by_position"]
         assert [b["bucket"] for b in rows] == ["0-128", "128-512", "512+", "all"]
         # The buckets' bytes add up to every scored byte of the held-out part.
@@ -80,9 +100,9 @@ def test_bits_per_byte_plausible(record):
             bits, (lo, hi) = b["bits_per_byte"], b["ci95"]
             assert 0 < bits < 8 + 1, (name, b)
             assert lo - 1e-9 <= bits <= hi + 1e-9, (name, b)
-            if name != text_lm.BASELINE:
-                dlo, dhi = b["minus_xl_ci95"]
-                assert dlo - 1e-9 <= b["minus_xl"] <= dhi + 1e-9
+            if name != baseline:
+                dlo, dhi = b[f"minus_{baseline}_ci95"]
+                assert dlo - 1e-9 <= b[f"minus_{baseline}"] <= dhi + 1e-9
         assert math.isfinite(result["final_train_bits_per_byte"])
         probe = result["probe"]
         assert probe["documents"] >= 1
@@ -92,6 +112,73 @@ def test_bits_per_byte_plausible(record):
             probe["copy1_bits_per_byte"] - probe["copy2_bits_per_byte"], abs=1e-9)
         lo, hi = probe["drop_ci95"]
         assert lo - 1e-9 <= probe["drop"] <= hi + 1e-9
+
+
+def test_bits_per_byte_plausible(record):
+    r = record["record"]
+    check_results(r["results"], r["corpus"]["evaluated_targets"], text_lm.BASELINE)
+
+
+def test_part2_structure_and_merge(merged):
+    r, before, base = merged["record"], merged["before"], merged["base"]
+    with open(base / "text_lm.json") as f:
+        on_disk = json.load(f)
+    # Part 1's record survives as it was; part 2 is added.
+    assert {k: v for k, v in on_disk.items() if k != "part2"} == before
+    assert "part2" not in before and on_disk["part2"]["results"].keys() == r["part2"][
+        "results"].keys()
+    assert (base / "text_lm_gpt2.png").exists() or not _has_matplotlib()
+    part2 = r["part2"]
+    assert set(part2["results"]) == set(text_lm.GPT2_SYSTEMS)
+    assert part2["pretrain_steps"] == 12 and part2["finetune_steps"] == 8
+    for key in ("settings", "pretrain", "zero_start", "pretrain_wall_seconds",
+                "finetune_wall_seconds", "wall_seconds", "environment", "probe_bytes",
+                "corpus", "split"):
+        assert key in part2
+    assert part2["split"] == before["split"]  # The same documents held out.
+    assert math.isfinite(part2["pretrain"]["final_train_bits_per_byte"])
+    for name in ("gpt2_pretrain", *text_lm.GPT2_SYSTEMS):
+        assert os.listdir(base / "logs" / name)
+    # (b) adds the memories' weights to (a)'s.
+    sizes = {n: s["trainable_parameters"] for n, s in part2["results"].items()}
+    assert sizes["gpt2_memory"] > sizes["gpt2"] == part2["pretrain"]["trainable_parameters"]
+    check_results(part2["results"], part2["corpus"]["evaluated_targets"],
+                  text_lm.GPT2_BASELINE)
+
+
+def test_part2_fine_tunes_start_from_the_same_weights(merged):
+    zero = merged["record"]["part2"]["zero_start"]
+    assert zero["bytes"] > 0
+    assert 0 < zero["gpt2_bits_per_byte"] < 9
+    assert zero["gpt2_memory_bits_per_byte"] == pytest.approx(
+        zero["gpt2_bits_per_byte"], abs=1e-4)
+    assert zero["max_abs_bits_difference"] <= 1e-4
+
+
+def test_merge_keeps_the_part_not_run(tmp_path):
+    path = str(tmp_path / "r.json")
+    with open(path, "w") as f:
+        json.dump({"results": {"xl": 1}, "steps": 5, "part2": {"results": "old"}}, f)
+    # Part 1 alone: part 1's keys replaced, the earlier part 2 kept.
+    out = text_lm.merge_into(path, {"results": {"xl": 2}, "steps": 7}, [1])
+    assert out == {"results": {"xl": 2}, "steps": 7, "part2": {"results": "old"}}
+    # Part 2 alone: only "part2" replaced.
+    out = text_lm.merge_into(path, {"part2": {"results": "new"}}, [2])
+    assert out == {"results": {"xl": 1}, "steps": 5, "part2": {"results": "new"}}
+    # Nothing there yet: the record as it is.
+    assert text_lm.merge_into(str(tmp_path / "none.json"), {"a": 1}, [1]) == {"a": 1}
+    with open(path, "w") as f:
+        f.write("{not json")
+    with pytest.raises(SystemExit, match="--out"):
+        text_lm.merge_into(path, {"part2": {}}, [2])
+
+
+def _has_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def test_missing_corpus_names_the_folder_and_the_package(tmp_path):
