@@ -345,7 +345,8 @@ def context_rows(results, directory):
         measured = f"{span} = " + " and ".join(cells) + " for inference"
         if stop_at:
             measured += f"; does not fit at {_tokens(stop_at)} (one train step needs " + ", ".join(needs) + ")"
-        rows.append({"id": "context_scaling/full_attention", "short": SHORT["context_scaling/full_attention"], "values": values,
+        rows.append({"id": "context_scaling/full_attention",
+                     "short": SHORT["context_scaling/full_attention"], "values": values,
                      "what": "full causal attention over the same past", "measured": measured,
                      "target": {"bound": None, "limit": None, "text": "—"}, "met": None,
                      "source": src_cs})
@@ -372,7 +373,8 @@ def context_rows(results, directory):
                 for name, at in below:
                     cell += f" (full attention already dearer at {at} tokens for the {name})"
                 cells.append(cell)
-        rows.append({"id": "context_scaling/crossover", "short": SHORT["context_scaling/crossover"], "values": values,
+        rows.append({"id": "context_scaling/crossover",
+                     "short": SHORT["context_scaling/crossover"], "values": values,
                      "what": "context where full attention becomes dearer than the ∞-former",
                      "measured": ", ".join(cells),
                      "target": {"bound": None, "limit": None, "text": "—"}, "met": None,
