@@ -8,17 +8,33 @@ boundaries (with their memory updates) fall inside the timed part. The
 first call compiles and is not timed; the median of `--repeats` calls is.
 Prints a table and writes JSON.
 
-    KERAS_BACKEND=jax python benchmarks/decode_speed.py
+    KERAS_BACKEND=jax python benchmarks/decode_speed.py            # full: 5 repeats
+    KERAS_BACKEND=jax python benchmarks/decode_speed.py --short    # `make bench`
+    python benchmarks/decode_speed.py --tiny --out /tmp/d.json     # smoke test
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
 
+import sys
+
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
+
+# Sizes per mode; any flag given on the command line wins.
+MODES = {
+    "full": dict(segment=64, hidden_dim=64, num_layers=2, num_basis=64, new_tokens=192,
+                 batches=[1, 8], repeats=5),
+    "short": dict(segment=64, hidden_dim=64, num_layers=2, num_basis=64, new_tokens=192,
+                  batches=[1, 8], repeats=3),
+    "tiny": dict(segment=8, hidden_dim=16, num_layers=1, num_basis=8, new_tokens=12,
+                 batches=[1, 2], repeats=1),
+}
 
 
 def measure(model, batch, prompt_length, new_tokens, repeats):
@@ -35,19 +51,22 @@ def measure(model, batch, prompt_length, new_tokens, repeats):
     return {"seconds": seconds, "tokens_per_second": batch * new_tokens / seconds}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--segment", type=int, default=64)
-    parser.add_argument("--hidden-dim", type=int, default=64)
-    parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--num-basis", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=192)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--out", default=os.path.join(os.path.dirname(__file__), "results", "decode_speed.json")
-    )
-    args = parser.parse_args()
+    _common.add_common_arguments(parser)
+    parser.add_argument("--segment", type=int, default=None)
+    parser.add_argument("--hidden-dim", type=int, default=None)
+    parser.add_argument("--num-layers", type=int, default=None)
+    parser.add_argument("--num-basis", type=int, default=None)
+    parser.add_argument("--new-tokens", type=int, default=None)
+    parser.add_argument("--batches", type=int, nargs="+", default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args(argv)
+    mode = "tiny" if args.tiny else "short" if args.short else "full"
+    for key, value in MODES[mode].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    _common.select_backend(args.backend, args.torch_threads)
 
     import keras
 
@@ -66,7 +85,7 @@ def main():
     results = {}
     for batch in args.batches:
         for name, extra in systems.items():
-            keras.utils.set_random_seed(0)
+            keras.utils.set_random_seed(args.seed)
             model = kif.InfiniteFormerLM(**settings, **extra)
             model.compile(sampler="greedy")
             results[f"{name}/batch_{batch}"] = measure(
@@ -83,6 +102,9 @@ def main():
             )
             print(f"{name} / Transformer-XL, batch {batch}: {ratios[f'{name}/batch_{batch}']:.2f}")
     record = {
+        "benchmark": "decode_speed",
+        "mode": mode,
+        "environment": _common.environment(),
         "backend": keras.backend.backend(),
         "machine": platform.processor() or platform.machine(),
         "settings": {**settings, "new_tokens": args.new_tokens,
@@ -90,10 +112,11 @@ def main():
         "results": results,
         "ratio_to_transformer_xl": ratios,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(record, f, indent=2)
-    print("wrote", args.out)
+    path = _common.output_path(args, "decode_speed")
+    if path is None:
+        return record
+    _common.write_json(path, record)
+    return record
 
 
 if __name__ == "__main__":

@@ -3,11 +3,17 @@
 - `context_scaling.py` and `memory_stability.py` run on the compiled backend
   (`--compiled-backend`, JAX by default: `jax.jit`, XLA memory analysis);
 - `layer_throughput.py` runs once per backend of `--backends` (TensorFlow,
-  JAX and PyTorch by default), each merging its entry into one JSON.
+  JAX and PyTorch by default), each merging its entry into one JSON;
+- `decode_speed.py` (compiled `generate()` against Transformer-XL) runs on
+  the compiled backend.
 
-Results land in benchmarks/results (JSON + PNG), or in `--out-dir`.
+Results land in benchmarks/results (JSON + PNG), or in `--out-dir`. At the
+end `summary.py` prints the issue-16 targets against what that folder holds
+and writes `summary.json` there (skipped with `--tiny` and no `--out-dir`,
+where nothing is written).
 
     KERAS_BACKEND=jax python benchmarks/run_all.py --short   # `make bench`
+    python benchmarks/run_all.py --tiny --out-dir /tmp/b     # smoke test
     python benchmarks/run_all.py                              # full mode
 """
 
@@ -18,7 +24,10 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPTS = ("context_scaling", "memory_stability", "layer_throughput")
+sys.path.insert(0, HERE)
+import summary  # noqa: E402  (reads JSON only; no Keras)
+
+SCRIPTS = ("context_scaling", "memory_stability", "layer_throughput", "decode_speed")
 
 
 def parse_args(argv=None):
@@ -30,7 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--backends", default="tensorflow,jax,torch",
                         help="backends of layer_throughput")
     parser.add_argument("--compiled-backend", default="jax",
-                        help="backend of context_scaling and memory_stability")
+                        help="backend of context_scaling, memory_stability and decode_speed")
     parser.add_argument("--out-dir", default=None,
                         help="where the JSON/PNG go (default benchmarks/results; "
                         "with --tiny and no --out-dir nothing is written)")
@@ -77,7 +86,13 @@ def main(argv=None):
     for name, rc, wall in report:
         print(f"{name:34s} {'ok' if rc == 0 else f'FAILED (rc {rc})':>14s} {wall:8.1f} s")
     print(f"{'total':34s} {'':>14s} {total:8.1f} s")
-    return 1 if any(rc for _, rc, _ in report) else 0
+    failed = any(rc for _, rc, _ in report)
+    if args.tiny and not out_dir:
+        print("\n(--tiny without --out-dir wrote nothing: no summary)")
+    else:
+        results_dir = out_dir or os.path.join(HERE, "results")
+        failed = summary.main(["--results-dir", results_dir]) != 0 or failed
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

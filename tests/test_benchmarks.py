@@ -164,3 +164,13 @@ def test_layer_throughput_script(tmp_path):
     ops_ = {(r["op"], r["mode"]) for r in entry["results"]}
     assert {op for op, _ in ops_} == {"ltm_absorb", "ltm_absorb_sticky", "gaussian_attention"}
     assert all(r["ratio_to_floor"] > 0 for r in entry["results"])
+
+
+@pytest.mark.slow
+def test_decode_speed_script(tmp_path):
+    result = _run("decode_speed", tmp_path, "--batches", "1")
+    assert result["mode"] == "tiny" and result["environment"]["time"]
+    assert set(result["ratio_to_transformer_xl"]) == {"infformer/batch_1", "infformer_sticky/batch_1"}
+    xl = result["results"]["transformer_xl/batch_1"]["tokens_per_second"]
+    for key, ratio in result["ratio_to_transformer_xl"].items():
+        assert ratio == pytest.approx(result["results"][key]["tokens_per_second"] / xl)
