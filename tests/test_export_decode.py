@@ -60,25 +60,33 @@ def prompts(length, batch=2, seed=0):
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """Each setting exported once, with in-process greedy generations."""
+    """Each setting exported once, with in-process greedy generations: one
+    batch whose rows hold the prompts of every length (each row is read
+    and continued on its own, so one compiled generate covers them all)."""
     found = {}
+    total = max(PROMPT_LENGTHS) + NEW_TOKENS
+    token_ids = np.zeros((len(PROMPT_LENGTHS), total), "int32")
+    padding_mask = np.zeros_like(token_ids, dtype=bool)
+    for row, length in enumerate(PROMPT_LENGTHS):
+        token_ids[row, :length] = prompts(length, batch=1)[0]
+        padding_mask[row, :length] = True
     for label, settings in SETTINGS.items():
         keras.utils.set_random_seed(5)
         model = build_model(**settings)
         path = keras_infformer.export_for_serving(
             model, tmp_path_factory.mktemp("export") / label
         )
-        expected = {}
-        for length in PROMPT_LENGTHS:
-            outputs, logits = model.generate(
-                prompts(length), max_length=length + NEW_TOKENS,
-                stop_token_ids=None, return_logits=True,
-            )
-            expected[length] = (
-                keras.ops.convert_to_numpy(outputs["token_ids"]),
-                keras.ops.convert_to_numpy(logits)[:, : length + NEW_TOKENS - 1],
-            )
-        found[label] = dict(model=model, path=path, expected=expected)
+        outputs, logits = model.generate(
+            {"token_ids": token_ids, "padding_mask": padding_mask},
+            stop_token_ids=None, return_logits=True,
+        )
+        tokens = keras.ops.convert_to_numpy(outputs["token_ids"])
+        logits = keras.ops.convert_to_numpy(logits)
+        expected = {
+            length: (tokens[row : row + 1], logits[row : row + 1, : total - 1])
+            for row, length in enumerate(PROMPT_LENGTHS)
+        }
+        found[label] = dict(model=model, path=path, expected=expected, total=total)
     return found
 
 
@@ -112,7 +120,7 @@ _TF_ONLY_GENERATION = textwrap.dedent(
         for length in request["lengths"]:
             prompt = data[f"prompt_{length}"]
             tokens, logits, _ = serving_client.generate(
-                served, prompt, request["new_tokens"]
+                served, prompt, request["total"] - length
             )
             np.testing.assert_array_equal(tokens, data[f"tokens_{length}"])
             error = float(np.abs(logits - data[f"logits_{length}"]).max())
@@ -137,14 +145,15 @@ def test_tensorflow_only_generation_equals_generate(exports, tmp_path):
     for label, export in exports.items():
         arrays = {}
         for length, (tokens, logits) in export["expected"].items():
-            arrays[f"prompt_{length}"] = prompts(length)
+            arrays[f"prompt_{length}"] = prompts(length, batch=1)
             arrays[f"tokens_{length}"] = tokens
             arrays[f"logits_{length}"] = logits
         data[label] = str(tmp_path / f"{label}.npz")
         np.savez(data[label], **arrays)
     request = dict(
         paths={label: e["path"] for label, e in exports.items()}, data=data,
-        lengths=list(PROMPT_LENGTHS), new_tokens=NEW_TOKENS, atol=ATOL,
+        lengths=list(PROMPT_LENGTHS), atol=ATOL,
+        total=next(iter(exports.values()))["total"],
     )
     script = tmp_path / "generate.py"
     script.write_text(_TF_ONLY_GENERATION)
