@@ -40,6 +40,20 @@ def folder_bytes(path):
     )
 
 
+def latency_summary(seconds, tokens_per_request, **fields):
+    """Median, p90, mean and min in ms, and tokens/s at the median."""
+    times = np.array(seconds) * 1000.0
+    median = float(np.median(times))
+    return dict(
+        fields,
+        median_ms=round(median, 3),
+        p90_ms=round(float(np.percentile(times, 90)), 3),
+        mean_ms=round(float(times.mean()), 3),
+        min_ms=round(float(times.min()), 3),
+        tokens_per_s=round(tokens_per_request / median * 1000.0, 1),
+    )
+
+
 def time_stream(served, batch, segments, warmup):
     import tensorflow as tf
 
@@ -57,16 +71,7 @@ def time_stream(served, batch, segments, warmup):
         state = outputs
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    times = np.array(times) * 1000.0
-    return {
-        "batch_size": batch,
-        "segments_timed": segments,
-        "median_ms": round(float(np.median(times)), 3),
-        "p90_ms": round(float(np.percentile(times, 90)), 3),
-        "mean_ms": round(float(times.mean()), 3),
-        "min_ms": round(float(times.min()), 3),
-        "tokens_per_s": round(batch * length / float(np.median(times)) * 1000.0, 1),
-    }
+    return latency_summary(times, batch * length, batch_size=batch, segments_timed=segments)
 
 
 def time_decode(served, batch, tokens, warmup):
@@ -87,14 +92,7 @@ def time_decode(served, batch, tokens, warmup):
         state = outputs
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    times = np.array(times) * 1000.0
-    return {
-        "batch_size": batch,
-        "tokens_timed": tokens,
-        "median_ms": round(float(np.median(times)), 3),
-        "p90_ms": round(float(np.percentile(times, 90)), 3),
-        "tokens_per_s": round(batch / float(np.median(times)) * 1000.0, 1),
-    }
+    return latency_summary(times, batch, batch_size=batch, tokens_timed=tokens)
 
 
 def main():
