@@ -175,14 +175,3 @@ def test_decode_speed_script(tmp_path):
     for key, ratio in result["ratio_to_transformer_xl"].items():
         assert ratio == pytest.approx(result["results"][key]["tokens_per_second"] / xl)
 
-
-@pytest.mark.slow
-@pytest.mark.skipif(
-    keras.backend.backend() != "jax", reason="the script's smoke test; it times JAX"
-)
-def test_gpt2_finetune_step_script(tmp_path):
-    result = _run("gpt2_finetune_step", tmp_path)
-    assert set(result["results"]) == {"gpt2", "memory_all", "memory_only"}
-    assert set(result["step_time_ratio_to_gpt2"]) == {"memory_all", "memory_only"}
-    for name, entry in result["results"].items():
-        assert all(t > 0 for t in entry["seconds"]) and np.all(np.isfinite(entry["losses"]))

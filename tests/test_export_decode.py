@@ -34,10 +34,13 @@ ATOL = 1e-5
 PROMPT_LENGTHS = (1, SEGMENT - 1, SEGMENT, 3 * SEGMENT + 5)
 SETTINGS = {
     "sticky": dict(sticky_memories=True, sticky_mode="quantile", num_bins=16),
-    "compressive": dict(
-        use_long_term_memory=False, compressed_memory_length=4, compression_rate=2
-    ),
 }
+if BACKEND == "tensorflow":
+    # The compressive memory's decoding is the same served graph from either
+    # backend (traced by TensorFlow); one backend keeps the suite's time.
+    SETTINGS["compressive"] = dict(
+        use_long_term_memory=False, compressed_memory_length=4, compression_rate=2
+    )
 
 
 def build_model(**overrides):
