@@ -124,7 +124,7 @@ def num_batch_shards():
     size of the batch axis of the mesh of the active `keras.distribution`
     (JAX), else 1.
     """
-    strategy = _tf_strategy()
+    strategy = _tf_strategy() or _tf_multi_worker()
     if strategy is not None:
         return int(strategy.num_replicas_in_sync)
     current = _keras_distribution()
@@ -133,6 +133,131 @@ def num_batch_shards():
         axis = list(mesh.axis_names).index(current.batch_dim_name)
         return int(mesh.shape[axis])
     return 1
+
+
+# -- several processes ----------------------------------------------------------
+
+
+# The multi-worker strategy this process joined (TF), once seen active: a
+# process belongs to one job, and Keras calls `fit` outside the scope.
+_MULTI_WORKER = []
+
+
+def _tf_multi_worker():
+    """The TF strategy spanning several worker processes that this process
+    joined: the active one, else the one seen when the model was built."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy():
+        return _MULTI_WORKER[0] if _MULTI_WORKER else None
+    strategy = _tf_strategy()
+    if strategy is None:
+        return None
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return None
+    if _tf_worker_count(strategy) < 2:
+        return None
+    _MULTI_WORKER[:] = [strategy]
+    return strategy
+
+
+def _tf_worker_count(strategy):
+    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    return sum(len(spec.get(job, ())) for job in ("chief", "worker"))
+
+
+def _tf_worker_index(strategy):
+    # tf.distribute orders the workers chief first, then "worker" by index.
+    resolver = strategy.cluster_resolver
+    spec = resolver.cluster_spec().as_dict()
+    if resolver.task_type == "chief":
+        return 0
+    return int(resolver.task_id) + len(spec.get("chief", ()))
+
+
+def _jax_multi_process():
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.process_count() > 1
+
+
+def num_processes():
+    """How many processes train together (1 without a multi-process engine).
+
+    JAX: `jax.process_count()` (after `keras.distribution.initialize()`).
+    TensorFlow: the workers of an active `MultiWorkerMirroredStrategy`.
+    """
+    strategy = _tf_multi_worker()
+    if strategy is not None:
+        return _tf_worker_count(strategy)
+    if _jax_multi_process():
+        import jax
+
+        return jax.process_count()
+    return 1
+
+
+def process_index():
+    """The index of this process among `num_processes()` (0 is the chief)."""
+    strategy = _tf_multi_worker()
+    if strategy is not None:
+        return _tf_worker_index(strategy)
+    if _jax_multi_process():
+        import jax
+
+        return jax.process_index()
+    return 0
+
+
+def process_rows(batch_size):
+    """`(start, stop)`: the rows of a global batch this process feeds.
+
+    With several processes each feeds (and keeps the memory of) the rows that
+    live on its own devices, a contiguous block of the global batch: under a
+    `MultiWorkerMirroredStrategy` the block of its replicas (worker `w` of
+    `P`, one replica each: rows `w * B / P` to `(w + 1) * B / P`); under a
+    JAX `keras.distribution` the rows its devices hold in the batch layout.
+    With one process: `(0, batch_size)`.
+
+    Raises:
+        ValueError: the global batch does not split evenly over the
+            devices, or (JAX) this process's devices hold rows that are not
+            one contiguous block (a mesh whose batch axis interleaves the
+            processes).
+    """
+    strategy = _tf_multi_worker()
+    num_shards = check_batch_shards(batch_size, what="The global batch size")
+    if strategy is not None:
+        local = len(strategy.extended.worker_devices)
+        per_replica = batch_size // num_shards
+        start = _tf_worker_index(strategy) * local * per_replica
+        return start, start + local * per_replica
+    if not _jax_multi_process():
+        return 0, batch_size
+    current = _keras_distribution()
+    if current is None:
+        raise ValueError(
+            "Several JAX processes are running but no keras.distribution is "
+            "set: set one (e.g. `keras_infformer.distribution.data_parallel()`) "
+            "so that each process feeds the rows its devices hold."
+        )
+    sharding = current.get_data_layout((batch_size,)).backend_layout
+    rows = set()
+    for index in sharding.addressable_devices_indices_map((batch_size,)).values():
+        rows.update(range(batch_size)[index[0]])
+    start, stop = min(rows), max(rows) + 1
+    if len(rows) != stop - start:
+        raise ValueError(
+            "The devices of this process hold rows of the batch that are not "
+            f"one contiguous block (rows {sorted(rows)} of {batch_size}): order "
+            "the devices of the mesh's batch axis by process."
+        )
+    return start, stop
 
 
 def check_batch_shards(batch_size, num_shards=None, what="The batch size"):
@@ -254,34 +379,98 @@ def read_memory(variable):
     this is `ops.copy(variable.value)` (JAX gathers a sharded array when
     it is converted to NumPy).
     """
+    if _is_cross_process(variable):
+        return _gather_processes(variable)
     parts = _replica_parts(variable)
     if parts is None:
         return ops.copy(variable.value)
     return ops.concatenate([ops.copy(p.read_value()) for p in parts], axis=0)
 
 
+def local_memory(variable):
+    """The rows of a memory variable that this process holds (NumPy).
+
+    With several processes, its block of the global rows (`process_rows`);
+    otherwise every row. Reads no other process (not a collective).
+    """
+    strategy = _tf_multi_worker() if is_memory_variable(variable) else None
+    if strategy is not None:
+        parts = list(variable.value.values)
+        return np.concatenate([np.asarray(p.read_value()) for p in parts], axis=0)
+    value = variable.value
+    if _jax_multi_process() and not value.is_fully_addressable:
+        shards = sorted(value.addressable_shards, key=lambda s: s.index[0].start or 0)
+        blocks, seen = [], set()
+        for shard in shards:  # Replicas of one block (a model axis) once.
+            if shard.index[0].start not in seen:
+                seen.add(shard.index[0].start)
+                blocks.append(np.asarray(shard.data))
+        return np.concatenate(blocks, axis=0)
+    return np.asarray(ops.convert_to_numpy(read_memory(variable)))
+
+
+def _is_cross_process(variable):
+    """Whether the rows of a memory variable live in several processes."""
+    if not is_memory_variable(variable):
+        return False
+    if _tf_multi_worker() is not None:
+        return True
+    if _jax_multi_process():
+        return not variable.value.is_fully_addressable
+    return False
+
+
+def _gather_processes(variable):
+    """Every row of a memory variable spread over processes (collective:
+    every process must call it, in the same order)."""
+    strategy = _tf_multi_worker()
+    if strategy is None:
+        # JAX only: a global array, of which this process holds its rows.
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(variable.value, tiled=True))
+    # TF only: an all-gather over the workers of the per-replica parts.
+    parts = list(variable.value.values)
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda context: parts[context.replica_id_in_sync_group % len(parts)].read_value()
+    )
+    return np.asarray(strategy.gather(per_replica, axis=0))
+
+
 def assign_memory(variable, value):
     """Write every row of a memory variable (the inverse of `read_memory`)."""
     parts = _replica_parts(variable)
-    if parts is None:
+    strategy = _tf_multi_worker() if is_memory_variable(variable) else None
+    if parts is None and strategy is None:
+        # JAX with several processes too: assigning every row to a sharded
+        # variable puts each process's rows on its own devices.
         variable.assign(value)
         return
+    if parts is None:
+        parts = list(variable.value.values)
     value = np.asarray(ops.convert_to_numpy(value), dtype="float32")
     rows = int(parts[0].shape[0])
-    if value.shape[0] != rows * len(parts):
+    # The replicas of this process hold one block of the global rows.
+    first = 0
+    replicas = len(parts)
+    if strategy is not None:
+        first = _tf_worker_index(strategy) * len(parts)
+        replicas = strategy.num_replicas_in_sync
+    if value.shape[0] != rows * replicas:
         raise ValueError(
-            f"Memory variable '{variable.path}' holds {rows * len(parts)} rows "
-            f"over {len(parts)} replicas. Received: value.shape={value.shape}"
+            f"Memory variable '{variable.path}' holds {rows * replicas} rows "
+            f"over {replicas} replicas. Received: value.shape={value.shape}"
         )
     for k, part in enumerate(parts):
-        part.assign(value[k * rows : (k + 1) * rows])
+        start = (first + k) * rows
+        part.assign(value[start : start + rows])
 
 
 def save_own_variables(layer, store):
     """`Layer.save_own_variables`, with every row of the memory variables."""
     all_vars = layer._trainable_variables + layer._non_trainable_variables
     for i, v in enumerate(all_vars):
-        if _replica_parts(v) is not None:
+        if _replica_parts(v) is not None or _is_cross_process(v):
             store[f"{i}"] = ops.convert_to_numpy(read_memory(v))
         else:
             store[f"{i}"] = v
@@ -296,6 +485,63 @@ def load_own_variables(layer, store):
             assign_memory(v, np.asarray(store[f"{i}"]))
         else:
             v.assign(store[f"{i}"])
+
+
+def distribute_stream(dataset):
+    """A process's stream as TensorFlow's multi-worker input, else as is.
+
+    Under a `MultiWorkerMirroredStrategy` Keras would hand a `PyDataset` to
+    `experimental_distribute_dataset`, which takes every `P`-th batch on each
+    worker (and splits it again): a stream's steps must all reach its
+    worker, in order. Each worker's dataset (a `StreamingDataset` already
+    holds the worker's rows only) becomes its own input pipeline
+    (`distribute_datasets_from_function`), read in order. Anything else is
+    returned unchanged.
+    """
+    strategy = _tf_multi_worker()
+    if strategy is None or not isinstance(dataset, keras.utils.PyDataset):
+        return dataset
+    if len(strategy.extended.worker_devices) != 1:
+        raise ValueError(
+            "A stream dataset under MultiWorkerMirroredStrategy needs one "
+            "device per worker process (run one process per device). "
+            f"Received: {len(strategy.extended.worker_devices)} devices in this "
+            "worker."
+        )
+    import tensorflow as tf
+
+    num_steps = len(dataset)
+    first = dataset.get_batch(0) if hasattr(dataset, "get_batch") else dataset[0]
+    signature = tf.nest.map_structure(
+        lambda a: tf.TensorSpec(np.shape(a), tf.as_dtype(np.asarray(a).dtype)), first
+    )
+
+    def steps():
+        for index in range(num_steps):
+            yield dataset[index]
+
+    def pipeline(context):
+        del context  # One pipeline per worker: its rows, every step.
+        stream = tf.data.Dataset.from_generator(steps, output_signature=signature)
+        return stream.apply(tf.data.experimental.assert_cardinality(num_steps))
+
+    return strategy.distribute_datasets_from_function(pipeline)
+
+
+def step_logs(logs):
+    """A train/test step's logs as Keras' TF trainer can reduce them.
+
+    Under a `MultiWorkerMirroredStrategy` Keras 3 reduces every step output
+    with `strategy.reduce("MEAN", value, axis=0)`, which fails on the scalar
+    metrics (tensorflow/tensorflow#72388); as shape `(1,)` they reduce to the
+    mean over the workers, equal rows each. Unchanged elsewhere.
+    """
+    if _tf_multi_worker() is None or not isinstance(logs, dict):
+        return logs
+    return {
+        k: ops.reshape(v, (1,)) if len(ops.shape(v)) == 0 else v
+        for k, v in logs.items()
+    }
 
 
 def first_replica_batch(model, iterator):
@@ -451,7 +697,11 @@ def data_parallel(devices=None, base=None, batch_dim_name="batch"):
     mesh = keras.distribution.DeviceMesh(
         (len(devices),), [batch_dim_name], devices
     )
-    return keras.distribution.ModelParallel(
+    result = keras.distribution.ModelParallel(
         layout_map=layout_map(mesh, base=base, batch_dim_name=batch_dim_name),
         batch_dim_name=batch_dim_name,
     )
+    # With several processes a StreamingDataset reads its own rows already
+    # (Keras' auto-sharding takes tf.data datasets only, and by batch).
+    result.auto_shard_dataset = False
+    return result

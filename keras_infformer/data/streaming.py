@@ -171,6 +171,17 @@ class StreamingDataset(keras.utils.PyDataset):
     `keras_infformer.distribution`). So `batch_size` must be a multiple of
     the number of devices; a ValueError says so at construction.
 
+    Several processes. When several processes train together (JAX
+    multi-process after `keras.distribution.initialize()`, or TensorFlow's
+    `MultiWorkerMirroredStrategy`), each process feeds only the rows its own
+    devices hold: process `p` of `P` (one device each) reads rows
+    `p * batch_size / P` to `(p + 1) * batch_size / P` of every step, and
+    keeps their memory. Every process is given the same documents and lays
+    them out exactly as one process would (the same streams, the same
+    `len(dataset)`), then keeps its block: a `P`-process run computes what
+    one process computes on the whole batch. `batch_size` stays the global
+    batch size (the model's); a step has `local_batch_size` rows.
+
     Args:
         documents: list of 1-D integer arrays (or lists). The token streams,
             of any positive length. Token ids must be non-negative and fit
@@ -185,6 +196,13 @@ class StreamingDataset(keras.utils.PyDataset):
             Defaults to that of the distribution active at construction
             (`keras_infformer.distribution.num_batch_shards()`; 1 without
             one).
+        num_processes: int. How many processes feed the global batch.
+            Defaults to that of the engine active at construction
+            (`keras_infformer.distribution.num_processes()`; 1 without one).
+        process_index: int. Which of them this is (0 to `num_processes - 1`).
+            Defaults to `keras_infformer.distribution.process_index()`. Give
+            both or neither; given, process `p` reads the `p`-th of
+            `num_processes` equal blocks of rows.
         check_order: bool. Whether indexing raises a ValueError on a read
             out of stream order (see "Reading in order"). Defaults to
             `True`.
@@ -194,14 +212,22 @@ class StreamingDataset(keras.utils.PyDataset):
 
     Attributes:
         num_steps: int. The number of steps (`len(dataset)`).
-        batch_size: int. The number of rows of a batch.
+        batch_size: int. The number of rows of a global batch (all
+            processes).
+        local_batch_size: int. The number of rows of a step here (this
+            process's block; `batch_size` with one process).
+        process_rows: tuple `(start, stop)`. The global rows this process
+            reads.
+        num_processes: int. The number of processes feeding the batch.
+        process_index: int. This process's index.
         segment_length: int. The number of tokens of a segment.
         pad_id: int. The padding token id.
         num_shards: int. The number of devices the batch is split over.
         num_documents: int. The number of documents.
         stream_documents: list of `batch_size` lists. The indices (into
-            `documents`) of the documents of each stream, in stream order
-            (`positions(index)` locates every token of a step).
+            `documents`) of the documents of each stream (every global row),
+            in stream order (`positions(index)` locates every token of a
+            step).
         check_order: bool. Whether reads out of stream order raise.
 
     Examples:
@@ -239,6 +265,8 @@ class StreamingDataset(keras.utils.PyDataset):
         segment_length,
         pad_id=0,
         num_shards=None,
+        num_processes=None,
+        process_index=None,
         check_order=True,
         **kwargs,
     ):
@@ -259,6 +287,8 @@ class StreamingDataset(keras.utils.PyDataset):
         self.num_shards = distribution.check_batch_shards(
             self.batch_size, num_shards, "The `batch_size` of a StreamingDataset"
         )
+        self.process_rows = self._process_rows(num_processes, process_index)
+        self.local_batch_size = self.process_rows[1] - self.process_rows[0]
         self.segment_length = _check_positive_int(
             "segment_length", segment_length
         )
@@ -333,14 +363,54 @@ class StreamingDataset(keras.utils.PyDataset):
                 position += doc_segments[i] * S
             self._row_starts.append(np.array(starts, np.int64).reshape(-1, 3))
 
+        # This process keeps its own rows only.
+        start, stop = self.process_rows
+        self._row_starts = self._row_starts[start:stop]
+
         def to_steps(array):
             array = array.reshape(self.batch_size, self.num_steps, S)
-            return np.ascontiguousarray(array.transpose(1, 0, 2))
+            return np.ascontiguousarray(array.transpose(1, 0, 2)[:, start:stop])
 
         self._token_ids = to_steps(tokens)
         self._targets = to_steps(targets)
         self._sample_weight = to_steps(weights)
-        self._reset = resets
+        self._reset = np.ascontiguousarray(resets[:, start:stop])
+
+    def _process_rows(self, num_processes, process_index):
+        """The block of global rows this process reads (see the class)."""
+        if num_processes is None and process_index is None:
+            self.num_processes = distribution.num_processes()
+            self.process_index = distribution.process_index()
+            if self.num_processes == 1:
+                return 0, self.batch_size
+            return distribution.process_rows(self.batch_size)
+        if num_processes is None or process_index is None:
+            raise ValueError(
+                "Pass both `num_processes` and `process_index`, or neither. "
+                f"Received: num_processes={num_processes!r}, "
+                f"process_index={process_index!r}"
+            )
+        self.num_processes = _check_positive_int("num_processes", num_processes)
+        if (
+            isinstance(process_index, (bool, np.bool_))
+            or not isinstance(process_index, (int, np.integer))
+            or not 0 <= process_index < self.num_processes
+        ):
+            raise ValueError(
+                "`process_index` must be an integer in [0, num_processes). "
+                f"Received: process_index={process_index!r} with "
+                f"num_processes={self.num_processes}"
+            )
+        self.process_index = int(process_index)
+        if self.batch_size % self.num_processes:
+            raise ValueError(
+                "The `batch_size` of a StreamingDataset must be a multiple of "
+                "the number of processes: each feeds an equal block of rows. "
+                f"Received: batch_size={self.batch_size}, "
+                f"num_processes={self.num_processes}"
+            )
+        rows = self.batch_size // self.num_processes
+        return self.process_index * rows, (self.process_index + 1) * rows
 
     def _assign_greedily(self, doc_segments):
         """Each document, in order, to the currently shortest stream."""
@@ -488,7 +558,8 @@ class StreamingDataset(keras.utils.PyDataset):
         """Which document, and where in it, each token of step `index` is.
 
         Returns `(document, offset)`, two int64 arrays of shape
-        `(batch_size, segment_length)`: `document[b, i]` is the index (into
+        `(local_batch_size, segment_length)` (the rows this process reads):
+        `document[b, i]` is the index (into
         `documents`) of the document token `i` of row `b` belongs to, and
         `offset[b, i]` its position in that document (0 for its first
         token); both are -1 on padding. The target of a token with a weight
@@ -499,8 +570,8 @@ class StreamingDataset(keras.utils.PyDataset):
         index = self._check_index(index)
         S = self.segment_length
         where = index * S + np.arange(S)
-        document = np.full((self.batch_size, S), -1, np.int64)
-        offset = np.full((self.batch_size, S), -1, np.int64)
+        document = np.full((self.local_batch_size, S), -1, np.int64)
+        offset = np.full((self.local_batch_size, S), -1, np.int64)
         for row, starts in enumerate(self._row_starts):
             if not len(starts):
                 continue

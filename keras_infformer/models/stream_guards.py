@@ -182,9 +182,9 @@ class BatchChecker:
 
     @classmethod
     def for_model(cls, model, argument="x"):
-        return cls(
-            model.vocabulary_size, model.segment_length, model.batch_size, argument
-        )
+        # With several processes each feeds its own block of the rows.
+        start, stop = distribution.process_rows(model.batch_size)
+        return cls(model.vocabulary_size, model.segment_length, stop - start, argument)
 
     def prefix(self, index=None):
         which = "a batch" if index is None else f"batch {index}"
@@ -416,7 +416,7 @@ def check_data(model, x, batch_size=None, argument="x"):
         # `get_batch` (StreamingDataset) reads without counting a read.
         first = x.get_batch(0) if callable(getattr(x, "get_batch", None)) else x[0]
         checker(first, 0)
-        return CheckedPyDataset(x, checker), batch_size
+        return distribution.distribute_stream(CheckedPyDataset(x, checker)), batch_size
     if _is_tf_dataset(x):
         try:  # Peeked through a new iterator: nothing is consumed.
             first = next(iter(x.take(1).as_numpy_iterator()), None)

@@ -144,6 +144,13 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         stream_guards.check_batch(self, x)
         return super().predict_on_batch(x)
 
+    # (JAX's trainer passes the state too, hence *args.)
+    def train_step(self, *args):
+        return distribution.step_logs(super().train_step(*args))
+
+    def test_step(self, *args):
+        return distribution.step_logs(super().test_step(*args))
+
     # JAX: a step that raises puts the variables back (stream_guards).
     def make_train_function(self, force=False):
         super().make_train_function(force)
