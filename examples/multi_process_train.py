@@ -244,13 +244,23 @@ def main(argv=None):
         import traceback
 
         traceback.print_exc()
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        fail(args.process_id, f"{type(error).__name__}: {first}")
+        fail(args.process_id, f"{type(error).__name__}: {_cause(error)}")
     watchdog.stop()
     with open(os.path.join(args.out, f"result_{args.process_id}.json"), "w") as f:
         json.dump(result, f)
     print(f"[process {args.process_id}] losses {losses[0]:.4f} -> {losses[-1]:.4f}, "
           f"rows {dataset.process_rows}", flush=True)
+
+
+def _cause(error):
+    """The informative line of an engine's error (TF's first line is often
+    just "Graph execution error:")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if any(word in line for word in ("unhealthy", "aborted", "reset by peer",
+                                         "heartbeat", "Connection", "crashed")):
+            return line
+    return lines[0] if lines else ""
 
 
 def _local_rows_match(model, start, stop):
