@@ -56,6 +56,7 @@ def parse_args(argv=None):
                         help="TensorFlow: comma-separated host:port of every worker")
     parser.add_argument("--batch-size", type=int, default=4, help="global batch")
     parser.add_argument("--documents", type=int, default=12)
+    parser.add_argument("--hidden-dim", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--out", default="multi_process_out")
     parser.add_argument("--restore", default=None, help="a .keras checkpoint to load")
@@ -119,14 +120,15 @@ def make_documents(count):
     return [rng.integers(1, VOCAB, size=n) for n in lengths]
 
 
-def build(batch_size):
+def build(batch_size, hidden_dim=16):
     import keras
 
     from keras_infformer.models import InfiniteFormerLM
 
     # The same seed in every process: the same initial weights.
     keras.utils.set_random_seed(0)
-    model = InfiniteFormerLM(batch_size=batch_size, **CONFIG)
+    config = dict(CONFIG, hidden_dim=hidden_dim, intermediate_dim=2 * hidden_dim)
+    model = InfiniteFormerLM(batch_size=batch_size, **config)
     model.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -186,7 +188,7 @@ def main(argv=None):
         return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
     with scope():
-        model = build(args.batch_size)
+        model = build(args.batch_size, args.hidden_dim)
     dataset = StreamingDataset(
         make_documents(args.documents), batch_size=args.batch_size, segment_length=SEGMENT
     )
