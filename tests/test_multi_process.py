@@ -58,10 +58,13 @@ def _loopback_available():
     return _free_ports(2) is not None
 
 
-multi_process = pytest.mark.skipif(
-    BACKEND not in ("jax", "tensorflow") or not _loopback_available(),
-    reason="needs JAX or TensorFlow and loopback ports",
-)
+def multi_process(test):
+    """Marked `multiprocess`; skipped without an engine or loopback ports."""
+    test = pytest.mark.multiprocess(test)
+    return pytest.mark.skipif(
+        BACKEND not in ("jax", "tensorflow") or not _loopback_available(),
+        reason="needs JAX or TensorFlow and loopback ports",
+    )(test)
 
 
 def _launch(out, num_processes=2, extra=None, timeouts=None):
