@@ -31,6 +31,17 @@ variable (on TensorFlow, all replicas' parts); the layers use them in
 `model.save()`, `save_weights()` and `ModelCheckpoint` keep the memory of
 every row, not replica 0's only.
 
+Several processes (one per host: JAX multi-process after
+`keras.distribution.initialize()`, TensorFlow's `MultiWorkerMirroredStrategy`):
+each process feeds and keeps the rows on its own devices, a contiguous block
+of the global batch (`process_rows`; `StreamingDataset` reads only that
+block). `read_memory` then gathers every process's rows (a collective: every
+process calls it, as `get_state` and saving do) and `assign_memory` keeps
+each process's block of the rows it is given, so a checkpoint written by
+any number of processes loads on any other. `distribute_stream` and
+`step_logs` adapt a stream and a step's logs to Keras' TensorFlow trainer
+under a multi-worker strategy.
+
 PyTorch has no multi-device engine in Keras 3: there the helpers reduce to
 the single-device behaviour.
 """
