@@ -230,3 +230,37 @@ def test_compile_defaults_average_over_real_tokens():
     # The loss: each batch's mean over its real tokens, averaged over batches
     # (Keras' plain reduction would divide by every position, padding too).
     np.testing.assert_allclose(results["loss"], np.mean(batch_means), rtol=1e-4)
+
+
+def test_a_loaded_model_is_compiled_and_trains_on(tmp_path):
+    """Keras skips an overridden compile() on loading; the family compiles
+    itself from the saved config, with the optimizer's state."""
+    import warnings
+
+    from keras_infformer.data import StreamingDataset
+    from keras_infformer.models import InfiniteFormerLM
+
+    model = InfiniteFormerLM(
+        vocabulary_size=32, segment_length=8, batch_size=2, num_layers=1,
+        hidden_dim=16, num_heads=2, num_basis=8, num_samples=8,
+    )
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    tokens = np.random.default_rng(0).integers(1, 32, 120)
+    dataset = StreamingDataset.from_array(tokens, batch_size=2, segment_length=8)
+    model.fit(dataset, epochs=1, verbose=0)
+    path = tmp_path / "lm.keras"
+    model.save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # No "compile() was not called".
+        loaded = keras.saving.load_model(path)
+    assert loaded.compiled
+    assert isinstance(loaded.optimizer, keras.optimizers.Adam)
+    np.testing.assert_allclose(float(loaded.optimizer.learning_rate), 3e-3, rtol=1e-6)
+    assert int(loaded.optimizer.iterations) == len(dataset)
+    for saved, restored in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(saved), keras.ops.convert_to_numpy(restored)
+        )
+    history = loaded.fit(dataset, epochs=1, verbose=0)
+    assert int(loaded.optimizer.iterations) == 2 * len(dataset)
+    assert np.isfinite(history.history["loss"][0])

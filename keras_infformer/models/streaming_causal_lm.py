@@ -88,6 +88,15 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
             **kwargs,
         )
 
+    def compile_from_config(self, config):
+        # Keras skips an overridden `compile()` when loading a `.keras` file;
+        # compiling with what it saved lets a loaded model train on (with
+        # its optimizer's saved variables) without a manual `compile()`.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     # -- validation ----------------------------------------------------------
 
     def _validate_inputs(self, token_ids, reset, batch_size=None, length=None):
