@@ -111,6 +111,14 @@ def test_full_attention_baseline_streams_like_one_pass(rng, to_numpy):
     np.testing.assert_allclose(to_numpy(fixed["key"]), to_numpy(growing["key"]), rtol=1e-5, atol=1e-6)
 
 
+# `make bench` measures on JAX; the scripts' smoke runs (minutes in all)
+# run there only, except layer_throughput, whose table has a TF column too.
+bench_backend_only = pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="benchmark script smoke run: on the benchmark backend (JAX) only",
+)
+
+
 def _run(script, tmp_path, *extra):
     out = tmp_path / f"{script}.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -123,6 +131,7 @@ def _run(script, tmp_path, *extra):
         return json.load(f)
 
 
+@bench_backend_only
 def test_sorting_generation_script(tmp_path):
     result = _run("sorting_generation", tmp_path)
     assert result["tokens_shape"] == [result["num_sequences"], result["sequence_length"]]
@@ -130,6 +139,7 @@ def test_sorting_generation_script(tmp_path):
     assert result["generator_s"] > 0 and result["floor_s"] > 0
 
 
+@bench_backend_only
 @pytest.mark.slow
 def test_context_scaling_script(tmp_path):
     result = _run(
@@ -146,6 +156,7 @@ def test_context_scaling_script(tmp_path):
     assert all(r["infer_ms"] > 0 for r in result["rows"] if "infer_ms" in r)
 
 
+@bench_backend_only
 @pytest.mark.slow
 def test_memory_stability_script(tmp_path):
     result = _run(
@@ -158,6 +169,10 @@ def test_memory_stability_script(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    keras.backend.backend() == "torch",
+    reason="the summary reports JAX and TensorFlow (XLA) only",
+)
 def test_layer_throughput_script(tmp_path):
     result = _run("layer_throughput", tmp_path)
     (entry,) = result["backends"].values()
@@ -166,6 +181,7 @@ def test_layer_throughput_script(tmp_path):
     assert all(r["ratio_to_floor"] > 0 for r in entry["results"])
 
 
+@bench_backend_only
 @pytest.mark.slow
 def test_decode_speed_script(tmp_path):
     result = _run("decode_speed", tmp_path, "--batches", "1")
