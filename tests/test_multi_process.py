@@ -245,3 +245,23 @@ def test_one_process_owns_every_row():
     assert distribution.num_processes() == 1
     assert distribution.process_index() == 0
     assert distribution.process_rows(6) == (0, 6)
+
+
+def test_the_text_pipeline_reads_this_process_rows():
+    import keras_infformer as kif
+
+    preprocessor = kif.InfiniteFormerCausalLMPreprocessor()
+    texts = [f"document {i} " * (3 + 2 * i) for i in range(7)]
+    whole = preprocessor.streaming_dataset(texts, batch_size=4, segment_length=8)
+    parts = [
+        preprocessor.streaming_dataset(
+            texts, batch_size=4, segment_length=8, num_processes=2, process_index=p
+        )
+        for p in range(2)
+    ]
+    assert [part.process_rows for part in parts] == [(0, 2), (2, 4)]
+    for step in range(len(whole)):
+        np.testing.assert_array_equal(
+            np.concatenate([part.get_batch(step)[0]["token_ids"] for part in parts]),
+            whole.get_batch(step)[0]["token_ids"],
+        )
