@@ -124,6 +124,11 @@ class GaussianAttention(keras.layers.Layer):
         centers, widths = basis.basis_parameters(self.num_basis, self.basis_widths)
         self.centers = utils.constant(centers)
         self.widths = utils.constant(widths)
+        # The distinct centres and widths: the basis is their grid (centre
+        # c·W + w), which `basis.gaussian_expectation_grid` exploits.
+        num_widths = len(self.basis_widths)
+        self._grid_centers = utils.constant(centers[::num_widths])
+        self._grid_widths = utils.constant(widths[:num_widths])
         h, dk, dv = self.num_heads, self.key_dim, self.value_dim
         if self.project_query:
             if len(query_shape) != 3:
@@ -243,8 +248,18 @@ class GaussianAttention(keras.layers.Layer):
         if view is None:
             view = self.memory_view(coefficients)
         mu, sigma_sq = self.density(query, view=view)
-        r = basis.gaussian_expectation(mu, sigma_sq, self.centers, self.widths)
-        z = ops.einsum("bhqn,bnhk->bqhk", r, view[1])
+        # r[b, h, q, w, c] is basis function c·W + w: read the values
+        # grouped the same way, (B, N, h, k) -> (B, C, W, h, k).
+        r = basis.gaussian_expectation_by_width(
+            mu, sigma_sq, self._grid_centers, self._grid_widths
+        )
+        values = view[1]
+        num_widths = len(self.basis_widths)
+        values = ops.reshape(
+            values,
+            (-1, self.num_basis // num_widths, num_widths) + tuple(values.shape[2:]),
+        )
+        z = ops.einsum("bhqwc,bcwhk->bqhk", r, values)
         outputs = self._output_dense(ops.cast(z, self.compute_dtype))
         return outputs, mu, sigma_sq
 
