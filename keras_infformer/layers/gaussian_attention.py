@@ -202,16 +202,28 @@ class GaussianAttention(keras.layers.Layer):
         decoding reads one memory many times; keeping its view saves
         projecting the `num_basis` coefficients at every token.
         """
-        k = self._key_dense(ops.cast(coefficients, self.compute_dtype))
         # μ and σ² see the scores s = K_h q / √d_h only through w·s, and
         # w·s = q · (K_hᵀ w) / √d_h: contracting the keys with the two
         # kernels first gives the same values without ever forming the
         # (L × N) score matrix per head (O((L + N)·e) instead of O(L·N·e)).
+        # And K_hᵀ w = W_K,hᵀ (Bᵀ w) (no bias): the coefficients are
+        # contracted with the kernels first and only these 2 rows go
+        # through the key projection, instead of the N rows of B
+        # (O(N·e) instead of O(N·e²)).
         kernels = ops.stack(
             [ops.cast(self.mu_kernel, "float32"), ops.cast(self.sigma_kernel, "float32")],
             axis=-1,
         )  # (N, 2)
-        weighted_keys = ops.einsum("bnhk,nj->bhkj", ops.cast(k, "float32"), kernels)
+        weighted_coefficients = ops.einsum(
+            "bne,nj->bje", ops.cast(coefficients, "float32"), kernels
+        )  # (B, 2, e)
+        weighted_keys = ops.transpose(
+            ops.cast(
+                self._key_dense(ops.cast(weighted_coefficients, self.compute_dtype)),
+                "float32",
+            ),
+            (0, 2, 3, 1),
+        )  # (B, h, d_h, 2)
         values = ops.cast(
             self._value_dense(ops.cast(coefficients, self.compute_dtype)), "float32"
         )
