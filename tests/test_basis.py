@@ -198,3 +198,13 @@ def test_positions():
         basis.update_positions(4, 2, 0.5),
         [0.125, 0.25, 0.375, 0.5, 0.75, 1.0],
     )
+
+
+def test_rbf_from_constants_matches_rbf(ref, rng, to_numpy):
+    """The sticky read's psi from precomputed -1/(2w^2) and -log(w sqrt(2 pi))."""
+    centers, widths = ref.basis(16, (0.01, 0.05))
+    t = rng.uniform(0.0, 1.0, size=(3, 7))
+    scale, log_norm = basis.rbf_constants(centers, widths)
+    out = to_numpy(basis.rbf_from_constants(t.astype("float32"), centers, scale, log_norm))
+    assert out.shape == (3, 7, 16)
+    np.testing.assert_allclose(out, ref.rbf(t, centers, widths), rtol=1e-5, atol=ATOL_F32)

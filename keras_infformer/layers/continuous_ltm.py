@@ -127,6 +127,9 @@ class ContinuousLTM(memory.MemoryLayer):
         self._widths_np = widths
         self.centers = utils.constant(centers)
         self.widths = utils.constant(widths)
+        self._rbf_scale, self._rbf_log_norm = (
+            utils.constant(c) for c in basis.rbf_constants(centers, widths)
+        )
         self._ridge_cache = {}
         self.memory_dim = None
 
@@ -278,7 +281,9 @@ class ContinuousLTM(memory.MemoryLayer):
             x_old = ops.einsum("mn,bne->bme", psi_uniform, old)
         else:
             points = ops.stop_gradient(ops.cast(sample_points, "float32"))
-            psi = basis.rbf(points, self.centers, self.widths)
+            psi = basis.rbf_from_constants(
+                points, self.centers, self._rbf_scale, self._rbf_log_norm
+            )
             x_old = ops.einsum("bmn,bne->bme", psi, old)
         bound = READ_BOUND * ops.reshape(max_abs, (-1, 1, 1))
         x_old = ops.minimum(ops.maximum(x_old, -bound), bound)
