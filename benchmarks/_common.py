@@ -14,6 +14,9 @@ Helpers:
   program (as in a real training step) and never baked-in constants.
 - `interleaved_timing`, `paired_ratio`: side-by-side timing, systems
   alternating within each round; medians and paired ratios.
+- `add_host_malloc_argument`, `configure_host_malloc`: `--host-malloc`,
+  glibc's malloc kept from returning fresh pages to each call (timing
+  scripts).
 - `rss_bytes`, `xla_memory`: process resident memory, and the buffer
   sizes XLA assigned to one compiled JAX program.
 - `write_json`, `print_table`.
@@ -61,6 +64,53 @@ def add_common_arguments(parser, default_backend=None):
         "of ms per op when its threads are descheduled (see README)",
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+
+
+HOST_MALLOC_MODES = ("heap", "glibc")
+
+
+def add_host_malloc_argument(parser):
+    parser.add_argument(
+        "--host-malloc",
+        choices=HOST_MALLOC_MODES,
+        default="heap",
+        help="host allocator setting for the timed programs (default: heap). "
+        "'heap': glibc's malloc serves every block from one heap and keeps "
+        "freed memory (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=1 GiB, "
+        "M_ARENA_MAX=1), so a "
+        "compiled step reuses the same pages at every call. 'glibc': the "
+        "defaults, under which any block over glibc's 32 MiB mmap ceiling "
+        "(e.g. XLA's per-call temporary buffer of a train step) is a fresh "
+        "mmap at each call and pays one page fault per 4 KiB page (see "
+        "README, 'Profile of the LTM overhead')",
+    )
+
+
+def configure_host_malloc(mode):
+    """Apply `--host-malloc` (glibc only; a no-op elsewhere). Returns what
+    was set, for the JSON's environment."""
+    if mode != "heap":
+        return {"mode": mode}
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        # mallopt parameters of glibc's malloc.h. One arena: the heaps of
+        # the other arenas are mmapped and given back when empty, which
+        # faults their pages in again at the next call.
+        m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
+        ok = all(
+            libc.mallopt(param, value)
+            for param, value in (
+                (m_mmap_max, 0), (m_trim_threshold, 1 << 30), (m_arena_max, 1)
+            )
+        )
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        ok = False
+    if not ok:
+        return {"mode": "glibc", "note": "mallopt unavailable: defaults kept"}
+    return {"mode": "heap", "M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": 1 << 30,
+            "M_ARENA_MAX": 1}
 
 
 def select_backend(requested=None, torch_threads=None):

@@ -87,6 +87,7 @@ def parse_args(argv=None):
     parser.add_argument("--units", default="layer,lm", help="layer, lm or both")
     parser.add_argument("--no-paper", action="store_true",
                         help="skip the paper-size overhead measurement")
+    _common.add_host_malloc_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -794,10 +795,11 @@ def print_results(result):
 def main(argv=None):
     args = parse_args(argv)
     _common.select_backend(args.backend, args.torch_threads)
+    host_malloc = _common.configure_host_malloc(args.host_malloc)
     t0 = time.perf_counter()
     result = run(args)
     result["wall_s"] = time.perf_counter() - t0
-    result["environment"] = _common.environment()
+    result["environment"] = dict(_common.environment(), host_malloc=host_malloc)
     result["method"] = __doc__.split("\n\n", 1)[1]
     print_results(result)
     path = _common.output_path(args, "context_scaling")

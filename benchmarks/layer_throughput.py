@@ -46,6 +46,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--budget", type=float, default=None, help="seconds of timing rounds per size"
     )
+    _common.add_host_malloc_argument(parser)
     parser.add_argument(
         "--reset", action="store_true",
         help="start a fresh JSON (drop the entries of other backends)",
@@ -184,6 +185,7 @@ def run(args):
 def main(argv=None):
     args = parse_args(argv)
     backend = _common.select_backend(args.backend, args.torch_threads)
+    host_malloc = _common.configure_host_malloc(args.host_malloc)
     results = run(args)
     _common.print_table(
         results,
@@ -213,7 +215,7 @@ def main(argv=None):
     )
     merged.setdefault("backends", {})
     merged["backends"][backend] = {
-        "environment": _common.environment(),
+        "environment": dict(_common.environment(), host_malloc=host_malloc),
         "mode": "tiny" if args.tiny else "short" if args.short else "full",
         "results": results,
     }

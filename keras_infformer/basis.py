@@ -6,7 +6,9 @@ densities. This module holds the pieces that do not depend on the data:
 
 - `basis_parameters`: the centres and widths of the `N` basis functions.
 - `rbf`: `ψ_j(t)` for every `j` (on `keras.ops`).
-- `gaussian_expectation`: `E_{N(μ, σ²)}[ψ_j]` in closed form (on `keras.ops`).
+- `gaussian_expectation`: `E_{N(μ, σ²)}[ψ_j]` in closed form (on `keras.ops`);
+  `gaussian_expectation_by_width` / `_grid`: the same for the basis of
+  `basis_parameters`, in a factored form that does less work per function.
 - `design_matrix`, `ridge_matrix`: NumPy float64 precompute of the fit
   `B = Gᵀ X`, built once per set of positions and kept as a constant.
 - `update_positions`: where old samples and new vectors sit in a memory update.
@@ -78,6 +80,29 @@ def rbf(t, centers, widths):
     return ops.exp(-0.5 * ops.square(z) - ops.log(widths) - _LOG_SQRT_2PI)
 
 
+def rbf_constants(centers, widths):
+    """NumPy float64 `(scale, log_norm)` of `rbf_from_constants`, `(N,)` each:
+    `−½ / w_j²` and `−log w_j − ½ log 2π`."""
+    widths = np.asarray(widths, dtype=np.float64)
+    return -0.5 / widths**2, -np.log(widths) - _LOG_SQRT_2PI
+
+
+def rbf_from_constants(t, centers, scale, log_norm):
+    """`rbf(t, centers, widths)` from the precomputed `rbf_constants`.
+
+    `ψ_j(t) = exp((t − c_j)² · scale_j + log_norm_j)`: the same values as
+    `rbf` with one multiply-add per term instead of a division and a
+    logarithm.
+    """
+    t = ops.convert_to_tensor(t)
+    dtype = t.dtype if "float" in str(t.dtype) else "float32"
+    t = ops.cast(t, dtype)
+    centers = ops.cast(centers, dtype)
+    scale = ops.cast(scale, dtype)
+    log_norm = ops.cast(log_norm, dtype)
+    return ops.exp(ops.square(ops.expand_dims(t, -1) - centers) * scale + log_norm)
+
+
 def gaussian_expectation(mu, sigma_sq, centers, widths):
     """Expectation of every basis function under `N(μ, σ²)`.
 
@@ -103,6 +128,67 @@ def gaussian_expectation(mu, sigma_sq, centers, widths):
     return ops.exp(
         -0.5 * ops.square(diff) / variance - 0.5 * ops.log(variance) - _LOG_SQRT_2PI
     )
+
+
+def gaussian_expectation_by_width(mu, sigma_sq, grid_centers, basis_widths):
+    """`gaussian_expectation` for the basis of `basis_parameters`, cheaper.
+
+    The same values as `gaussian_expectation(mu, sigma_sq, centers,
+    widths)` with `centers, widths = basis_parameters(C * W, basis_widths)`
+    (`C` centres `grid_centers`, each paired with every one of the `W`
+    widths as basis function `c·W + w`), grouped by width: the result
+    `r[..., w, c]` is basis function `c·W + w`. Computed in a factored form:
+    the variance `σ² + w²` takes only `W` values per density, so its
+    reciprocal and the normaliser `−½ log(2π (σ² + w²))` are computed on
+    `mu.shape + (W, 1)` and the squared distance `(μ − c)²` on
+    `mu.shape + (1, C)`; each of the `C·W` terms is then one multiply-add
+    and one `exp`:
+
+    `r[..., w, c] = exp((μ − c)² · (−½ / (σ² + w²)) − ½ log(2π (σ² + w²)))`.
+
+    The `W` rows are computed one by one, so that automatic differentiation
+    keeps `r`, `(μ − c)²` and the per-density factors (not several
+    full-size tensors) and its reductions run over the last (contiguous)
+    axis, the centres.
+
+    Args:
+        mu: tensor of means, any shape.
+        sigma_sq: tensor of variances, same shape as `mu`.
+        grid_centers: tensor of shape `(C,)`, the distinct centres.
+        basis_widths: tensor of shape `(W,)`, the distinct widths.
+
+    Returns:
+        Tensor of shape `mu.shape + (W, C)`.
+    """
+    mu = ops.convert_to_tensor(mu)
+    dtype = mu.dtype if "float" in str(mu.dtype) else "float32"
+    mu = ops.cast(mu, dtype)
+    sigma_sq = ops.cast(sigma_sq, dtype)
+    grid_centers = ops.cast(grid_centers, dtype)
+    basis_widths = ops.cast(basis_widths, dtype)
+    sq_dist = ops.square(ops.expand_dims(mu, -1) - grid_centers)  # (..., C)
+    rows = []
+    # One row per width (W is small and static): the gradient then sums the
+    # rows' contributions elementwise and reduces over the centres only.
+    for w in range(int(basis_widths.shape[0])):
+        variance = ops.expand_dims(sigma_sq + ops.square(basis_widths[w]), -1)
+        scale = -0.5 / variance  # (..., 1)
+        log_norm = -0.5 * ops.log(variance) - _LOG_SQRT_2PI
+        rows.append(ops.exp(sq_dist * scale + log_norm))
+    return ops.stack(rows, axis=-2)  # (..., W, C)
+
+
+def gaussian_expectation_grid(mu, sigma_sq, grid_centers, basis_widths):
+    """`gaussian_expectation_by_width` in the basis order, `mu.shape + (C·W,)`.
+
+    Equal to `gaussian_expectation(mu, sigma_sq, centers, widths)` for
+    `centers, widths = basis_parameters(C * W, basis_widths)`.
+    """
+    r = gaussian_expectation_by_width(mu, sigma_sq, grid_centers, basis_widths)
+    rank = len(r.shape)
+    r = ops.transpose(r, tuple(range(rank - 2)) + (rank - 1, rank - 2))
+    num_basis = int(grid_centers.shape[0]) * int(basis_widths.shape[0])
+    return ops.reshape(r, tuple(ops.shape(r)[:-2]) + (num_basis,))
 
 
 def design_matrix(positions, centers, widths):

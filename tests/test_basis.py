@@ -85,6 +85,27 @@ def test_gaussian_expectation_matches_closed_form(ref, rng, to_numpy):
     np.testing.assert_allclose(to_numpy(out), expected, rtol=0, atol=ATOL_F32)
 
 
+@pytest.mark.parametrize("num_basis, widths", [(16, (0.05, 0.1)), (12, (0.01, 0.05, 0.1)), (8, (0.2,))])
+def test_gaussian_expectation_by_width_matches_closed_form(ref, rng, to_numpy, num_basis, widths):
+    """The factored form used by GaussianAttention: same values, grouped
+    by width (`r[..., w, c]` is basis function `c·W + w`), and in the basis
+    order through `gaussian_expectation_grid`."""
+    centers, basis_widths = ref.basis(num_basis, widths)
+    W = len(widths)
+    mu = rng.uniform(-0.2, 1.2, size=(2, 3, 4))
+    sigma_sq = rng.uniform(0.003, 0.3, size=(2, 3, 4)) ** 2
+    expected = ref.expectation(mu, sigma_sq, centers, basis_widths)
+    args = (mu.astype("float32"), sigma_sq.astype("float32"), centers[::W], basis_widths[:W])
+    by_width = to_numpy(basis.gaussian_expectation_by_width(*args))
+    assert by_width.shape == (2, 3, 4, W, num_basis // W)
+    np.testing.assert_allclose(
+        np.swapaxes(by_width, -1, -2).reshape(2, 3, 4, num_basis), expected,
+        rtol=1e-5, atol=ATOL_F32,
+    )
+    grid = to_numpy(basis.gaussian_expectation_grid(*args))
+    np.testing.assert_allclose(grid, expected, rtol=1e-5, atol=ATOL_F32)
+
+
 def test_gaussian_expectation_matches_quadrature(ref, to_numpy):
     """r_j = integral over R of N(t; mu, sigma^2) psi_j(t) dt, by trapezoid."""
     centers, widths = ref.basis(16, (0.05, 0.1))
@@ -177,3 +198,13 @@ def test_positions():
         basis.update_positions(4, 2, 0.5),
         [0.125, 0.25, 0.375, 0.5, 0.75, 1.0],
     )
+
+
+def test_rbf_from_constants_matches_rbf(ref, rng, to_numpy):
+    """The sticky read's psi from precomputed -1/(2w^2) and -log(w sqrt(2 pi))."""
+    centers, widths = ref.basis(16, (0.01, 0.05))
+    t = rng.uniform(0.0, 1.0, size=(3, 7))
+    scale, log_norm = basis.rbf_constants(centers, widths)
+    out = to_numpy(basis.rbf_from_constants(t.astype("float32"), centers, scale, log_norm))
+    assert out.shape == (3, 7, 16)
+    np.testing.assert_allclose(out, ref.rbf(t, centers, widths), rtol=1e-5, atol=ATOL_F32)

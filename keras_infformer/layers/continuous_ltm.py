@@ -127,6 +127,9 @@ class ContinuousLTM(memory.MemoryLayer):
         self._widths_np = widths
         self.centers = utils.constant(centers)
         self.widths = utils.constant(widths)
+        self._rbf_scale, self._rbf_log_norm = (
+            utils.constant(c) for c in basis.rbf_constants(centers, widths)
+        )
         self._ridge_cache = {}
         self.memory_dim = None
 
@@ -278,16 +281,24 @@ class ContinuousLTM(memory.MemoryLayer):
             x_old = ops.einsum("mn,bne->bme", psi_uniform, old)
         else:
             points = ops.stop_gradient(ops.cast(sample_points, "float32"))
-            psi = basis.rbf(points, self.centers, self.widths)
+            psi = basis.rbf_from_constants(
+                points, self.centers, self._rbf_scale, self._rbf_log_norm
+            )
             x_old = ops.einsum("bmn,bne->bme", psi, old)
         bound = READ_BOUND * ops.reshape(max_abs, (-1, 1, 1))
         x_old = ops.minimum(ops.maximum(x_old, -bound), bound)
-        fit_update = ops.einsum(
-            "pn,bpe->bne", g_update, ops.concatenate([x_old, x], axis=1)
-        )
-        fit_empty = ops.einsum("pn,bpe->bne", g_empty, x)
+        # A filled row is refitted on [X_old; X] with G_update, an empty one
+        # on X alone with G_empty. Split G_update into its rows of the old
+        # samples and of the new vectors: the new vectors of every row then
+        # go through one matmul with the row's own matrix (G_update's new
+        # rows or G_empty, selected per row), instead of fitting every row
+        # both ways and keeping one.
         is_filled = ops.reshape(filled, (-1, 1, 1)) > 0.5
-        coefficients = ops.where(is_filled, fit_update, fit_empty)
+        num_samples = self.num_samples
+        g_new = ops.where(is_filled, g_update[num_samples:], g_empty)  # (B, L, N)
+        fit_new = ops.einsum("bpn,bpe->bne", g_new, x)
+        fit_old = ops.einsum("pn,bpe->bne", g_update[:num_samples], x_old)
+        coefficients = fit_new + ops.where(is_filled, fit_old, 0.0)
         new_state = {
             "coefficients": coefficients,
             "filled": ops.ones_like(filled),

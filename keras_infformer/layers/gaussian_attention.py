@@ -124,6 +124,11 @@ class GaussianAttention(keras.layers.Layer):
         centers, widths = basis.basis_parameters(self.num_basis, self.basis_widths)
         self.centers = utils.constant(centers)
         self.widths = utils.constant(widths)
+        # The distinct centres and widths: the basis is their grid (centre
+        # c·W + w), which `basis.gaussian_expectation_grid` exploits.
+        num_widths = len(self.basis_widths)
+        self._grid_centers = utils.constant(centers[::num_widths])
+        self._grid_widths = utils.constant(widths[:num_widths])
         h, dk, dv = self.num_heads, self.key_dim, self.value_dim
         if self.project_query:
             if len(query_shape) != 3:
@@ -197,16 +202,28 @@ class GaussianAttention(keras.layers.Layer):
         decoding reads one memory many times; keeping its view saves
         projecting the `num_basis` coefficients at every token.
         """
-        k = self._key_dense(ops.cast(coefficients, self.compute_dtype))
         # μ and σ² see the scores s = K_h q / √d_h only through w·s, and
         # w·s = q · (K_hᵀ w) / √d_h: contracting the keys with the two
         # kernels first gives the same values without ever forming the
         # (L × N) score matrix per head (O((L + N)·e) instead of O(L·N·e)).
+        # And K_hᵀ w = W_K,hᵀ (Bᵀ w) (no bias): the coefficients are
+        # contracted with the kernels first and only these 2 rows go
+        # through the key projection, instead of the N rows of B
+        # (O(N·e) instead of O(N·e²)).
         kernels = ops.stack(
             [ops.cast(self.mu_kernel, "float32"), ops.cast(self.sigma_kernel, "float32")],
             axis=-1,
         )  # (N, 2)
-        weighted_keys = ops.einsum("bnhk,nj->bhkj", ops.cast(k, "float32"), kernels)
+        weighted_coefficients = ops.einsum(
+            "bne,nj->bje", ops.cast(coefficients, "float32"), kernels
+        )  # (B, 2, e)
+        weighted_keys = ops.transpose(
+            ops.cast(
+                self._key_dense(ops.cast(weighted_coefficients, self.compute_dtype)),
+                "float32",
+            ),
+            (0, 2, 3, 1),
+        )  # (B, h, d_h, 2)
         values = ops.cast(
             self._value_dense(ops.cast(coefficients, self.compute_dtype)), "float32"
         )
@@ -243,8 +260,18 @@ class GaussianAttention(keras.layers.Layer):
         if view is None:
             view = self.memory_view(coefficients)
         mu, sigma_sq = self.density(query, view=view)
-        r = basis.gaussian_expectation(mu, sigma_sq, self.centers, self.widths)
-        z = ops.einsum("bhqn,bnhk->bqhk", r, view[1])
+        # r[b, h, q, w, c] is basis function c·W + w: read the values
+        # grouped the same way, (B, N, h, k) -> (B, C, W, h, k).
+        r = basis.gaussian_expectation_by_width(
+            mu, sigma_sq, self._grid_centers, self._grid_widths
+        )
+        values = view[1]
+        num_widths = len(self.basis_widths)
+        values = ops.reshape(
+            values,
+            (-1, self.num_basis // num_widths, num_widths) + tuple(values.shape[2:]),
+        )
+        z = ops.einsum("bhqwc,bcwhk->bqhk", r, values)
         outputs = self._output_dense(ops.cast(z, self.compute_dtype))
         return outputs, mu, sigma_sq
 
