@@ -159,10 +159,9 @@ def test_context_scaling_script(tmp_path):
 @bench_backend_only
 @pytest.mark.slow
 def test_memory_stability_script(tmp_path):
-    result = _run(
-        "memory_stability", tmp_path, "--runs", "float32/uniform,mixed_bfloat16/uniform",
-    )
-    assert set(result["runs"]) == {"float32/uniform", "mixed_bfloat16/uniform"}
+    # One run (each is its own process); mixed precision is tested in test_lm.
+    result = _run("memory_stability", tmp_path, "--runs", "mixed_bfloat16/uniform")
+    assert set(result["runs"]) == {"mixed_bfloat16/uniform"}
     for run in result["runs"].values():
         assert run["all_finite"]
         assert run["tokens"] == result["config"]["tokens"]
