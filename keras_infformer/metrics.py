@@ -12,17 +12,72 @@ import math
 import keras
 from keras import ops
 
+from keras_infformer import distribution
+
 
 def masked_token_loss():
-    """Sparse cross-entropy over logits, the mean over real tokens only.
+    """Sparse cross-entropy over logits, the mean over real tokens only
+    (a `MaskedTokenLoss`)."""
+    return MaskedTokenLoss(from_logits=True, name="token_loss")
 
-    The `"mean_with_sample_weight"` reduction sums the weighted losses and
-    divides by the sum of the weights (positions with weight 0 count for
-    nothing); without weights it is the plain mean.
+
+@keras.saving.register_keras_serializable(package="keras_infformer")
+class MaskedTokenLoss(keras.losses.Loss):
+    """Sparse cross-entropy, the mean over the real tokens of the global batch.
+
+    Sums the weighted losses and divides by the sum of the weights
+    (positions with weight 0 count for nothing; without weights, the plain
+    mean). Under TensorFlow's `MultiWorkerMirroredStrategy` each process
+    sees part of the batch, and the parts hold different numbers of real
+    tokens: the mean of the replicas' own means (what Keras'
+    `"mean_with_sample_weight"` reduction gives there) is not the mean over
+    the batch. So the weight sum is taken over every replica (an all-reduce)
+    and each replica returns its share of the global mean: the loss and its
+    gradients equal those of one process on the whole batch. (JAX arrays are
+    global: nothing to do there. Under a single-process `MirroredStrategy`
+    each replica keeps the mean over its own tokens: see
+    `keras_infformer.distribution.global_mean_parts`.)
+
+    Args:
+        from_logits: bool. Whether `y_pred` holds logits. Defaults to `True`.
+        name: str. Defaults to `"token_loss"`.
+        **kwargs: passed to `keras.losses.Loss`.
+
+    Examples:
+
+    ```python
+    import numpy as np
+    import keras_infformer
+
+    loss = keras_infformer.metrics.MaskedTokenLoss()
+    loss(np.array([[1, 2, 0]]), np.zeros((1, 3, 4)), np.array([[1.0, 1.0, 0.0]]))
+    # log(4) = 1.386: the padded position does not count.
+    ```
     """
-    return keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True, reduction="mean_with_sample_weight", name="token_loss"
-    )
+
+    def __init__(self, from_logits=True, name="token_loss", **kwargs):
+        kwargs.pop("reduction", None)  # Always the mean over real tokens.
+        super().__init__(name=name, **kwargs)
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        return keras.losses.sparse_categorical_crossentropy(
+            y_true, y_pred, from_logits=self.from_logits
+        )
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        losses = ops.cast(self.call(y_true, y_pred), "float32")
+        if sample_weight is None:
+            weights = ops.ones_like(losses)
+        else:
+            weights = ops.broadcast_to(ops.cast(sample_weight, "float32"), ops.shape(losses))
+        total, count = distribution.global_mean_parts(
+            ops.sum(losses * weights), ops.sum(weights)
+        )
+        return ops.divide_no_nan(total, count)
+
+    def get_config(self):
+        return {"name": self.name, "from_logits": self.from_logits}
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")

@@ -145,7 +145,9 @@ def test_two_processes_compute_what_one_does(runs):
     assert len(losses) == one["num_steps"]
     for result in two:
         np.testing.assert_allclose(result["losses"], losses, rtol=0, atol=TOLERANCE)
-    assert losses[-1] < losses[0]  # It trained.
+    # The losses move from step to step (random tokens: no trend to expect),
+    # so equal curves are not equal by construction.
+    assert np.all(np.isfinite(losses)) and np.ptp(losses) > 1e-2
     assert set(runs["two_state"]) == set(runs["one_state"])
     for name, value in runs["one_state"].items():
         assert runs["two_state"][name].shape == value.shape  # Every row gathered.
