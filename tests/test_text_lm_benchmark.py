@@ -4,7 +4,7 @@ estimates, bucket byte counts adding up, a disjoint split), and a clear
 message when the corpus folder does not exist. Part 1 runs once, then part 2
 alone into the same JSON (which must keep part 1); part 2's fine-tunes
 start from the same pretrained weights (the zero start). One run of each
-part per backend."""
+part, on JAX."""
 
 import json
 import math
@@ -18,6 +18,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import text_lm  # noqa: E402
+
+# A benchmark script's smoke run: on the benchmark backend (`make bench-text`
+# runs JAX) only, like those of tests/test_benchmarks.py; the pieces it
+# trains (the LM, the GPT-2 model, StreamingDataset) are tested on every
+# backend in their own files.
+pytestmark = pytest.mark.skipif(
+    __import__("keras").backend.backend() != "jax",
+    reason="benchmark script smoke run: on the benchmark backend (JAX) only",
+)
 
 
 def write_corpus(folder, count=10):
