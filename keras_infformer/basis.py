@@ -58,6 +58,14 @@ def basis_parameters(num_basis, basis_widths):
     return centers, widths
 
 
+
+def _as_float(first, *others):
+    """`first` and `others` as tensors of `first`'s float dtype (float32
+    when `first` is not a float): the positions set the precision."""
+    first = ops.convert_to_tensor(first)
+    dtype = first.dtype if "float" in str(first.dtype) else "float32"
+    return (ops.cast(first, dtype),) + tuple(ops.cast(x, dtype) for x in others)
+
 def rbf(t, centers, widths):
     """Normalised Gaussian basis functions `ψ_j(t)`.
 
@@ -71,11 +79,7 @@ def rbf(t, centers, widths):
     Returns:
         Tensor of shape `t.shape + (N,)`.
     """
-    t = ops.convert_to_tensor(t)
-    dtype = t.dtype if "float" in str(t.dtype) else "float32"
-    t = ops.cast(t, dtype)
-    centers = ops.cast(centers, dtype)
-    widths = ops.cast(widths, dtype)
+    t, centers, widths = _as_float(t, centers, widths)
     z = (ops.expand_dims(t, -1) - centers) / widths
     return ops.exp(-0.5 * ops.square(z) - ops.log(widths) - _LOG_SQRT_2PI)
 
@@ -94,12 +98,7 @@ def rbf_from_constants(t, centers, scale, log_norm):
     `rbf` with one multiply-add per term instead of a division and a
     logarithm.
     """
-    t = ops.convert_to_tensor(t)
-    dtype = t.dtype if "float" in str(t.dtype) else "float32"
-    t = ops.cast(t, dtype)
-    centers = ops.cast(centers, dtype)
-    scale = ops.cast(scale, dtype)
-    log_norm = ops.cast(log_norm, dtype)
+    t, centers, scale, log_norm = _as_float(t, centers, scale, log_norm)
     return ops.exp(ops.square(ops.expand_dims(t, -1) - centers) * scale + log_norm)
 
 
@@ -117,12 +116,7 @@ def gaussian_expectation(mu, sigma_sq, centers, widths):
     Returns:
         Tensor of shape `mu.shape + (N,)`.
     """
-    mu = ops.convert_to_tensor(mu)
-    dtype = mu.dtype if "float" in str(mu.dtype) else "float32"
-    mu = ops.cast(mu, dtype)
-    sigma_sq = ops.cast(sigma_sq, dtype)
-    centers = ops.cast(centers, dtype)
-    widths = ops.cast(widths, dtype)
+    mu, sigma_sq, centers, widths = _as_float(mu, sigma_sq, centers, widths)
     variance = ops.expand_dims(sigma_sq, -1) + ops.square(widths)
     diff = ops.expand_dims(mu, -1) - centers
     return ops.exp(
@@ -160,12 +154,9 @@ def gaussian_expectation_by_width(mu, sigma_sq, grid_centers, basis_widths):
     Returns:
         Tensor of shape `mu.shape + (W, C)`.
     """
-    mu = ops.convert_to_tensor(mu)
-    dtype = mu.dtype if "float" in str(mu.dtype) else "float32"
-    mu = ops.cast(mu, dtype)
-    sigma_sq = ops.cast(sigma_sq, dtype)
-    grid_centers = ops.cast(grid_centers, dtype)
-    basis_widths = ops.cast(basis_widths, dtype)
+    mu, sigma_sq, grid_centers, basis_widths = _as_float(
+        mu, sigma_sq, grid_centers, basis_widths
+    )
     sq_dist = ops.square(ops.expand_dims(mu, -1) - grid_centers)  # (..., C)
     rows = []
     # One row per width (W is small and static): the gradient then sums the

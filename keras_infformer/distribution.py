@@ -197,32 +197,39 @@ def _jax_multi_process():
     return jax.process_count() > 1
 
 
+def _process_index_and_count():
+    strategy = _tf_multi_worker()
+    if strategy is not None:
+        return _tf_worker_index(strategy), _tf_worker_count(strategy)
+    if _jax_multi_process():
+        import jax
+
+        return jax.process_index(), jax.process_count()
+    return 0, 1
+
+
 def num_processes():
     """How many processes train together (1 without a multi-process engine).
 
     JAX: `jax.process_count()` (after `keras.distribution.initialize()`).
     TensorFlow: the workers of an active `MultiWorkerMirroredStrategy`.
     """
-    strategy = _tf_multi_worker()
-    if strategy is not None:
-        return _tf_worker_count(strategy)
-    if _jax_multi_process():
-        import jax
-
-        return jax.process_count()
-    return 1
+    return _process_index_and_count()[1]
 
 
 def process_index():
     """The index of this process among `num_processes()` (0 is the chief)."""
-    strategy = _tf_multi_worker()
-    if strategy is not None:
-        return _tf_worker_index(strategy)
-    if _jax_multi_process():
-        import jax
+    return _process_index_and_count()[0]
 
-        return jax.process_index()
-    return 0
+
+def remember_multi_worker_strategy():
+    """Record the active `MultiWorkerMirroredStrategy` (TF), if any.
+
+    Called by every memory layer at creation (inside the strategy's scope):
+    `fit` and the dataset come outside that scope, and still need to know
+    the process's rows and the workers.
+    """
+    _tf_multi_worker()
 
 
 def process_rows(batch_size):

@@ -263,9 +263,7 @@ class MemoryLayer(keras.layers.Layer):
         # under a tf.distribute strategy.
         self._memory_rows = None
         self._state_variables = {}
-        # A layer made in a multi-worker strategy's scope: remember the
-        # strategy, as `fit` (and the dataset) come outside that scope.
-        distribution.num_processes()
+        distribution.remember_multi_worker_strategy()
         self._step_takes_training = "training" in inspect.signature(
             self.step
         ).parameters

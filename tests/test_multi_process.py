@@ -15,7 +15,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -68,7 +67,7 @@ def multi_process(test):
 
 
 def _launch(out, num_processes=2, extra=None, timeouts=None):
-    """Start one process per rank; returns the Popen objects and start time."""
+    """Start one process per rank; returns the Popen objects."""
     port = _free_ports(num_processes)
     env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONUNBUFFERED="1")
@@ -85,7 +84,7 @@ def _launch(out, num_processes=2, extra=None, timeouts=None):
             command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
         ))
-    return procs, time.monotonic()
+    return procs
 
 
 def _wait(procs, limit):
@@ -113,7 +112,7 @@ def runs(tmp_path_factory):
     one = tmp_path_factory.mktemp("one_process")
     multi_process_train.main(["--backend", BACKEND, "--num-processes", "1", "--out", str(one)])
     two = tmp_path_factory.mktemp("two_processes")
-    procs, _ = _launch(two, extra={r: ["--restore", str(one / "model.keras")] for r in (0, 1)})
+    procs = _launch(two, extra={r: ["--restore", str(one / "model.keras")] for r in (0, 1)})
     outputs = _wait(procs, 240)
     for rank, (code, _, stderr) in enumerate(outputs):
         assert code == 0, f"process {rank} failed:\n{stderr[-3000:]}"
@@ -177,16 +176,16 @@ def test_two_process_checkpoint_restores_in_one(runs):
 @multi_process
 def test_a_killed_process_stops_the_other_with_a_clear_error(tmp_path):
     timeout = 45
-    procs, start = _launch(
+    procs = _launch(
         tmp_path,
         extra={0: ["--timeout", str(timeout)], 1: ["--die-at-step", "2"]},
     )
+    # The survivor must end on its own (a hang fails `_wait`) ...
     (code0, _, stderr0), (code1, _, _) = _wait(procs, 240)
-    elapsed = time.monotonic() - start
     assert code1 == 3  # Died as told.
+    # ... with the one-line error and exit status 2.
     assert code0 == 2, stderr0[-3000:]
     assert "[process 0] ERROR: training stopped:" in stderr0
-    assert elapsed < 200
     assert not (tmp_path / "result_0.json").exists()
 
 
