@@ -1,5 +1,8 @@
 """Small helpers shared by the layers: constants, input checks."""
 
+import random as python_random
+import zlib
+
 import numpy as np
 import keras
 from keras import ops
@@ -35,6 +38,37 @@ def clone_initializer(initializer, salt=0):
     config = initializer.get_config()
     if isinstance(config.get("seed"), int):
         config["seed"] = config["seed"] + int(salt)
+    return initializer.__class__.from_config(config)
+
+
+def draw_seed(initializer=None):
+    """The seed a layer derives its sublayers' seeds from.
+
+    The integer seed of `initializer` when it has one; otherwise one draw
+    from Python's global stream (the one `keras.utils.set_random_seed`
+    seeds and unseeded Keras initializers draw from). A layer draws this
+    once, at construction, whatever sublayers it will have: two models of
+    the same seed then give their common sublayers the same weights, and a
+    sublayer one of them lacks takes nothing from the other's draws.
+    """
+    if initializer is not None:
+        seed = keras.initializers.get(initializer).get_config().get("seed")
+        if isinstance(seed, int):
+            return seed
+    return python_random.randint(1, int(1e9))
+
+
+def seeded_initializer(initializer, seed, name):
+    """A copy of `initializer` seeded from (`seed`, the sublayer's `name`).
+
+    The seed depends on the sublayer's own name only, not on how many
+    sublayers drew before it (`draw_seed`). Initializers without a seed
+    (zeros, ones) are returned as copies.
+    """
+    initializer = keras.initializers.get(initializer)
+    config = initializer.get_config()
+    if "seed" in config:
+        config["seed"] = (int(seed) + zlib.crc32(name.encode("utf-8"))) % (2**31 - 1)
     return initializer.__class__.from_config(config)
 
 

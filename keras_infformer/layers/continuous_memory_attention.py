@@ -27,8 +27,9 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
     earlier. Add the output to the block's own attention output, as the
     paper does for GPT-2. An empty memory reads as zeros.
 
-    With `zero_output=True` the output projection starts at zero, so a
-    pretrained block is unchanged until fine-tuning moves it.
+    The output projection starts at zero (`zero_output=True`), so a block
+    it is added to computes what it computed without it until training
+    moves it (a pretrained block is unchanged before fine-tuning).
 
     Args:
         num_heads: int. Attention heads.
@@ -51,11 +52,15 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
         sticky_mode: `"quantile"` or `"random"`. Defaults to `"quantile"`.
         num_bins: int. Histogram bins of the sticky memories. Defaults to
             `128`.
+        sticky_uniform_share: float in [0, 1]. Share of the flat histogram
+            mixed into the sticky one (`StickyMemorySampler.uniform_share`).
+            `0` is the paper's sampler. Defaults to `0.5`.
         sigma_0: float. Reference deviation of the KL regulariser. Defaults
             to `0.05`.
         kl_weight: float. Weight of the KL regulariser. Defaults to `1e-6`.
-        zero_output: bool. Start the output projection at zero. Defaults to
-            `False`.
+        zero_output: bool. Start the output projection at zero. `False`
+            draws it like the other projections (the paper's
+            initialisation). Defaults to `True`.
         kernel_initializer: initializer of the projections. Defaults to
             `"glorot_uniform"`.
         stateful: bool. Keep the memory in variables (static batch size).
@@ -109,9 +114,10 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
         sticky_memories=False,
         sticky_mode="quantile",
         num_bins=128,
+        sticky_uniform_share=0.5,
         sigma_0=0.05,
         kl_weight=1e-6,
-        zero_output=False,
+        zero_output=True,
         kernel_initializer="glorot_uniform",
         stateful=True,
         **kwargs,
@@ -134,10 +140,16 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
         self.sticky_memories = bool(sticky_memories)
         self.sticky_mode = sticky_mode
         self.num_bins = utils.check_positive_int(num_bins, "num_bins")
+        self.sticky_uniform_share = utils.check_range(
+            sticky_uniform_share, "sticky_uniform_share", 0.0, 1.0,
+            low_open=False, high_open=False,
+        )
         self.sigma_0 = sigma_0
         self.kl_weight = kl_weight
         self.zero_output = bool(zero_output)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        # One draw at construction; the sublayers' seeds follow from it.
+        self._seed = utils.draw_seed(self.kernel_initializer)
 
     def build(self, inputs_shape, query_shape=None):
         if len(inputs_shape) != 3 or inputs_shape[1] is None or inputs_shape[2] is None:
@@ -166,6 +178,8 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
                 num_samples=self.num_samples,
                 num_bins=self.num_bins,
                 mode=self.sticky_mode,
+                uniform_share=self.sticky_uniform_share,
+                seed=(self._seed + 7) % (2**31 - 1),
                 dtype=self.dtype_policy,
                 name="sticky_memory_sampler",
             )
@@ -177,16 +191,16 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
             sigma_0=self.sigma_0,
             kl_weight=self.kl_weight,
             project_query=self.project_query,
-            kernel_initializer=utils.clone_initializer(self.kernel_initializer),
+            zero_output=self.zero_output,
+            kernel_initializer=utils.seeded_initializer(
+                self.kernel_initializer, self._seed, "attention"
+            ),
             dtype=self.dtype_policy,
             name="attention",
         )
         self._attention.build(
             tuple(query_shape), (batch_size, self.num_basis, self.memory_dim)
         )
-        if self.zero_output:
-            kernel = self._attention._output_dense.kernel
-            kernel.assign(ops.zeros(kernel.shape, kernel.dtype))
         super().build(inputs_shape)
 
     def state_spec(self, batch_size=None):
@@ -310,6 +324,7 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
                 "sticky_memories": self.sticky_memories,
                 "sticky_mode": self.sticky_mode,
                 "num_bins": self.num_bins,
+                "sticky_uniform_share": self.sticky_uniform_share,
                 "sigma_0": self.sigma_0,
                 "kl_weight": self.kl_weight,
                 "zero_output": self.zero_output,

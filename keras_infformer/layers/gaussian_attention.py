@@ -40,6 +40,10 @@ class GaussianAttention(keras.layers.Layer):
         kl_weight: float. Weight of the KL regulariser (0 disables it).
             Defaults to `1e-6`.
         min_variance: float. Floor on `σ²`. Defaults to `1e-6`.
+        zero_output: bool. Start the output projection `W_O` at zero, so the
+            layer reads exactly zero until training moves it (a read added
+            to a residual stream or to another attention then starts as if
+            it were absent). Defaults to `False`.
         project_query: bool. Project the query with an own `W_Q`. With
             `False` the query must already be split into heads,
             `(batch_size, Lq, num_heads, key_dim)` (e.g. the short-term
@@ -88,6 +92,7 @@ class GaussianAttention(keras.layers.Layer):
         kl_weight=1e-6,
         min_variance=1e-6,
         project_query=True,
+        zero_output=False,
         kernel_initializer="glorot_uniform",
         **kwargs,
     ):
@@ -111,7 +116,13 @@ class GaussianAttention(keras.layers.Layer):
             min_variance, "min_variance", 0.0, float("inf")
         )
         self.project_query = bool(project_query)
+        self.zero_output = bool(zero_output)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        # Each projection's seed follows from this one and its name.
+        self._seed = utils.draw_seed(self.kernel_initializer)
+
+    def _initializer(self, name):
+        return utils.seeded_initializer(self.kernel_initializer, self._seed, name)
 
     def build(self, query_shape, coefficients_shape):
         if len(coefficients_shape) != 3 or coefficients_shape[1] is None:
@@ -140,7 +151,7 @@ class GaussianAttention(keras.layers.Layer):
             self._query_dense = keras.layers.EinsumDense(
                 "bqd,dhk->bqhk",
                 output_shape=(None, h, dk),
-                kernel_initializer=utils.clone_initializer(self.kernel_initializer, 1),
+                kernel_initializer=self._initializer("query"),
                 dtype=self.dtype_policy,
                 name="query",
             )
@@ -157,7 +168,7 @@ class GaussianAttention(keras.layers.Layer):
         self._key_dense = keras.layers.EinsumDense(
             "bne,ehk->bnhk",
             output_shape=(None, h, dk),
-            kernel_initializer=utils.clone_initializer(self.kernel_initializer, 2),
+            kernel_initializer=self._initializer("key"),
             dtype=self.dtype_policy,
             name="key",
         )
@@ -165,7 +176,7 @@ class GaussianAttention(keras.layers.Layer):
         self._value_dense = keras.layers.EinsumDense(
             "bne,ehk->bnhk",
             output_shape=(None, h, dv),
-            kernel_initializer=utils.clone_initializer(self.kernel_initializer, 3),
+            kernel_initializer=self._initializer("value"),
             dtype=self.dtype_policy,
             name="value",
         )
@@ -173,7 +184,9 @@ class GaussianAttention(keras.layers.Layer):
         self._output_dense = keras.layers.EinsumDense(
             "bqhk,hko->bqo",
             output_shape=(None, output_dim),
-            kernel_initializer=utils.clone_initializer(self.kernel_initializer, 4),
+            kernel_initializer=(
+                "zeros" if self.zero_output else self._initializer("output")
+            ),
             dtype=self.dtype_policy,
             name="output",
         )
@@ -182,12 +195,16 @@ class GaussianAttention(keras.layers.Layer):
         limit = 1.0 / math.sqrt(self.num_basis)
         self.mu_kernel = self.add_weight(
             shape=(self.num_basis,),
-            initializer=keras.initializers.RandomUniform(-limit, limit),
+            initializer=utils.seeded_initializer(
+                keras.initializers.RandomUniform(-limit, limit), self._seed, "mu_kernel"
+            ),
             name="mu_kernel",
         )
         self.sigma_kernel = self.add_weight(
             shape=(self.num_basis,),
-            initializer=keras.initializers.RandomUniform(-limit, limit),
+            initializer=utils.seeded_initializer(
+                keras.initializers.RandomUniform(-limit, limit), self._seed, "sigma_kernel"
+            ),
             name="sigma_kernel",
         )
         self._output_dim = output_dim
@@ -308,6 +325,7 @@ class GaussianAttention(keras.layers.Layer):
                 "kl_weight": self.kl_weight,
                 "min_variance": self.min_variance,
                 "project_query": self.project_query,
+                "zero_output": self.zero_output,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),

@@ -26,15 +26,21 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
 
     Each call takes a segment of `L` hidden vectors. The block keeps a
     Transformer-XL style short-term memory (STM): a cache of the last
-    `memory_length` layer inputs (no gradient). When a segment arrives, the
-    `L` oldest cached vectors leave the STM and are absorbed into the
-    continuous long-term memory (`ContinuousLTM`); then the segment attends
-    causally over `[STM; segment]` (rotary positions relative to the window,
-    so positions stay exact for streams of any length) and, with the same
-    queries, over the LTM (`GaussianAttention`). The two attention outputs are
-    summed, followed by dropout, the residual, and a feed-forward sub-block.
-    Since only vectors older than the whole STM window enter the LTM, no
-    token sees its own segment or the future through it.
+    `memory_length` layer inputs (no gradient). A segment attends causally
+    over `[STM; segment]` (rotary positions relative to the window, so
+    positions stay exact for streams of any length) and, with the same
+    queries, over the continuous long-term memory (`GaussianAttention` over
+    a `ContinuousLTM`). The two attention outputs are summed, followed by
+    dropout, the residual, and a feed-forward sub-block. Then the STM moves
+    on: the `L` oldest cached vectors leave it and are absorbed into the
+    LTM. So the LTM holds exactly what is older than the STM window: no
+    token sees its own segment or the future through it, and no vector is
+    read through both memories.
+
+    The long-term attention's output projection starts at zero
+    (`zero_memory_output=True`): a fresh block computes exactly what its
+    Transformer-XL of the same seed computes, and training decides how much
+    to read from the memory.
 
     With `sticky_memories=True` the old signal is read where the previous
     LTM attention pass of this block went (`StickyMemorySampler`), and the
@@ -69,9 +75,20 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
             Defaults to `"quantile"`.
         num_bins: int. Histogram bins of the sticky memories. Defaults to
             `128`.
+        sticky_uniform_share: float in [0, 1]. Share of the flat histogram
+            mixed into the sticky one (`StickyMemorySampler.uniform_share`):
+            every region of the memory keeps at least this share of its
+            uniform room. `0` is the paper's sampler. Defaults to `0.5`.
         sigma_0: float. Reference deviation of the KL regulariser. Defaults
             to `0.05`.
         kl_weight: float. Weight of the KL regulariser. Defaults to `1e-6`.
+        zero_memory_output: bool. Start the long-term attention's output
+            projection at zero: at initialisation the block is exactly its
+            Transformer-XL (`use_long_term_memory=False`, same seed), and
+            the gradient decides how much to read. `False` draws it like the
+            other projections (the paper's initialisation), which adds a
+            near-uniform average of the past to every position from the
+            first step. Defaults to `True`.
         compressed_memory_length: int. Slots of a Compressive Transformer
             memory (`CompressiveMemory`) fed by what leaves the STM and
             attended jointly with it; `0` (default) disables it. With
@@ -148,8 +165,10 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         sticky_memories=False,
         sticky_mode="quantile",
         num_bins=128,
+        sticky_uniform_share=0.5,
         sigma_0=0.05,
         kl_weight=1e-6,
+        zero_memory_output=True,
         compressed_memory_length=0,
         compression_rate=4,
         reconstruction_weight=1.0,
@@ -177,8 +196,10 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         self.sticky_memories = bool(sticky_memories)
         self.sticky_mode = sticky_mode
         self.num_bins = num_bins
+        self.sticky_uniform_share = sticky_uniform_share
         self.sigma_0 = sigma_0
         self.kl_weight = kl_weight
+        self.zero_memory_output = bool(zero_memory_output)
         self.compressed_memory_length = int(compressed_memory_length)
         self.compression_rate = compression_rate
         self.reconstruction_weight = utils.check_range(
@@ -191,6 +212,11 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         self.normalize_first = bool(normalize_first)
         self.rotary_max_wavelength = rotary_max_wavelength
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        # One draw per block, whatever its memories: every sublayer's seed
+        # follows from it and the sublayer's name, so blocks of different
+        # kinds built from the same seed share the weights they have in
+        # common (an ∞-former and its Transformer-XL start equal).
+        self._seed = utils.draw_seed(self.kernel_initializer)
         # The memories inside the block are created in build(); their
         # settings are checked now, so that bad ones fail at construction.
         if self.use_long_term_memory:
@@ -199,15 +225,13 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
             )
             if self.sticky_memories:
                 StickyMemorySampler.check_arguments(num_samples, num_bins, sticky_mode)
+                utils.check_range(
+                    sticky_uniform_share, "sticky_uniform_share", 0.0, 1.0,
+                    low_open=False, high_open=False,
+                )
         if self.compressed_memory_length > 0:
             CompressiveMemory.check_arguments(
                 self.compressed_memory_length, compression_rate
-            )
-            # Drawn at construction, as when the memory was created here, so
-            # that a model seeded by keras.utils.set_random_seed keeps its
-            # weights.
-            self._compression_initializer = utils.clone_initializer(
-                kernel_initializer, 40
             )
 
     # -- build -------------------------------------------------------------
@@ -242,16 +266,14 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         head_dim = hidden_dim // self.num_heads
         self._head_dim = head_dim
         window_shape = (batch_size, None, hidden_dim)
-        salts = iter(range(1, 100))
 
-        def dense():
+        def dense(name):
             # Each sublayer its own initializer: a shared unseeded instance
             # would give every kernel the same values (Q = K = V).
             return dict(
-                kernel_initializer=utils.clone_initializer(
-                    self.kernel_initializer, next(salts)
-                ),
+                kernel_initializer=self._initializer(name),
                 dtype=self.dtype_policy,
+                name=name,
             )
 
         self._attention_norm = keras.layers.LayerNormalization(
@@ -261,22 +283,22 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         self._attention_norm.build(window_shape)
         self._query_dense = keras.layers.EinsumDense(
             "btd,dhk->bthk", output_shape=(None, self.num_heads, head_dim),
-            name="query", **dense(),
+            **dense("query"),
         )
         self._query_dense.build(window_shape)
         self._key_dense = keras.layers.EinsumDense(
             "btd,dhk->bthk", output_shape=(None, self.num_heads, head_dim),
-            name="key", **dense(),
+            **dense("key"),
         )
         self._key_dense.build(window_shape)
         self._value_dense = keras.layers.EinsumDense(
             "btd,dhk->bthk", output_shape=(None, self.num_heads, head_dim),
-            name="value", **dense(),
+            **dense("value"),
         )
         self._value_dense.build(window_shape)
         self._attention_output_dense = keras.layers.EinsumDense(
             "bthk,hkd->btd", output_shape=(None, hidden_dim),
-            name="attention_output", **dense(),
+            **dense("attention_output"),
         )
         self._attention_output_dense.build((batch_size, None, self.num_heads, head_dim))
         self._rotary = _rotary_embedding_class()(
@@ -293,11 +315,11 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         self._feedforward_norm.build(window_shape)
         self._feedforward_intermediate = keras.layers.Dense(
             self.intermediate_dim, activation=self.activation,
-            name="feedforward_intermediate", **dense(),
+            **dense("feedforward_intermediate"),
         )
         self._feedforward_intermediate.build(window_shape)
         self._feedforward_output = keras.layers.Dense(
-            hidden_dim, name="feedforward_output", **dense(),
+            hidden_dim, **dense("feedforward_output"),
         )
         self._feedforward_output.build((batch_size, None, self.intermediate_dim))
         self._feedforward_dropout = keras.layers.Dropout(
@@ -317,9 +339,8 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
                 sigma_0=self.sigma_0,
                 kl_weight=self.kl_weight,
                 project_query=False,
-                kernel_initializer=utils.clone_initializer(
-                    self.kernel_initializer, 20
-                ),
+                zero_output=self.zero_memory_output,
+                kernel_initializer=self._initializer("long_term_attention"),
                 dtype=self.dtype_policy,
                 name="long_term_attention",
             )
@@ -332,6 +353,10 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         # The memory variables, named by state_spec().
         super().build(inputs_shape)
 
+    def _initializer(self, name):
+        """The kernel initializer of sublayer `name`, seeded by the block."""
+        return utils.seeded_initializer(self.kernel_initializer, self._seed, name)
+
     def _make_memories(self):
         """The memories inside the block (no weights drawn yet).
 
@@ -343,7 +368,7 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
             self._compressive = CompressiveMemory(
                 memory_length=self.compressed_memory_length,
                 compression_rate=self.compression_rate,
-                kernel_initializer=self._compression_initializer,
+                kernel_initializer=self._initializer("compressive_memory"),
                 stateful=False,
                 dtype=self.dtype_policy,
                 name="compressive_memory",
@@ -364,6 +389,8 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
                     num_samples=self.num_samples,
                     num_bins=self.num_bins,
                     mode=self.sticky_mode,
+                    uniform_share=self.sticky_uniform_share,
+                    seed=(self._seed + 7) % (2**31 - 1),
                     dtype=self.dtype_policy,
                     name="sticky_memory_sampler",
                 )
@@ -451,10 +478,11 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         """The pure step: `(inputs, state) -> (outputs, new_state)`.
 
         One segment in three phases, the ones token-by-token decoding
-        (`decode`) replays: `_begin_segment` (what leaves the STM enters the
-        memories), `_attend` (every position over the STM, the segment up to
-        itself and the memories), `_end_segment` (the STM moves on, the
-        sticky density of this segment is kept).
+        (`decode`) replays: `_begin_segment` (reset rows are emptied),
+        `_attend` (every position over the STM, the segment up to itself and
+        the memories), `_end_segment` (the STM moves on and what leaves it
+        enters the memories, read where this segment's attention went with
+        sticky memories).
 
         With `return_density=True` the outputs are `(outputs, mu,
         sigma_sq)`, the LTM attention's densities, each `(batch_size,
@@ -480,60 +508,26 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         return outputs, new_state
 
     def _begin_segment(self, state, reset=None):
-        """The state at the start of a segment, once the oldest block has left.
+        """The state at the start of a segment, rows in `reset` emptied.
 
-        The `L` oldest cached vectors leave the STM now: they enter the
-        memories before attention, so only the past is ever in them. Returns
-        `(context, state)`: what the segment's positions read (the normed
-        STM and its mask, the LTM coefficients, the compressed slots) and
-        the whole state with the memories updated (STM not moved yet).
+        Returns `(context, state)`: what the segment's positions read (the
+        normed STM and its mask, the LTM coefficients, the compressed
+        slots, and the block that will leave the STM at the end of this
+        segment, for the compression's reconstruction loss) and the whole
+        state after the reset. Nothing is written here: the memories hold
+        only what left the STM at the end of earlier segments.
         """
         own = self.read_state({k: state[k] for k in self._own_state_names()}, reset)
-        length = self.segment_length
-        stm = ops.cast(own["stm"], self.compute_dtype)
-        normed_stm = self._attention_norm(stm) if self.normalize_first else stm
-        stm_mask = own["stm_mask"]
-        context = {"normed_stm": normed_stm, "stm_mask": stm_mask}
         begun = dict(own)
-        if self.use_long_term_memory:
-            names = dict(self._inner_memories())[self._ltm]
-            sample_points = None
-            if self.sticky_memories:
-                # Where the previous LTM attention of this block went
-                # (uniform after a reset).
-                sample_points = self._sampler.sample(own["ltm_density"])
-            # The cache fills from the right, so the leaving block holds a
-            # token iff its newest slot does. When memory_length is not a
-            # multiple of L, the first block to leave after a reset is only
-            # partly filled: its empty (or stale, pre-reset) slots enter as
-            # zeros, rather than the block being dropped with its tokens.
-            leaving_mask = stm_mask[:, :length]
-            leaving = normed_stm[:, :length] * ops.cast(
-                leaving_mask[:, :, None], normed_stm.dtype
-            )
-            coefficients, ltm_state = self._ltm.step(
-                leaving,
-                {key: state[name] for key, name in names.items()},
-                reset=reset,
-                sample_points=sample_points,
-                absorb=leaving_mask[:, length - 1] > 0.5,
-            )
-            context["coefficients"] = coefficients
-            begun.update({names[k]: v for k, v in ltm_state.items()})
+        for layer, names in self._inner_memories():
+            inner = layer.read_state({k: state[n] for k, n in names.items()}, reset)
+            begun.update({names[k]: v for k, v in inner.items()})
+        context = self._context_of(begun)
         if self.compressed_memory_length > 0:
-            names = dict(self._inner_memories())[self._compressive]
-            leaving_block = normed_stm[:, :length]
-            leaves = stm_mask[:, 0] > 0.5
-            (slots, slots_mask), cmem_state = self._compressive.step(
-                leaving_block,
-                {k: state[name] for k, name in names.items()},
-                reset=reset,
-                absorb=leaves,
-            )
             context.update(
-                slots=slots, slots_mask=slots_mask, leaving=leaving_block, leaves=leaves
+                leaving=context["normed_stm"][:, : self.segment_length],
+                leaves=begun["stm_mask"][:, 0] > 0.5,
             )
-            begun.update({names[k]: v for k, v in cmem_state.items()})
         return context, begun
 
     def _context_of(self, begun):
@@ -630,15 +624,20 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         return key, value, mask
 
     def _end_segment(self, begun, segment, mass):
-        """The STM keeps the last `memory_length` layer inputs; with sticky
-        memories, the density of this segment's LTM attention (from the
-        summed `mass` of its positions) is kept for the next update."""
+        """The STM moves on by one segment, and the block that leaves it
+        enters the memories.
+
+        The STM keeps the last `memory_length` layer inputs; the `L` oldest
+        cached ones (normed, as the attention saw them) leave it now, after
+        this segment's attention: a vector is in the STM or in the LTM,
+        never in both. With sticky memories the old signal is read where
+        this segment's LTM attention went (the summed `mass` of its
+        positions), and that histogram is kept in state.
+        """
         length = self.segment_length
         # Through the compute dtype, as the layer inputs were.
-        window = ops.concatenate(
-            [ops.cast(begun["stm"], self.compute_dtype), ops.cast(segment, self.compute_dtype)],
-            axis=1,
-        )
+        stm = ops.cast(begun["stm"], self.compute_dtype)
+        window = ops.concatenate([stm, ops.cast(segment, self.compute_dtype)], axis=1)
         stm_mask = begun["stm_mask"]
         ended = {
             "stm": ops.stop_gradient(ops.cast(window[:, length:], "float32")),
@@ -646,8 +645,39 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
                 [stm_mask, ops.ones_like(ops.cast(segment[:, :, 0], "float32"))], axis=1
             )[:, length:],
         }
-        if mass is not None:
-            ended["ltm_density"] = ops.stop_gradient(self._sampler.normalize_mass(mass))
+        if not self._inner_memories():
+            return ended
+        leaving = stm[:, :length]
+        if self.normalize_first:
+            leaving = self._attention_norm(leaving)
+        if self.use_long_term_memory:
+            names = dict(self._inner_memories())[self._ltm]
+            sample_points = None
+            if mass is not None:
+                histogram = ops.stop_gradient(self._sampler.normalize_mass(mass))
+                ended["ltm_density"] = histogram
+                sample_points = self._sampler.sample(histogram)
+            # The cache fills from the right, so the leaving block holds a
+            # token iff its newest slot does. When memory_length is not a
+            # multiple of L, the first block to leave after a reset is only
+            # partly filled: its empty (or stale, pre-reset) slots enter as
+            # zeros, rather than the block being dropped with its tokens.
+            leaving_mask = stm_mask[:, :length]
+            _, ltm_state = self._ltm.step(
+                leaving * ops.cast(leaving_mask[:, :, None], leaving.dtype),
+                {key: begun[name] for key, name in names.items()},
+                sample_points=sample_points,
+                absorb=leaving_mask[:, length - 1] > 0.5,
+            )
+            ended.update({names[k]: v for k, v in ltm_state.items()})
+        if self.compressed_memory_length > 0:
+            names = dict(self._inner_memories())[self._compressive]
+            _, cmem_state = self._compressive.step(
+                leaving,
+                {key: begun[name] for key, name in names.items()},
+                absorb=stm_mask[:, 0] > 0.5,
+            )
+            ended.update({names[k]: v for k, v in cmem_state.items()})
         return ended
 
     # -- token-by-token decoding -------------------------------------------
@@ -835,8 +865,10 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
                 "sticky_memories": self.sticky_memories,
                 "sticky_mode": self.sticky_mode,
                 "num_bins": self.num_bins,
+                "sticky_uniform_share": self.sticky_uniform_share,
                 "sigma_0": self.sigma_0,
                 "kl_weight": self.kl_weight,
+                "zero_memory_output": self.zero_memory_output,
                 "compressed_memory_length": self.compressed_memory_length,
                 "compression_rate": self.compression_rate,
                 "reconstruction_weight": self.reconstruction_weight,

@@ -53,8 +53,10 @@ class InfiniteFormerBackbone(_backbone_base()):
         use_long_term_memory: bool. `False` gives the Transformer-XL
             baseline. Defaults to `True`.
         num_basis, basis_widths, ridge_penalty, tau, num_samples,
-        sticky_memories, sticky_mode, num_bins, sigma_0, kl_weight: the
-            long-term memory's settings, see `InfiniteFormerDecoder`.
+        sticky_memories, sticky_mode, num_bins, sticky_uniform_share,
+        sigma_0, kl_weight,
+        zero_memory_output: the long-term memory's settings, see
+            `InfiniteFormerDecoder`.
         compressed_memory_length, compression_rate, reconstruction_weight: a
             Compressive Transformer memory (0 slots by default: none).
         dropout: float. Dropout rate. Defaults to `0.1`.
@@ -103,8 +105,10 @@ class InfiniteFormerBackbone(_backbone_base()):
         sticky_memories=False,
         sticky_mode="quantile",
         num_bins=128,
+        sticky_uniform_share=0.5,
         sigma_0=0.05,
         kl_weight=1e-6,
+        zero_memory_output=True,
         compressed_memory_length=0,
         compression_rate=4,
         reconstruction_weight=1.0,
@@ -145,8 +149,10 @@ class InfiniteFormerBackbone(_backbone_base()):
                 sticky_memories=sticky_memories,
                 sticky_mode=sticky_mode,
                 num_bins=num_bins,
+                sticky_uniform_share=sticky_uniform_share,
                 sigma_0=sigma_0,
                 kl_weight=kl_weight,
+                zero_memory_output=zero_memory_output,
                 compressed_memory_length=compressed_memory_length,
                 compression_rate=compression_rate,
                 reconstruction_weight=reconstruction_weight,
@@ -196,8 +202,10 @@ class InfiniteFormerBackbone(_backbone_base()):
         self.sticky_memories = sticky_memories
         self.sticky_mode = sticky_mode
         self.num_bins = num_bins
+        self.sticky_uniform_share = sticky_uniform_share
         self.sigma_0 = sigma_0
         self.kl_weight = kl_weight
+        self.zero_memory_output = zero_memory_output
         self.compressed_memory_length = compressed_memory_length
         self.compression_rate = compression_rate
         self.reconstruction_weight = reconstruction_weight
@@ -374,8 +382,10 @@ class InfiniteFormerBackbone(_backbone_base()):
                 "sticky_memories": self.sticky_memories,
                 "sticky_mode": self.sticky_mode,
                 "num_bins": self.num_bins,
+                "sticky_uniform_share": self.sticky_uniform_share,
                 "sigma_0": self.sigma_0,
                 "kl_weight": self.kl_weight,
+                "zero_memory_output": self.zero_memory_output,
                 "compressed_memory_length": self.compressed_memory_length,
                 "compression_rate": self.compression_rate,
                 "reconstruction_weight": self.reconstruction_weight,

@@ -157,8 +157,8 @@ _BACKBONE_ATTRIBUTES = frozenset(
         "vocabulary_size", "segment_length", "batch_size", "num_layers",
         "hidden_dim", "num_heads", "intermediate_dim", "memory_length",
         "use_long_term_memory", "num_basis", "basis_widths", "ridge_penalty",
-        "tau", "num_samples", "sticky_memories", "sticky_mode", "num_bins",
-        "sigma_0", "kl_weight", "compressed_memory_length", "compression_rate",
+        "tau", "num_samples", "sticky_memories", "sticky_mode", "num_bins", "sticky_uniform_share",
+        "sigma_0", "kl_weight", "zero_memory_output", "compressed_memory_length", "compression_rate",
         "reconstruction_weight", "dropout", "normalize_first", "tie_weights",
         "token_embedding", "decoder_blocks", "final_norm",
     ]

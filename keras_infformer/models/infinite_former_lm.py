@@ -8,8 +8,8 @@ _SETTINGS = (
     "vocabulary_size", "segment_length", "batch_size", "num_layers",
     "hidden_dim", "num_heads", "intermediate_dim", "memory_length",
     "use_long_term_memory", "num_basis", "basis_widths", "ridge_penalty",
-    "tau", "num_samples", "sticky_memories", "sticky_mode", "num_bins",
-    "sigma_0", "kl_weight", "compressed_memory_length", "compression_rate",
+    "tau", "num_samples", "sticky_memories", "sticky_mode", "num_bins", "sticky_uniform_share",
+    "sigma_0", "kl_weight", "zero_memory_output", "compressed_memory_length", "compression_rate",
     "reconstruction_weight", "dropout", "normalize_first", "tie_weights",
 )
 
@@ -49,8 +49,10 @@ class InfiniteFormerLM(InfiniteFormerCausalLM):
         use_long_term_memory: bool. `False` gives the Transformer-XL
             baseline. Defaults to `True`.
         num_basis, basis_widths, ridge_penalty, tau, num_samples,
-        sticky_memories, sticky_mode, num_bins, sigma_0, kl_weight: the
-            long-term memory's settings, see `InfiniteFormerDecoder`.
+        sticky_memories, sticky_mode, num_bins, sticky_uniform_share,
+        sigma_0, kl_weight,
+        zero_memory_output: the long-term memory's settings, see
+            `InfiniteFormerDecoder`.
         compressed_memory_length, compression_rate, reconstruction_weight: a
             Compressive Transformer memory (0 slots by default, i.e. none)
             and the weight of its attention-reconstruction loss; with

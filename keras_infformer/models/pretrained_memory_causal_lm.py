@@ -55,6 +55,8 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
         sticky_mode: `"quantile"` (deterministic, servable) or `"random"`
             (the paper's draw). Defaults to `"quantile"`.
         num_bins: int. Sticky histogram bins. Defaults to `128`.
+        sticky_uniform_share: float in [0, 1]. Share of the flat histogram
+            mixed into the sticky one. Defaults to `0.5`.
         sigma_0: float. Defaults to `0.05`.
         kl_weight: float. Defaults to `1e-6`.
         finetune: `"all"` (every weight trains) or `"memory"` (only the
@@ -82,6 +84,7 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
         sticky_memories=True,
         sticky_mode="quantile",
         num_bins=128,
+        sticky_uniform_share=0.5,
         sigma_0=0.05,
         kl_weight=1e-6,
         finetune="all",
@@ -123,6 +126,7 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
                 sticky_memories=sticky_memories,
                 sticky_mode=sticky_mode,
                 num_bins=num_bins,
+                sticky_uniform_share=sticky_uniform_share,
                 sigma_0=sigma_0,
                 kl_weight=kl_weight,
                 zero_output=True,
@@ -174,6 +178,7 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
         self.sticky_memories = bool(sticky_memories)
         self.sticky_mode = sticky_mode
         self.num_bins = num_bins
+        self.sticky_uniform_share = sticky_uniform_share
         self.sigma_0 = sigma_0
         self.kl_weight = kl_weight
         self.set_finetune(finetune)
@@ -470,6 +475,7 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
                 "sticky_memories": self.sticky_memories,
                 "sticky_mode": self.sticky_mode,
                 "num_bins": self.num_bins,
+                "sticky_uniform_share": self.sticky_uniform_share,
                 "sigma_0": self.sigma_0,
                 "kl_weight": self.kl_weight,
                 "finetune": self.finetune,
