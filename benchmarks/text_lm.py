@@ -6,9 +6,10 @@ in both parts. Training documents (shuffled once, seeded) are laid into
 `--batch-size` streams of `--segment-length` bytes with a memory reset at each
 document start (`StreamingDataset`).
 
-Part 1, from scratch: four systems of the same width, depth, heads, segment
-and short-term window, with equal trainable size (the feed-forward width of
-the baselines is set to match the ∞-former's parameter count), trained on the
+Part 1, from scratch: four systems of the same width, depth, heads,
+feed-forward width, segment and short-term window, built from the same seed
+(the sublayers they share start from the same weights: the ∞-former is its
+Transformer-XL plus a memory whose output starts at zero), trained on the
 same batches for the same steps with `train_on_batch`, alternating within
 each step:
 
@@ -138,8 +139,7 @@ def parse_args(argv=None):
     size.add_argument("--hidden-dim", type=int, default=None)
     size.add_argument("--num-heads", type=int, default=None)
     size.add_argument("--intermediate-dim", type=int, default=None,
-                      help="feed-forward width of the ∞-former (default 4 x hidden); "
-                      "the others are matched to its trainable size")
+                      help="feed-forward width of every system (default 4 x hidden)")
     size.add_argument("--num-basis", type=int, default=None,
                       help="N basis functions; also M samples and the "
                       "compressive memory's slots")
@@ -303,22 +303,6 @@ def trainable_parameters(model):
     return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
 
-def matched_intermediate_dim(kind, args, vocabulary_size):
-    """Feed-forward width giving `kind` the ∞-former's trainable size.
-
-    Each unit of feed-forward width adds 2 d + 1 weights per layer, so the
-    gap in parameters converts to a width directly.
-    """
-    if kind.startswith("infformer"):
-        return args.intermediate_dim
-    target = trainable_parameters(
-        _language_model("infformer", args, vocabulary_size, args.intermediate_dim))
-    own = trainable_parameters(
-        _language_model(kind, args, vocabulary_size, args.intermediate_dim))
-    per_unit = args.num_layers * (2 * args.hidden_dim + 1)
-    return max(1, args.intermediate_dim + round((target - own) / per_unit))
-
-
 def build_systems(args, vocabulary_size):
     """name -> compiled model, all from the same seed and schedule.
 
@@ -330,9 +314,11 @@ def build_systems(args, vocabulary_size):
 
     systems = {}
     for kind in args.systems:
-        width = matched_intermediate_dim(kind, args, vocabulary_size)
-        keras.utils.set_random_seed(args.seed)  # The same draw for every system.
-        model = _language_model(kind, args, vocabulary_size, width)
+        # The same draw for every system, and the same feed-forward width:
+        # a system differs from Transformer-XL by its memory only (its
+        # extra parameters are the memory's, reported per system).
+        keras.utils.set_random_seed(args.seed)
+        model = _language_model(kind, args, vocabulary_size, args.intermediate_dim)
         compile_for_streams(model, args.steps, args.learning_rate, args.clipnorm)
         systems[kind] = model
     return systems
@@ -852,7 +838,7 @@ def run_part1(args, documents, train_ids, eval_ids, eval_docs, weights, vocabula
         warm = times[name][10:] or times[name]
         results[name] = {
             "trainable_parameters": sizes_p[name],
-            "intermediate_dim": matched_intermediate_dim(name, args, vocabulary_size),
+            "intermediate_dim": args.intermediate_dim,
             "train_seconds": float(sum(times[name])),
             "median_step_ms": 1000 * float(np.median(warm)),
             "first_step_s": float(times[name][0]),

@@ -15,6 +15,8 @@ def _layer(**kwargs):
     settings = dict(
         num_heads=HEADS, key_dim=KEY_DIM, num_basis=N, num_samples=M, tau=TAU,
         ridge_penalty=PENALTY, basis_widths=WIDTHS,
+        # The paper's initialisation, so that what is read shows.
+        zero_output=False,
     )
     settings.update(kwargs)
     return kif.ContinuousMemoryAttention(**settings)
@@ -130,7 +132,11 @@ def test_stateful_equals_explicit_state_and_reset_empties():
 
 
 def test_zero_output_starts_at_zero_and_trains():
-    layer = _layer(zero_output=True)
+    # The default: a read added to a block starts at zero.
+    layer = kif.ContinuousMemoryAttention(
+        num_heads=HEADS, key_dim=KEY_DIM, num_basis=N, num_samples=M
+    )
+    assert layer.zero_output
     segments = _segments(3, 3)
     for x in segments:
         out = to_numpy(layer(x, query=x))

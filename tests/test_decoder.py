@@ -141,10 +141,11 @@ def _reference_block(w, cache, cache_mask, x, ltm=None):
     """One pre-norm block over [cache; x]; float64.
 
     cache (B, M, d), cache_mask (B, M) bool, x (B, L, d) -> (B, L, d).
-    With `ltm` (a `_ReferenceLTM`), the block first absorbs the L oldest
-    cached vectors (normalised with the attention LayerNorm) into it, then
-    adds its Gaussian read, with the same un-rotated queries, to the
-    short-term attention output.
+    With `ltm` (a `_ReferenceLTM`), the block adds its Gaussian read, with
+    the same un-rotated queries, to the short-term attention output; then
+    the L oldest cached vectors (normalised with the attention LayerNorm),
+    which leave the short-term window now, are absorbed into it (so a
+    vector is never in both memories).
     """
     memory, length = cache.shape[1], x.shape[1]
     window = np.concatenate([cache, x], axis=1)
@@ -167,9 +168,9 @@ def _reference_block(w, cache, cache_mask, x, ltm=None):
     attended = np.einsum("bhqs,bshk->bqhk", probs, v)
     attention = np.einsum("bqhk,hkd->bqd", attended, w["attention_output/kernel"])
     if ltm is not None:
+        attention = attention + ltm.read(w, q)
         leaving_mask = cache_mask[:, :length]
         ltm.absorb(normed[:, :length] * leaving_mask[..., None], leaving_mask.any(1))
-        attention = attention + ltm.read(w, q)
     x = x + attention
     h = _layer_norm(x, w["feedforward_norm/gamma"], w["feedforward_norm/beta"])
     h = np.maximum(
@@ -191,11 +192,12 @@ class _ReferenceLTM:
 
     def __init__(self, ref, batch, width, num_basis=16, basis_widths=(0.01, 0.05),
                  ridge_penalty=1.0, tau=0.75, num_samples=16, sticky=False,
-                 num_bins=16):
+                 num_bins=16, uniform_share=0.5):
         self.ref = ref
         self.centers, self.widths = ref.basis(num_basis, basis_widths)
         self.penalty, self.tau, self.num_samples = ridge_penalty, tau, num_samples
         self.sticky, self.num_bins = sticky, num_bins
+        self.uniform_share = uniform_share
         self.coefficients = np.zeros((batch, num_basis, width))
         self.filled = np.zeros(batch, bool)
         self.max_abs = np.zeros(batch)
@@ -222,8 +224,11 @@ class _ReferenceLTM:
                 self.filled[b] = True
                 continue
             # Uniform reads at m/M; sticky (quantile) reads at the inverse
-            # CDF of the previous pass's histogram at the same levels.
-            reads = self.ref.inverse_cdf(self.density[b], levels) if self.sticky else levels
+            # CDF of the last pass's histogram, mixed with the flat one.
+            mixed = (1 - self.uniform_share) * self.density[b] + (
+                self.uniform_share / self.num_bins
+            )
+            reads = self.ref.inverse_cdf(mixed, levels) if self.sticky else levels
             bound = 2.0 * self.max_abs[b]  # reads clipped to twice the absorbed peak
             old = np.clip(
                 self.ref.signal(self.coefficients[b], reads, self.centers, self.widths),
@@ -463,7 +468,10 @@ def test_reset_isolates_rows_and_forgets_the_past(sticky, memory_length):
     With memory_length = 12 (not a multiple of L = 8) the first block that
     leaves the STM after a reset is only partly filled.
     """
-    block = _block(memory_length=memory_length, sticky_memories=sticky)
+    # The paper's initialisation: the memory's read shows in the outputs.
+    block = _block(
+        memory_length=memory_length, sticky_memories=sticky, zero_memory_output=False
+    )
     rng = np.random.default_rng(5)
     history = _stream(6, 6)  # Six segments before the reset.
     document = _stream(7, 6)  # The new document, row 0.
@@ -498,7 +506,7 @@ def test_every_token_enters_the_ltm_when_memory_is_not_a_multiple_of_l():
     """memory_length = 12, L = 8: the first block to leave the STM after a
     reset holds only 4 tokens (the first 4 of the document). They must still
     reach the LTM (they used to be dropped), and only in their own row."""
-    block = _block(memory_length=12)
+    block = _block(memory_length=12, zero_memory_output=False)
     segments = _stream(11, 5)
     changed = segments.copy()
     changed[0, 0, :4] += np.random.default_rng(12).normal(size=(4, HIDDEN))

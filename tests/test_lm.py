@@ -58,9 +58,12 @@ def _shared_lm(kind):
     """One model per kind for the whole module: each model's compiled
     predict step (and jitted `step`) is built once, which keeps the module
     fast on JAX. Tests using it start with `reset_state()` (in `_stream`)
-    and never compile or train it."""
+    and never compile or train it. The memory's output projection is drawn
+    (the paper's initialisation), so that what the memory reads shows."""
     if kind not in _SHARED:
-        _SHARED[kind] = _lm(seed=len(_SHARED), sticky_memories=kind == "sticky")
+        _SHARED[kind] = _lm(
+            seed=len(_SHARED), sticky_memories=kind == "sticky", zero_memory_output=False
+        )
     return _SHARED[kind]
 
 

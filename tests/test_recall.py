@@ -55,15 +55,17 @@ def _single_thread_torch():
 # One task and one pair of models for the module: each model's compiled
 # predict (and train) step is then built once, which keeps JAX fast.
 TASK = recall_task.RecallTask(
-    num_keys=4, filler_segments=2, segment_length=SEGMENT, filler_vocabulary=12
+    num_keys=4, filler_segments=2, segment_length=SEGMENT, filler_vocabulary=12,
+    key_mode="segment",
 )
 _MODELS = {}
 
 
-def _model(use_ltm):
+def _model(use_ltm, zero_memory_output=True):
     """A 1-block LM with memory_length = L: the Transformer-XL baseline
-    (use_ltm=False) sees exactly one segment back."""
-    if use_ltm not in _MODELS:
+    (use_ltm=False) sees exactly one segment back. `zero_memory_output=False`
+    draws the memory's output projection (the paper's initialisation)."""
+    if (use_ltm, zero_memory_output) not in _MODELS:
         keras.utils.set_random_seed(0)
         model = InfiniteFormerLM(
             vocabulary_size=TASK.vocabulary_size,
@@ -78,14 +80,15 @@ def _model(use_ltm):
             num_basis=32,
             basis_widths=(0.05, 0.1),
             num_samples=32,
+            zero_memory_output=zero_memory_output,
             dropout=0.0,
         )
         model.compile(
             optimizer=keras.optimizers.Adam(1e-2, global_clipnorm=1.0),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
-        _MODELS[use_ltm] = model
-    return _MODELS[use_ltm]
+        _MODELS[use_ltm, zero_memory_output] = model
+    return _MODELS[use_ltm, zero_memory_output]
 
 
 def _query_logits(model, tokens):
@@ -101,7 +104,8 @@ def _query_logits(model, tokens):
 
 def test_task_layout():
     task = recall_task.RecallTask(
-        num_keys=4, filler_segments=3, segment_length=SEGMENT, filler_vocabulary=10
+        num_keys=4, filler_segments=3, segment_length=SEGMENT, filler_vocabulary=10,
+        key_mode="segment",
     )
     rng = np.random.default_rng(0)
     tokens, targets, weights = task.document(rng, key=3)
@@ -146,7 +150,9 @@ def test_ltm_reaches_beyond_the_short_term_window_baseline_does_not():
     changed[:, :SEGMENT] = (changed[:, :SEGMENT] % TASK.num_keys) + 1  # Other keys.
     assert np.all(changed[:, 0] != tokens[:, 0])
 
-    infinite = _model(use_ltm=True)
+    # Untrained, with a drawn output projection: the default one starts at
+    # zero, so an untrained model reads nothing yet.
+    infinite = _model(use_ltm=True, zero_memory_output=False)
     a, b = _query_logits(infinite, tokens), _query_logits(infinite, changed)
     assert np.abs(a - b).max(axis=(1, 2)).min() > 1e-4  # Every row changes.
 
@@ -160,6 +166,30 @@ def test_ltm_reaches_beyond_the_short_term_window_baseline_does_not():
     near[:, -2 * SEGMENT] += tokens[:, -2 * SEGMENT] == TASK.filler_low
     c = _query_logits(baseline, near)
     assert np.abs(a - c).max() > 1e-4
+
+
+def test_single_key_layout():
+    """Precise recall: ONE key token at a random position of the first
+    segment, filler everywhere else; the answer is that key."""
+    task = recall_task.RecallTask(
+        num_keys=4, filler_segments=3, segment_length=SEGMENT, filler_vocabulary=10
+    )
+    assert task.key_mode == "single"
+    rng = np.random.default_rng(0)
+    positions = set()
+    for _ in range(40):
+        tokens, targets, weights = task.document(rng)
+        first = tokens[:SEGMENT]
+        is_key = (first >= 1) & (first <= task.num_keys)
+        assert is_key.sum() == 1
+        positions.add(int(np.flatnonzero(is_key)[0]))
+        assert np.all(first[~is_key] >= task.filler_low)
+        assert np.all(tokens[SEGMENT:-SEGMENT] >= task.filler_low)
+        assert np.all(targets[-SEGMENT:] == first[is_key][0])
+        assert np.all(weights[-SEGMENT:] == 1) and np.all(weights[:-SEGMENT] == 0)
+    assert len(positions) > SEGMENT // 2  # The key's position varies.
+    with pytest.raises(ValueError, match="key_mode"):
+        recall_task.RecallTask(4, 3, SEGMENT, 10, key_mode="one")
 
 
 def _train(model, steps, seed):

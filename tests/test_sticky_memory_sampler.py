@@ -33,11 +33,29 @@ def test_points_are_sorted_in_range_with_the_right_shape(to_numpy, mode):
 def test_concentrated_attention_concentrates_the_points(to_numpy, mode):
     mu = np.full((2, 3, 4), 0.8, "float32")
     sigma_sq = np.full((2, 3, 4), 0.01**2, "float32")
-    sampler = StickyMemorySampler(num_samples=256, mode=mode, seed=1)
+    # The paper's sampler (no uniform share): nearly every point there.
+    sampler = StickyMemorySampler(num_samples=256, mode=mode, uniform_share=0.0, seed=1)
     points = to_numpy(sampler(mu, sigma_sq))
     share = np.mean(np.abs(points - 0.8) <= 0.05, axis=-1)
     print(f"{mode}: share of points within 0.8 +- 0.05: {share}")
     assert np.all(share >= 0.9)
+    # The default mixes in half of the flat histogram: the interval gets
+    # 1/2 (attention) + 1/2 * 0.1 (its uniform room) = 0.55 of the points,
+    # and every other region keeps half of its uniform room.
+    sampler = StickyMemorySampler(num_samples=256, mode=mode, seed=1)
+    assert sampler.uniform_share == 0.5
+    points = to_numpy(sampler(mu, sigma_sq))
+    share = np.mean(np.abs(points - 0.8) <= 0.05, axis=-1)
+    tolerance = 0.02 if mode == "quantile" else 0.1
+    assert np.all(np.abs(share - 0.55) <= tolerance), share
+    below = np.mean(points < 0.5, axis=-1)  # Unattended: half of 0.5.
+    assert np.all(np.abs(below - 0.25) <= tolerance), below
+
+
+def test_uniform_share_is_checked():
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="uniform_share"):
+            StickyMemorySampler(num_samples=8, uniform_share=bad)
 
 
 def test_flat_histogram_gives_uniform_points(ref, to_numpy):
@@ -90,7 +108,10 @@ def test_quantile_mode_is_the_inverse_cdf(ref, to_numpy):
     sampler = StickyMemorySampler(num_samples=num_samples, num_bins=num_bins)
     points = to_numpy(sampler(mu, sigma_sq))
     levels = np.arange(1, num_samples + 1) / num_samples
-    hist = ref.sticky_histogram(mu, sigma_sq, num_bins)
+    # The default sampler reads from the attention histogram mixed with
+    # the flat one (uniform_share = 1/2).
+    share = sampler.uniform_share
+    hist = (1 - share) * ref.sticky_histogram(mu, sigma_sq, num_bins) + share / num_bins
     for row in range(len(mu)):
         expected = ref.inverse_cdf(hist[row], levels)
         err = np.abs(points[row] - expected).max()
@@ -106,7 +127,10 @@ def test_random_mode_follows_the_histogram(ref, to_numpy):
         num_samples=num_samples, num_bins=num_bins, mode="random", seed=7
     )
     points = to_numpy(sampler(mu, sigma_sq))
-    hist = ref.sticky_histogram(mu, sigma_sq, num_bins)
+    # The default sampler reads from the attention histogram mixed with
+    # the flat one (uniform_share = 1/2).
+    share = sampler.uniform_share
+    hist = (1 - share) * ref.sticky_histogram(mu, sigma_sq, num_bins) + share / num_bins
     critical = 1.95 / np.sqrt(num_samples)  # KS at the 0.1% level
     for row in range(len(mu)):
         ks = ref.ks_distance(points[row], lambda x: ref.piecewise_uniform_cdf(hist[row], x))
@@ -254,8 +278,9 @@ def test_sample_checks_the_histogram_shape():
 
 def test_densities_outside_the_unit_interval_are_accepted(to_numpy):
     """`mu` outside [0, 1] is valid: only the mass inside [0, 1] counts;
-    a density with none there leaves the histogram flat."""
-    sampler = StickyMemorySampler(num_samples=4, num_bins=4)
+    a density with none there leaves the histogram flat (paper's sampler,
+    no uniform share)."""
+    sampler = StickyMemorySampler(num_samples=4, num_bins=4, uniform_share=0.0)
     mu = np.array([[-3.0], [1.05]], "float32")
     sigma_sq = np.array([[1e-4], [0.01]], "float32")
     points = to_numpy(sampler(mu, sigma_sq))
