@@ -571,3 +571,53 @@ def test_bad_input_raises_and_leaves_memory_untouched():
         block(segments[0], state=wrong)
 
     _assert_states_equal(before, block.get_state())
+
+
+def test_same_seed_infinite_former_starts_as_its_transformer_xl():
+    """Same seed: every weight the two blocks share is equal (each sublayer
+    seeded from the block's draw and its own name, whatever memories the
+    block has), and the memory's read starts at zero, so the ∞-former
+    block computes exactly what its Transformer-XL computes, on every
+    segment of a stream (DESIGN §6)."""
+    infinite = _block(seed=3)
+    xl = _block(seed=3, use_long_term_memory=False)
+    segments = _stream(21, 5)
+    infinite(segments[0])
+    xl(segments[0])
+    shared = {_relative_path(xl, w): _np(w) for w in xl.trainable_weights}
+    own = {_relative_path(infinite, w): _np(w) for w in infinite.trainable_weights}
+    assert set(shared) < set(own)
+    for name, value in shared.items():
+        np.testing.assert_array_equal(own[name], value, err_msg=name)
+    # The memory's own weights are drawn too (only its output starts at 0).
+    memory_weights = {n: v for n, v in own.items() if n not in shared}
+    assert any(np.abs(v).max() > 0 for v in memory_weights.values())
+    infinite.reset_state()
+    xl.reset_state()
+    for x in segments:
+        np.testing.assert_allclose(_np(infinite(x)), _np(xl(x)), rtol=0, atol=1e-6)
+    assert np.all(_np(infinite.get_state()["ltm_filled"]) == 1.0)
+
+
+def test_the_ltm_holds_only_what_has_left_the_short_term_window():
+    """memory_length = L: segment s attends to segment s - 1 through the
+    STM, and the LTM holds segments <= s - 2 only. So the first two
+    segments read an empty LTM and equal the Transformer-XL block with the
+    same weights (even with a drawn, non-zero memory output); from segment
+    2 on, segment 0 is read through the LTM."""
+    infinite = _block(seed=4, memory_length=SEGMENT, zero_memory_output=False)
+    xl = _block(seed=4, memory_length=SEGMENT, use_long_term_memory=False)
+    segments = _stream(22, 3)
+    infinite(segments[0])
+    xl(segments[0])
+    infinite.reset_state()
+    xl.reset_state()
+    for s, x in enumerate(segments):
+        a, b = _np(infinite(x)), _np(xl(x))
+        filled = _np(infinite.get_state()["ltm_filled"])
+        if s < 2:
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6, err_msg=f"s={s}")
+        else:
+            assert np.abs(a - b).max() > 1e-3
+        # Segment 0 enters the LTM when it leaves the STM, at the end of 1.
+        assert np.all(filled == (1.0 if s >= 1 else 0.0)), (s, filled)

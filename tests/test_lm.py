@@ -19,6 +19,7 @@ from keras import ops
 import keras_infformer
 from keras_infformer.data import StreamingDataset
 from keras_infformer.models import InfiniteFormerLM
+from keras_infformer.layers import InfiniteFormerDecoder
 
 VOCAB = 32
 SEGMENT = 8
@@ -416,3 +417,31 @@ def test_memory_length_shorter_than_segment_with_ltm_fails_at_build():
     # The Transformer-XL baseline accepts it.
     model = _lm(memory_length=4, use_long_term_memory=False)
     assert tuple(model.outputs[0].shape) == (BATCH, SEGMENT, VOCAB)
+
+
+@pytest.mark.parametrize("sticky_mode", ["quantile", "random"])
+def test_sticky_model_is_traced_once_not_at_every_batch(monkeypatch, sticky_mode):
+    """Sticky memories cost their arithmetic: once warm, train_on_batch and
+    predict_on_batch run the compiled step without tracing the model again
+    (an unbuilt sampler made Keras re-trace it symbolically at every call,
+    17x the uniform model's step time)."""
+    traces = []
+    original = InfiniteFormerDecoder.step
+
+    def counted(self, *args, **kwargs):
+        traces.append(self.name)  # Python runs only while tracing.
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(InfiniteFormerDecoder, "step", counted)
+    model = _lm(sticky_memories=True, sticky_mode=sticky_mode)
+    model.compile(optimizer="adam", loss=_loss())
+    tokens = _tokens(9, 1)
+    x = {"token_ids": tokens, "reset": np.zeros((BATCH,), bool)}
+    for _ in range(2):  # Warm: build, trace and compile both steps.
+        model.train_on_batch(x, tokens)
+        model.predict_on_batch(x)
+    warm = len(traces)
+    for _ in range(3):
+        model.train_on_batch(x, tokens)
+        model.predict_on_batch(x)
+    assert len(traces) == warm, traces[warm:]
