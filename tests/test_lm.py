@@ -444,4 +444,7 @@ def test_sticky_model_is_traced_once_not_at_every_batch(monkeypatch, sticky_mode
     for _ in range(3):
         model.train_on_batch(x, tokens)
         model.predict_on_batch(x)
-    assert len(traces) == warm, traces[warm:]
+    # Compiled (JAX, TensorFlow): no new trace. PyTorch runs eagerly: each
+    # call runs each block's step once, and nothing more.
+    per_call = 0 if keras.backend.backend() != "torch" else 2  # 2 blocks
+    assert len(traces) - warm == 3 * 2 * per_call, traces[warm:]
