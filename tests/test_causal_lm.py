@@ -122,6 +122,74 @@ def test_beam_search_is_refused(models):
         model.generate(_prompts((3,)), stop_token_ids=None)
 
 
+def _assert_greedy(prompts, outputs, logits):
+    """Each generated token is the argmax of the previous position's logits."""
+    lengths = prompts["padding_mask"].sum(axis=1)
+    tokens, mask = outputs["token_ids"], outputs["padding_mask"]
+    for row, n in enumerate(lengths):
+        reached = int(mask[row].sum())
+        assert reached > n
+        np.testing.assert_array_equal(
+            tokens[row, n:reached], logits[row, n - 1 : reached - 1].argmax(-1)
+        )
+
+
+@pytest.mark.parametrize("max_length", [3, 4, SEGMENT - 1, SEGMENT])
+def test_max_length_shorter_than_a_segment(models, max_length):
+    """Issue 23 item 1: JAX could not trace the whole-segment read when
+    `max_length` < `segment_length` (also `max_length` = the prompt)."""
+    model = models["plain"]
+    prompts = np.array([[5, 7, 9], [11, 2, 30]], "int32")
+    outputs, logits = model.generate(
+        prompts, max_length=max_length, stop_token_ids=None, return_logits=True
+    )
+    assert outputs["token_ids"].shape == (2, max_length)
+    assert outputs["padding_mask"].all()
+    padded = {
+        "token_ids": outputs["token_ids"],
+        "padding_mask": np.arange(max_length)[None, :] < 3 + np.zeros((2, 1), int),
+    }
+    _assert_generation_is_teacher_forced(model, padded, outputs, logits)
+    if max_length > 3:
+        _assert_greedy(padded, outputs, logits)
+
+
+def test_a_stop_token_equal_to_the_padding_id_reads_the_whole_prompt(models):
+    """Issue 23 item 2: prompts are padded with 0; a stop check that looked
+    at positions not yet written stopped every row after one token."""
+    model = models["plain"]
+    prompts = _prompts((5, 2 * SEGMENT + 1), seed=7)
+    free, free_state = model.generate(prompts, stop_token_ids=None, return_state=True)
+    stopped, state, logits = model.generate(
+        prompts, stop_token_ids=(0,), return_state=True, return_logits=True
+    )
+    _assert_greedy(prompts, stopped, logits)
+    lengths = prompts["padding_mask"].sum(axis=1)
+    for row, n in enumerate(lengths):
+        generated = list(free["token_ids"][row, n:])
+        end = n + (generated.index(0) + 1 if 0 in generated else len(generated))
+        assert stopped["padding_mask"][row].sum() == end
+        np.testing.assert_array_equal(
+            stopped["token_ids"][row, :end], free["token_ids"][row, :end]
+        )
+    if not any(0 in list(free["token_ids"][r, n:]) for r, n in enumerate(lengths)):
+        # No row stopped: the same state as without stop tokens.
+        np.testing.assert_array_equal(
+            to_numpy(state["position"]), to_numpy(free_state["position"])
+        )
+
+
+@pytest.mark.parametrize("position", [float(SEGMENT), 2.5, -1.0, 7.0])
+def test_a_state_position_out_of_its_segment_is_refused(models, position):
+    """Issue 23 item 3: generate(state=) checks `position` as decode_step does."""
+    model = models["plain"]
+    state = dict(model.decode_state(batch_size=1))
+    state["position"] = np.full((1,), position, "float32")
+    with pytest.raises(ValueError, match=r"position.*segment_length") as error:
+        model.generate(np.array([[1, 2]]), state=state, stop_token_ids=None)
+    assert repr(position) in str(error.value) or str(position) in str(error.value)
+
+
 def test_stop_tokens_end_rows(models):
     model = models["plain"]
     prompts = _prompts((SEGMENT + 1,), seed=2)

@@ -240,7 +240,9 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
             logits, state = self.decode(token(consumed), state)
             return consumed + 1, state, record(buffer, consumed, logits)
 
-        # 2. Whole segments of prompt, teacher-forced, a segment per step.
+        # 2. Whole segments of prompt, teacher-forced, a segment per step
+        #    (none fits when `max_length` < `segment_length`: the loop is
+        #    left out, as JAX cannot even trace a slice longer than the ids).
         def segment_cond(consumed, state, buffer):
             at_boundary = ops.equal(ops.cast(state["position"][0], "int32"), 0)
             return ops.logical_and(at_boundary, consumed + length <= prompt_end - 1)
@@ -262,16 +264,18 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
                 lambda c, s: partial_cond(c, s, None), partial, loop_vars,
                 maximum_iterations=length,
             )
-            consumed, state = ops.while_loop(
-                lambda c, s: segment_cond(c, s, None), whole, (consumed, state),
-            )
+            if total >= length:
+                consumed, state = ops.while_loop(
+                    lambda c, s: segment_cond(c, s, None), whole, (consumed, state),
+                )
         else:
             consumed, state, collected = ops.while_loop(
                 partial_cond, partial_body, loop_vars, maximum_iterations=length
             )
-            consumed, state, collected = ops.while_loop(
-                segment_cond, segment_body, (consumed, state, collected)
-            )
+            if total >= length:
+                consumed, state, collected = ops.while_loop(
+                    segment_cond, segment_body, (consumed, state, collected)
+                )
 
         # 3. The rest one token at a time; prompt tokens are kept as they
         #    are, the others sampled.
@@ -280,7 +284,11 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         def sample_cond(prompt, state, buffer, index):
             if stop_token_ids is None:
                 return ops.convert_to_tensor(True)
-            ends = _any_equal(prompt, stop_token_ids, ops.logical_not(padding_mask))
+            # Only generated positions count: the prompt's and those not
+            # written yet (padding, maybe a stop id itself) do not.
+            written = ops.arange(total)[None, :] < index
+            generated = ops.logical_and(ops.logical_not(padding_mask), written)
+            ends = _any_equal(prompt, stop_token_ids, generated)
             return ops.logical_not(ops.all(ops.any(ends, axis=-1)))
 
         def sample_body(prompt, state, buffer, index):
@@ -316,17 +324,15 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         if collected is not None:
             collected = ops.slice_update(collected, [0, index - 1, 0], logits[:, None, :])
 
+        # Positions never reached (all rows stopped early) hold no token.
+        reached = ops.arange(total)[None, :] < index
         if stop_token_ids is not None:
-            ends = ops.cast(
-                _any_equal(token_ids, stop_token_ids, ops.logical_not(padding_mask)),
-                "int32",
-            )
+            generated = ops.logical_and(ops.logical_not(padding_mask), reached)
+            ends = ops.cast(_any_equal(token_ids, stop_token_ids, generated), "int32")
             after_end = ops.cumsum(ends, axis=-1) - ends
             padding_mask = ops.logical_not(ops.cast(after_end, "bool"))
         else:
             padding_mask = ops.ones_like(token_ids, dtype="bool")
-        # Positions never reached (all rows stopped early) hold no token.
-        reached = ops.arange(total)[None, :] < index
         padding_mask = ops.logical_and(padding_mask, reached)
         outputs = {"token_ids": token_ids, "padding_mask": padding_mask, "state": state}
         if collected is not None:
@@ -414,6 +420,18 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         else:
             memory.check_state(state, self.decode_state_spec(rows), "state")
             positions = np.asarray(ops.convert_to_numpy(state["position"]))
+            bad = (
+                (positions != np.round(positions))
+                | (positions < 0)
+                | (positions >= self.segment_length)
+            ) if positions.dtype.kind in "iuf" else np.ones(positions.shape, bool)
+            if bad.any():
+                raise ValueError(
+                    "`state['position']` must hold whole numbers in [0, "
+                    f"segment_length={self.segment_length}) (the next token's "
+                    "position in its segment). Received: "
+                    f"state['position']={positions.tolist()}"
+                )
             if positions.size and not (positions == positions[0]).all():
                 raise ValueError(
                     "Every row of a decoding `state` must be at the same "
@@ -515,7 +533,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
 
 
 def _any_equal(inputs, values, padding_mask):
-    """Where `inputs` equals any of `values`, outside the prompt."""
+    """Where `inputs` equals any of `values`, where `padding_mask` is True."""
     output = ops.equal(inputs, values[0])
     for value in values[1:]:
         output = ops.logical_or(output, ops.equal(inputs, value))
