@@ -227,7 +227,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         def record(logits_buffer, index, logits):
             if logits_buffer is None:
                 return None
-            return ops.slice_update(logits_buffer, [0, index, 0], logits[:, None, :])
+            return _write_logits(logits_buffer, index, logits[:, None, :])
 
         # 1. Mid-segment (a continued state): single tokens up to a boundary.
         def partial_cond(consumed, state, buffer):
@@ -252,7 +252,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
             step_state = {k: state[k] for k in self.state_spec()}
             logits, step_state = self.step(segment, None, step_state)
             if buffer is not None:
-                buffer = ops.slice_update(buffer, [0, consumed, 0], logits)
+                buffer = _write_logits(buffer, consumed, logits)
             return consumed + length, self.decode_state(step_state), buffer
 
         loop_vars = (ops.convert_to_tensor(0, "int32"), state, collected)
@@ -295,7 +295,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
             previous = ops.slice(prompt, [0, index - 1], [batch, 1])
             logits, state = self.decode(previous, state)
             if buffer is not None:
-                buffer = ops.slice_update(buffer, [0, index - 1, 0], logits[:, None, :])
+                buffer = _write_logits(buffer, index - 1, logits[:, None, :])
             next_token = sampler.get_next_token(sampler.compute_probabilities(logits))
             next_token = ops.cast(next_token, prompt.dtype)
             keep = ops.slice(padding_mask, [0, index], [batch, 1])[:, 0]
@@ -322,7 +322,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
             ops.slice(token_ids, [0, index - 1], [batch, 1]), state
         )
         if collected is not None:
-            collected = ops.slice_update(collected, [0, index - 1, 0], logits[:, None, :])
+            collected = _write_logits(collected, index - 1, logits[:, None, :])
 
         # Positions never reached (all rows stopped early) hold no token.
         reached = ops.arange(total)[None, :] < index
@@ -538,6 +538,12 @@ def _any_equal(inputs, values, padding_mask):
     for value in values[1:]:
         output = ops.logical_or(output, ops.equal(inputs, value))
     return ops.logical_and(output, padding_mask)
+
+
+def _write_logits(buffer, index, logits):
+    """`logits` `(B, n, V)` written into the float32 `buffer` at `index`
+    (under a mixed policy the model computes them in bfloat16)."""
+    return ops.slice_update(buffer, [0, index, 0], ops.cast(logits, buffer.dtype))
 
 
 def _drop_buffer(loop_vars):
