@@ -317,10 +317,17 @@ def test_a_loaded_model_is_compiled_and_trains_on(tmp_path):
     dataset = StreamingDataset.from_array(tokens, batch_size=2, segment_length=8)
     model.fit(dataset, epochs=1, verbose=0)
     path = tmp_path / "lm.keras"
+    # The README's sequence: changing the sampler after training keeps the
+    # optimizer and its state (issue 23 item 7).
+    optimizer = model.optimizer
+    model.compile(sampler="greedy")
+    assert model.optimizer is optimizer
+    assert int(model.optimizer.iterations) == len(dataset)
     model.save(path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # No "compile() was not called".
         loaded = keras.saving.load_model(path)
+    assert type(loaded.sampler).__name__ == "GreedySampler"
     assert loaded.compiled
     assert isinstance(loaded.optimizer, keras.optimizers.Adam)
     np.testing.assert_allclose(float(loaded.optimizer.learning_rate), 3e-3, rtol=1e-6)
@@ -332,3 +339,28 @@ def test_a_loaded_model_is_compiled_and_trains_on(tmp_path):
     history = loaded.fit(dataset, epochs=1, verbose=0)
     assert int(loaded.optimizer.iterations) == 2 * len(dataset)
     assert np.isfinite(history.history["loss"][0])
+
+
+@pytest.mark.parametrize("sampler", ["greedy", "top_p"])
+def test_the_sampler_survives_a_keras_round_trip(models, sampler, tmp_path):
+    """Issue 23 item 5: compile_from_config used the default sampler."""
+    import keras_hub
+
+    model = models["plain"]
+    if sampler == "top_p":
+        sampler = keras_hub.samplers.TopPSampler(p=0.37, k=5)
+    model.compile(sampler=sampler)
+    try:
+        path = tmp_path / "model.keras"
+        model.save(path)
+        loaded = keras.saving.load_model(path)
+        assert type(loaded.sampler) is type(model.sampler)
+        assert loaded.sampler.get_config() == model.sampler.get_config()
+        if type(model.sampler).__name__ == "GreedySampler":
+            prompts = _prompts((3, SEGMENT + 2), seed=11)
+            np.testing.assert_array_equal(
+                loaded.generate(prompts, stop_token_ids=None)["token_ids"],
+                model.generate(prompts, stop_token_ids=None)["token_ids"],
+            )
+    finally:
+        model.compile(sampler="greedy")

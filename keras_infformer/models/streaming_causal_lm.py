@@ -65,21 +65,31 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         `StreamingDataset`). `weighted_metrics="auto"`: accuracy,
         perplexity and bits per token, over real tokens only.
         `sampler`: a `keras_hub.samplers` name or instance for `generate()`.
+
+        On a compiled model, `compile(sampler=...)` alone (every other
+        argument left to its default) changes only the sampler: the
+        optimizer (with its state: iterations, moments, learning rate), the
+        loss and the metrics are kept, so a model trained with `fit` can
+        change how it generates and still resume training (or be saved
+        with its optimizer). Pass `optimizer=` (or any other argument) to
+        compile anew.
         """
+        self._check_sampler_argument(sampler)
+        if (
+            getattr(self, "compiled", False)
+            and getattr(self, "optimizer", None) is not None
+            and _is_auto(optimizer) and _is_auto(loss) and _is_auto(weighted_metrics)
+            and not kwargs
+        ):
+            self.sampler = _keras_hub().samplers.get(sampler)
+            self.generate_function = None  # Compiled for the old sampler.
+            return
         if optimizer == "auto":
             optimizer = keras.optimizers.Adam(1e-3, global_clipnorm=1.0)
         if loss == "auto":
             loss = metrics.masked_token_loss()
         if weighted_metrics == "auto":
             weighted_metrics = metrics.language_model_metrics()
-        if not isinstance(
-            _keras_hub().samplers.get(sampler), _keras_hub().samplers.Sampler
-        ):
-            raise ValueError(
-                "`sampler` must be a keras_hub.samplers name ('greedy', "
-                "'top_k', 'top_p', 'random', ...) or a Sampler instance. "
-                f"Received: sampler={sampler!r}"
-            )
         super().compile(
             optimizer=optimizer,
             loss=loss,
@@ -88,11 +98,40 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
             **kwargs,
         )
 
+    @staticmethod
+    def _check_sampler_argument(sampler):
+        try:
+            valid = isinstance(
+                _keras_hub().samplers.get(sampler), _keras_hub().samplers.Sampler
+            )
+        except (ValueError, TypeError):
+            valid = False
+        if not valid:
+            raise ValueError(
+                "`sampler` must be a keras_hub.samplers name ('greedy', "
+                "'top_k', 'top_p', 'random', ...) or a Sampler instance. "
+                f"Received: sampler={sampler!r}"
+            )
+
+    def get_compile_config(self):
+        # keras-hub keeps the sampler out of Keras' compile config; save it
+        # too, so that a loaded model generates as the saved one did.
+        config = super().get_compile_config()
+        sampler = getattr(self, "sampler", None)
+        if config and sampler is not None:
+            config = dict(config)
+            config["sampler"] = _keras_hub().samplers.serialize(sampler)
+        return config
+
     def compile_from_config(self, config):
         # Keras skips an overridden `compile()` when loading a `.keras` file;
         # compiling with what it saved lets a loaded model train on (with
         # its optimizer's saved variables) without a manual `compile()`.
+        config = dict(config)
+        sampler = config.pop("sampler", None)
         config = keras.saving.deserialize_keras_object(config)
+        if sampler is not None:
+            config["sampler"] = _keras_hub().samplers.deserialize(sampler)
         self.compile(**config)
         if self.built:
             self.optimizer.build(self.trainable_variables)
@@ -530,6 +569,10 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         return {"token_ids": token_ids, "padding_mask": padding_mask}
 
 
+
+
+def _is_auto(value):
+    return isinstance(value, str) and value == "auto"
 
 
 def _any_equal(inputs, values, padding_mask):
