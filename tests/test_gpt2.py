@@ -335,6 +335,63 @@ def test_from_preset_goes_through_keras_hub_preset_loading(tmp_path):
     assert model.segment_length == SEGMENT and model.num_basis == 16
 
 
+def test_a_plain_gpt2_preset_always_loads_as_keras_hub_gpt2(tmp_path, monkeypatch):
+    """Issue 23 item 6: keras-hub picks a CausalLM subclass whose
+    `backbone_cls` is the preset's, from an unordered set; ours was one, so
+    importing keras_infformer made a plain GPT-2 preset load as our model
+    in some processes. The order is fixed within a process, so each load
+    here gets the candidates in another order."""
+    import random
+
+    from keras_hub.src.utils import preset_utils
+
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(_tokenizer(), sequence_length=16)
+    plain = keras_hub.models.GPT2CausalLM(_backbone(seed=11), preprocessor)
+    preset = str(tmp_path / "plain_gpt2")
+    plain.save_to_preset(preset)
+    assert InfiniteFormerGPT2CausalLM in preset_utils.list_subclasses(keras_hub.models.CausalLM)
+    original = preset_utils.list_subclasses
+    shuffler = random.Random(0)
+
+    def shuffled(cls):
+        subclasses = original(cls)
+        shuffler.shuffle(subclasses)
+        return subclasses
+
+    monkeypatch.setattr(preset_utils, "list_subclasses", shuffled)
+    token_ids = np.array([[5, 9, 2, 7]], "int32")
+    expected = to_numpy(plain.backbone.token_embedding(token_ids))
+    for _ in range(20):
+        loaded = keras_hub.models.CausalLM.from_preset(preset)
+        assert type(loaded) is keras_hub.models.GPT2CausalLM
+    np.testing.assert_array_equal(to_numpy(loaded.backbone.token_embedding(token_ids)), expected)
+
+
+def test_ours_saved_as_a_preset_loads_as_ours(awake, tmp_path):
+    model = awake["sticky"]
+    preset = str(tmp_path / "ours")
+    model.save_to_preset(preset)
+    loaded = InfiniteFormerGPT2CausalLM.from_preset(preset)
+    assert type(loaded) is InfiniteFormerGPT2CausalLM
+    assert loaded.segment_length == SEGMENT and loaded.num_basis == 16
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b), err_msg=a.path)
+    # A preset of another backbone is refused by name.
+    with pytest.raises(ValueError, match="GPT-2 preset"):
+        InfiniteFormerGPT2CausalLM.from_preset(_byte_preset(tmp_path))
+
+
+def _byte_preset(tmp_path):
+    """A preset of another backbone (keras_infformer's own)."""
+    backbone = keras_infformer.InfiniteFormerBackbone(
+        vocabulary_size=40, segment_length=4, batch_size=1, num_layers=1,
+        hidden_dim=8, num_heads=2, num_basis=8, num_samples=8,
+    )
+    preset = str(tmp_path / "other")
+    backbone.save_to_preset(preset)
+    return preset
+
+
 @pytest.mark.skipif(
     BACKEND != "tensorflow",
     reason="the served graph is traced by TensorFlow from any backend; the export "
