@@ -164,6 +164,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         x, batch_size, args, kwargs = stream_guards.check_fit_arguments(
             self, x, batch_size, args, kwargs
         )
+        self._check_targets(x, y)
         # keras.Model's fit, not keras-hub's: a stream is laid out across
         # batches, so no per-sample preprocessing may touch it.
         with stream_guards.refusals_as_errors():
@@ -172,6 +173,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
     def evaluate(self, x=None, y=None, batch_size=None, *args, **kwargs):
         if not kwargs.get("_use_cached_eval_dataset"):  # (Else fit's, checked.)
             x, batch_size = stream_guards.check_data(self, x, batch_size)
+            self._check_targets(x, y)
         with stream_guards.refusals_as_errors():
             return keras.Model.evaluate(self, x, y, batch_size, *args, **kwargs)
 
@@ -180,12 +182,19 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         with stream_guards.refusals_as_errors():
             return keras.Model.predict(self, x, batch_size, *args, **kwargs)
 
+    def _check_targets(self, x, y):
+        if y is not None:
+            token_ids = x.get("token_ids") if isinstance(x, dict) else None
+            stream_guards.check_targets(y, self.vocabulary_size, token_ids)
+
     def train_on_batch(self, x, *args, **kwargs):
-        stream_guards.check_batch(self, x)
+        y = args[0] if args else kwargs.get("y")
+        stream_guards.check_batch(self, x, y=y)
         return super().train_on_batch(x, *args, **kwargs)
 
     def test_on_batch(self, x, *args, **kwargs):
-        stream_guards.check_batch(self, x)
+        y = args[0] if args else kwargs.get("y")
+        stream_guards.check_batch(self, x, y=y)
         return super().test_on_batch(x, *args, **kwargs)
 
     def predict_on_batch(self, x):
