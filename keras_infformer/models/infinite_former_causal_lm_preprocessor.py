@@ -25,6 +25,16 @@ def _preprocessor_base():
         return keras.layers.Layer
 
 
+def _check_texts(texts):
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, (list, tuple)):
+        raise TypeError(
+            "`texts` must be a list of strings, one document each (a single "
+            "document: `[text]`). Received: texts of type "
+            f"{type(texts).__name__}"
+            + (f" ({texts[:40]!r}...)" if isinstance(texts, (str, bytes)) else "")
+        )
+
+
 @keras.saving.register_keras_serializable(package="keras_infformer")
 class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
     """Text to token streams for an `InfiniteFormerCausalLM`, and back.
@@ -91,10 +101,14 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
     def vocabulary_size(self):
         return int(self.tokenizer.vocabulary_size())
 
-    def tokenize_documents(self, texts):
-        """One int32 array of token ids per (non-empty) text."""
+    def tokenize_documents(self, texts, keep_empty=False):
+        """One int32 array of token ids per (non-empty) text; `keep_empty`:
+        an empty array for an empty text too (the i-th array is `texts[i]`'s)."""
+        _check_texts(texts)
         end = self.end_token_id if self.add_end_token else None
-        return text_utils.tokenize_documents(self.tokenizer, list(texts), end)
+        return text_utils.tokenize_documents(
+            self.tokenizer, list(texts), end, keep_empty=keep_empty
+        )
 
     def streaming_dataset(
         self, texts=None, batch_size=None, segment_length=None, directory=None, **kwargs
@@ -103,7 +117,8 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
 
         Args:
             texts: list of str, one document each (or `None` with
-                `directory`).
+                `directory`). Empty texts are skipped; document indices
+                (`positions()`, `stream_documents`) refer to this list.
             batch_size: int. Parallel streams (the model's batch size).
             segment_length: int. Tokens per segment (the model's).
             directory: str. Read every `.txt` file below it instead.
@@ -118,11 +133,19 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
             )
         if directory is not None:
             texts = text_utils.read_text_files(directory)
-        documents = self.tokenize_documents(texts)
-        if not documents:
+        _check_texts(texts)
+        documents = self.tokenize_documents(texts, keep_empty=True)
+        kept = [i for i, d in enumerate(documents) if len(d)]
+        if not kept:
             raise ValueError("Every text is empty: there is nothing to stream.")
         kwargs.setdefault("pad_id", self.pad_token_id)
-        return StreamingDataset(documents, batch_size, segment_length, **kwargs)
+        dataset = StreamingDataset(
+            [documents[i] for i in kept], batch_size, segment_length, **kwargs
+        )
+        # Empty texts are not streamed; document indices (`positions()`,
+        # `stream_documents`) still refer to the caller's list.
+        dataset._renumber_documents(kept)
+        return dataset
 
     def generate_preprocess(self, x, sequence_length=None):
         """Prompts to `{"token_ids", "padding_mask"}` of `sequence_length`.
