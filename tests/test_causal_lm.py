@@ -236,8 +236,34 @@ def test_bad_generation_input_is_refused_and_memory_untouched(models):
         model.generate(np.array([[1, 2, 3, 4]]), max_length=2, stop_token_ids=None)
     with pytest.raises(ValueError):
         model.compile(sampler="no_such_sampler")
+    # Issue 23 item 21: errors of ours, not IndexError / AxisError / a
+    # broadcast error.
+    for stop in [(), (VOCAB,), (-1,), ("a",), 2.5]:
+        with pytest.raises(ValueError, match=r"stop_token_ids=") as error:
+            model.generate(np.array([[1, 2]]), stop_token_ids=stop)
+        assert repr(stop) in str(error.value)
+    prompts = _prompts((3,))
+    wrong_mask = dict(prompts, padding_mask=prompts["padding_mask"][:, :5])
+    with pytest.raises(ValueError, match=r"padding_mask.*shape=\(1, 5\)"):
+        model.generate(wrong_mask, stop_token_ids=None)
+    with pytest.raises(ValueError, match=r"token_ids.*shape=\(1, 2, 3\)"):
+        model.generate(
+            {"token_ids": np.ones((1, 2, 3), "int32"), "padding_mask": np.ones((1, 2, 3), bool)},
+            stop_token_ids=None,
+        )
     for name, value in model.get_state().items():
         np.testing.assert_array_equal(to_numpy(value), before[name])
+
+
+def test_one_prompt_as_a_1d_dict_equals_a_batch_of_one(models):
+    """Issue 23 item 21: a 1-D {"token_ids", "padding_mask"} raised a NumPy
+    AxisError; it is one prompt, as a 1-D array of ids is."""
+    model = models["plain"]
+    prompts = _prompts((4,), seed=9)
+    batched = model.generate(prompts, stop_token_ids=None)
+    single = model.generate({k: v[0] for k, v in prompts.items()}, stop_token_ids=None)
+    np.testing.assert_array_equal(single["token_ids"], batched["token_ids"])
+    np.testing.assert_array_equal(single["padding_mask"], batched["padding_mask"])
 
 
 def test_text_in_text_out_with_a_byte_tokenizer(tmp_path):

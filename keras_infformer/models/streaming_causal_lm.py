@@ -485,11 +485,11 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
                     "Every row of a decoding `state` must be at the same "
                     f"position of its segment. Received: position={positions.tolist()}"
                 )
-        if stop_token_ids == "auto":
+        if isinstance(stop_token_ids, str) and stop_token_ids == "auto":
             end = self._end_token_id()
             stop_token_ids = None if end is None else (int(end),)
         elif stop_token_ids is not None:
-            stop_token_ids = tuple(int(t) for t in stop_token_ids)
+            stop_token_ids = self._checked_stop_token_ids(stop_token_ids)
 
         step_inputs = {
             "token_ids": token_ids.astype("int32"),
@@ -517,6 +517,29 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         if return_logits:
             extras.append(np.asarray(ops.convert_to_numpy(outputs["logits"])))
         return (result, *extras) if extras else result
+
+    def _checked_stop_token_ids(self, stop_token_ids):
+        """`stop_token_ids` as a non-empty tuple of ids in the vocabulary."""
+        message = (
+            "`stop_token_ids` must be 'auto', None (no stop token) or a "
+            "non-empty sequence of integer token ids in [0, vocabulary_size="
+            f"{self.vocabulary_size}). Received: stop_token_ids={stop_token_ids!r}"
+        )
+        if isinstance(stop_token_ids, (int, np.integer)) and not isinstance(
+            stop_token_ids, (bool, np.bool_)
+        ):
+            stop_token_ids = (stop_token_ids,)
+        try:
+            ids = np.asarray(stop_token_ids)
+        except (ValueError, TypeError):
+            raise ValueError(message) from None
+        if (
+            isinstance(stop_token_ids, (str, bytes, dict))
+            or ids.ndim != 1 or ids.size == 0 or ids.dtype.kind not in "iu"
+            or (ids < 0).any() or (ids >= self.vocabulary_size).any()
+        ):
+            raise ValueError(message)
+        return tuple(int(t) for t in ids)
 
     # -- text: what a subclass with another kind of preprocessor overrides --
 
@@ -550,7 +573,32 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
                     "{'token_ids', 'padding_mask'} or an int array. Received "
                     f"keys {sorted(inputs)}"
                 )
-            return inputs
+            token_ids = np.asarray(ops.convert_to_numpy(inputs["token_ids"]))
+            padding_mask = np.asarray(ops.convert_to_numpy(inputs["padding_mask"]))
+            if token_ids.ndim == 1 and padding_mask.ndim == 1:  # One prompt.
+                token_ids, padding_mask = token_ids[None], padding_mask[None]
+            if token_ids.ndim != 2 or token_ids.shape[1] == 0:
+                raise ValueError(
+                    "`inputs['token_ids']` must have shape (batch, max_length). "
+                    f"Received: inputs['token_ids'].shape={token_ids.shape}"
+                )
+            if padding_mask.shape != token_ids.shape:
+                raise ValueError(
+                    "`inputs['padding_mask']` must have the shape of "
+                    f"`inputs['token_ids']`, {token_ids.shape}. Received: "
+                    f"inputs['padding_mask'].shape={padding_mask.shape}"
+                )
+            if token_ids.dtype.kind not in "iu":
+                raise TypeError(
+                    "`inputs['token_ids']` must hold integer token ids. "
+                    f"Received: inputs['token_ids'].dtype={token_ids.dtype}"
+                )
+            if padding_mask.dtype.kind != "b" and not np.isin(padding_mask, (0, 1)).all():
+                raise ValueError(
+                    "`inputs['padding_mask']` must hold booleans (or 0/1). "
+                    f"Received: inputs['padding_mask'] of dtype {padding_mask.dtype}"
+                )
+            return {"token_ids": token_ids, "padding_mask": padding_mask.astype(bool)}
         prompts = np.asarray(inputs)
         if prompts.ndim == 1:
             prompts = prompts[None, :]
