@@ -242,6 +242,8 @@ def test_bad_generation_input_is_refused_and_memory_untouched(models):
         with pytest.raises(ValueError, match=r"stop_token_ids=") as error:
             model.generate(np.array([[1, 2]]), stop_token_ids=stop)
         assert repr(stop) in str(error.value)
+    with pytest.raises(ValueError, match=r"at least one prompt.*\(0, "):
+        model.generate(np.zeros((0, 3), "int32"), stop_token_ids=None)  # Item 22.
     prompts = _prompts((3,))
     wrong_mask = dict(prompts, padding_mask=prompts["padding_mask"][:, :5])
     with pytest.raises(ValueError, match=r"padding_mask.*shape=\(1, 5\)"):

@@ -449,6 +449,11 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         token_ids = np.asarray(ops.convert_to_numpy(batch["token_ids"]))
         padding_mask = np.asarray(ops.convert_to_numpy(batch["padding_mask"])).astype(bool)
         lengths = padding_mask.sum(axis=1)
+        if token_ids.ndim == 2 and token_ids.shape[0] == 0:
+            raise ValueError(
+                "generate() needs at least one prompt. Received: token_ids of "
+                f"shape {token_ids.shape}"
+            )
         if token_ids.ndim != 2 or (lengths == 0).any():
             raise ValueError(
                 "Every prompt needs at least one token. Received prompt "
