@@ -73,11 +73,15 @@ def _assert_generation_is_teacher_forced(model, prompts, outputs, logits):
         got, want = logits[row, n - 1 :], expected[row, n - 1 :]
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
         assert np.abs(want).max() > 1e-3
+    if type(model.sampler).__name__ == "GreedySampler":
+        _assert_greedy(prompts, outputs, logits)
 
 
 _LENGTHS = {
     "1": (1,), "L-1": (SEGMENT - 1,), "L": (SEGMENT,), "3L+5": (3 * SEGMENT + 5,),
     "mixed": (1, SEGMENT - 1, SEGMENT, 3 * SEGMENT + 5),
+    # The shortest prompt a whole number of segments (issue 23 item 23).
+    "2L": (2 * SEGMENT,), "L,2L+3": (SEGMENT, 2 * SEGMENT + 3),
 }
 
 
@@ -176,6 +180,25 @@ def test_a_stop_token_equal_to_the_padding_id_reads_the_whole_prompt(models):
         # No row stopped: the same state as without stop tokens.
         np.testing.assert_array_equal(
             to_numpy(state["position"]), to_numpy(free_state["position"])
+        )
+
+
+def test_a_stop_token_inside_the_prompt_does_not_stop_the_row(models):
+    """Issue 23 item 23: only generated tokens end a row."""
+    model = models["plain"]
+    prompts = _prompts((SEGMENT + 1, 3), seed=8)
+    stop = int(prompts["token_ids"][0, 2])
+    free = model.generate(prompts, stop_token_ids=None)
+    stopped, logits = model.generate(prompts, stop_token_ids=(stop,), return_logits=True)
+    _assert_greedy(prompts, stopped, logits)
+    for row, n in enumerate(prompts["padding_mask"].sum(axis=1)):
+        generated = list(free["token_ids"][row, n:])
+        end = n + (generated.index(stop) + 1 if stop in generated else len(generated))
+        # Generation runs until the last row stops: each row holds exactly
+        # its tokens up to its own first generated stop token.
+        assert stopped["padding_mask"][row].sum() == end
+        np.testing.assert_array_equal(
+            stopped["token_ids"][row, :end], free["token_ids"][row, :end]
         )
 
 
