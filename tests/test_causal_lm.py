@@ -415,3 +415,36 @@ def test_the_sampler_survives_a_keras_round_trip(models, sampler, tmp_path):
             )
     finally:
         model.compile(sampler="greedy")
+
+
+def test_fitting_texts_says_what_to_do_and_the_preprocessor_has_a_sequence_length():
+    """Issue 23 item 9: `fit(list_of_strings)` (the keras-hub habit) failed
+    with Keras' "Unrecognized data type" printing the whole corpus."""
+    preprocessor = kif.InfiniteFormerCausalLMPreprocessor(sequence_length=8)
+    assert preprocessor.sequence_length == 8
+    model = kif.InfiniteFormerCausalLM(
+        kif.InfiniteFormerBackbone(
+            vocabulary_size=256, segment_length=8, batch_size=2, num_layers=1,
+            hidden_dim=8, num_heads=2, num_basis=8, num_samples=8,
+        ),
+        preprocessor,
+    )
+    before = [to_numpy(w) for w in model.weights]
+    texts = ["a long corpus " * 200, "of two documents"]
+    for method, data in [("fit", texts), ("evaluate", texts), ("predict", texts[0])]:
+        with pytest.raises(ValueError, match=r"streaming_dataset\(texts, batch_size=2, segment_length=8\)") as error:
+            getattr(model, method)(data)
+        assert len(str(error.value)) < 600  # Not the corpus.
+    for w, b in zip(model.weights, before):
+        np.testing.assert_array_equal(to_numpy(w), b)
+    # `sequence_length` is the default segment length of the stream and of
+    # `call`, and survives get_config.
+    stream = preprocessor.streaming_dataset(texts, batch_size=2)
+    assert stream.segment_length == 8
+    inputs, targets, weights = preprocessor(["abc"])
+    assert inputs["token_ids"].shape == (1, 8) and targets.shape == (1, 8)
+    np.testing.assert_array_equal(inputs["token_ids"][0, :3], list(b"abc"))
+    restored = kif.InfiniteFormerCausalLMPreprocessor.from_config(preprocessor.get_config())
+    assert restored.sequence_length == 8
+    with pytest.raises(ValueError, match="sequence_length=0"):
+        kif.InfiniteFormerCausalLMPreprocessor(sequence_length=0)

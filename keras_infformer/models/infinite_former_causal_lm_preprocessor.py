@@ -57,6 +57,11 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
             `generate()` can stop there). Defaults to `False`.
         pad_token_id: int. The id of padding. Defaults to the tokenizer's
             `pad_token_id`, else `0`.
+        sequence_length: optional int. The length of a training segment
+            (the model's `segment_length`), as keras-hub preprocessors
+            have one: the default `segment_length` of `streaming_dataset()`
+            and of `call()`, and the default padded length of
+            `generate_preprocess()`. Defaults to `None` (pass them).
         **kwargs: passed to `keras_hub.models.Preprocessor`.
 
     Examples:
@@ -74,8 +79,12 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
     ```
     """
 
-    def __init__(self, tokenizer=None, add_end_token=False, pad_token_id=None, **kwargs):
+    def __init__(
+        self, tokenizer=None, add_end_token=False, pad_token_id=None,
+        sequence_length=None, **kwargs,
+    ):
         super().__init__(**kwargs)
+        self.sequence_length = sequence_length
         if tokenizer is None:
             tokenizer = _keras_hub().tokenizers.ByteTokenizer(lowercase=False)
         if not callable(tokenizer) or not hasattr(tokenizer, "detokenize"):
@@ -93,6 +102,22 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
         if pad_token_id is None:
             pad_token_id = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
+
+    @property
+    def sequence_length(self):
+        """The length of a training segment (see the class), or `None`."""
+        return self._sequence_length
+
+    @sequence_length.setter
+    def sequence_length(self, value):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
+        ):
+            raise ValueError(
+                "`sequence_length` must be a positive int or None. Received: "
+                f"sequence_length={value!r}"
+            )
+        self._sequence_length = None if value is None else int(value)
 
     @property
     def end_token_id(self):
@@ -121,6 +146,7 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
                 (`positions()`, `stream_documents`) refer to this list.
             batch_size: int. Parallel streams (the model's batch size).
             segment_length: int. Tokens per segment (the model's).
+                Defaults to `sequence_length`.
             directory: str. Read every `.txt` file below it instead.
             **kwargs: passed to `StreamingDataset` (`pad_id` defaults to
                 this preprocessor's `pad_token_id`).
@@ -139,6 +165,8 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
         if not kept:
             raise ValueError("Every text is empty: there is nothing to stream.")
         kwargs.setdefault("pad_id", self.pad_token_id)
+        if segment_length is None:
+            segment_length = self.sequence_length
         dataset = StreamingDataset(
             [documents[i] for i in kept], batch_size, segment_length, **kwargs
         )
@@ -160,7 +188,7 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
         ]
         longest = max(len(d) for d in documents) if documents else 0
         if sequence_length is None:
-            sequence_length = longest
+            sequence_length = self.sequence_length or longest
         if any(len(d) == 0 for d in documents):
             raise ValueError("A prompt is empty: generation needs at least one token.")
         if longest > sequence_length:
@@ -201,6 +229,8 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
         `t` is token `t + 1`. For streams longer than one segment use
         `streaming_dataset()`.
         """
+        if sequence_length is None:
+            sequence_length = self.sequence_length
         packed = self.generate_preprocess(x, None if sequence_length is None else sequence_length + 1)
         token_ids, mask = packed["token_ids"], packed["padding_mask"]
         inputs = {
@@ -212,6 +242,10 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
     def get_config(self):
         config = super().get_config()  # The tokenizer, serialised.
         config.update(
-            {"add_end_token": self.add_end_token, "pad_token_id": self.pad_token_id}
+            {
+                "add_end_token": self.add_end_token,
+                "pad_token_id": self.pad_token_id,
+                "sequence_length": self.sequence_length,
+            }
         )
         return config

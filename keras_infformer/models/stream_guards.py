@@ -498,6 +498,7 @@ def check_data(model, x, batch_size=None, argument="x"):
             model) at a step.
     """
     check_batch_size_argument(model, batch_size)
+    check_not_text(model, x, argument)
     checker = BatchChecker.for_model(model, argument)
     if isinstance(x, keras.utils.PyDataset):
         if x.num_batches == 0:
@@ -542,6 +543,30 @@ def check_data(model, x, batch_size=None, argument="x"):
             )
         return x, model.batch_size
     return x, batch_size
+
+
+def check_not_text(model, x, argument="x"):
+    """Raise a clear ValueError for texts (a str or a list of str) given to
+    `fit` / `evaluate` / `predict`: a memory model reads streams of
+    segments, in order, which texts become through the preprocessor."""
+    texts = None
+    if isinstance(x, str):
+        texts = [x]
+    elif isinstance(x, (list, tuple)) and x and all(isinstance(t, str) for t in x):
+        texts = list(x)
+    if texts is None:
+        return
+    sample = texts[0][:40]
+    raise ValueError(
+        f"`{argument}` holds text ({len(texts)} string(s), e.g. {sample!r}...). "
+        f"{type(model).__name__} keeps a memory per batch row and trains on "
+        "streams of segments read in order, not on independent strings: "
+        "turn the texts into a stream first, e.g. "
+        f"`stream = model.preprocessor.streaming_dataset(texts, "
+        f"batch_size={model.batch_size}, segment_length={model.segment_length})` "
+        "then pass `stream` instead (for `fit`, with "
+        "`keras_infformer.ResetMemory()` among the callbacks)."
+    )
 
 
 def check_validation_data(model, validation_data, batch_size=None):
