@@ -448,3 +448,112 @@ def test_fitting_texts_says_what_to_do_and_the_preprocessor_has_a_sequence_lengt
     assert restored.sequence_length == 8
     with pytest.raises(ValueError, match="sequence_length=0"):
         kif.InfiniteFormerCausalLMPreprocessor(sequence_length=0)
+
+
+# -- a user's functional model made a causal LM (issue 23 item 8) -------------------
+
+FUNCTIONAL_BATCH = 4
+
+
+def functional_network(seed=3):
+    """A functional model of the README's kind: embedding, a memory block,
+    a dense head; inputs {"token_ids", "reset"}, logits out."""
+    keras.utils.set_random_seed(seed)
+    token_ids = keras.Input((SEGMENT,), batch_size=FUNCTIONAL_BATCH, dtype="int32", name="token_ids")
+    reset = keras.Input((), batch_size=FUNCTIONAL_BATCH, dtype="bool", name="reset")
+    x = keras.layers.Embedding(VOCAB, 16)(token_ids)
+    x = kif.InfiniteFormerDecoder(
+        32, 2, memory_length=SEGMENT, num_basis=16, num_samples=16, dropout=0.0,
+        sticky_memories=True, name="block",
+    )(x, reset=reset)
+    logits = keras.layers.Dense(VOCAB, name="head")(x)
+    return keras.Model({"token_ids": token_ids, "reset": reset}, logits)
+
+
+@pytest.fixture(scope="module")
+def functional():
+    model = kif.models.FunctionalMemoryLM(functional_network())
+    model.compile(sampler="greedy")
+    return model
+
+
+def _stateful_logits(model, token_ids):
+    """The wrapped model's own stateful path, segment by segment (rows =
+    its batch size): the reference, independent of `step`/`decode`."""
+    rows, total = token_ids.shape
+    pad = (-total) % SEGMENT
+    padded = np.concatenate([token_ids, np.zeros((rows, pad), "int32")], axis=1)
+    model.reset_state()
+    logits = []
+    for start in range(0, padded.shape[1], SEGMENT):
+        out = model.backbone(
+            {"token_ids": padded[:, start : start + SEGMENT], "reset": np.full((rows,), start == 0)}
+        )
+        logits.append(to_numpy(out))
+    model.reset_state()
+    return np.concatenate(logits, axis=1)[:, :total]
+
+
+def test_a_functional_model_of_memory_layers_generates(functional):
+    """Issue 23 item 8: a functional model built from the memory layers got
+    neither generate() nor an export; FunctionalMemoryLM derives the
+    contract. Its logits equal the wrapped model's own stateful streaming,
+    for prompts of 1, L - 1, L and 2L + 3 tokens in one batch."""
+    model = functional
+    assert list(model.state_spec())[:2] == ["block_stm", "block_stm_mask"]
+    assert (model.segment_length, model.batch_size, model.vocabulary_size) == (
+        SEGMENT, FUNCTIONAL_BATCH, VOCAB
+    )
+    lengths = (1, SEGMENT - 1, SEGMENT, 2 * SEGMENT + 3)
+    prompts = _prompts(lengths, seed=12)
+    memory_before = {k: to_numpy(v) for k, v in model.get_state().items()}
+    outputs, logits = model.generate(prompts, stop_token_ids=None, return_logits=True)
+    for name, value in model.get_state().items():
+        np.testing.assert_array_equal(to_numpy(value), memory_before[name])
+    expected = _stateful_logits(model, outputs["token_ids"])
+    for row, n in enumerate(lengths):
+        np.testing.assert_array_equal(outputs["token_ids"][row, :n], prompts["token_ids"][row, :n])
+        np.testing.assert_allclose(logits[row, n - 1 :], expected[row, n - 1 :], atol=1e-4, rtol=1e-4)
+    _assert_greedy(prompts, outputs, logits)
+    # Fewer rows than the wrapped batch: padded, the same logits.
+    two, two_logits = model.generate(
+        {k: v[2:] for k, v in prompts.items()}, stop_token_ids=None, return_logits=True
+    )
+    np.testing.assert_array_equal(two["token_ids"], outputs["token_ids"][2:])
+    np.testing.assert_allclose(two_logits, logits[2:], atol=1e-5)
+
+
+def test_a_functional_memory_lm_trains_saves_and_refuses_what_it_cannot_run(functional, tmp_path):
+    model = kif.models.FunctionalMemoryLM(functional_network(seed=4))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    rng = np.random.default_rng(14)
+    stream = kif.data.StreamingDataset(
+        [rng.integers(1, VOCAB, n) for n in (40, 25, 31, 17, 22)],
+        batch_size=FUNCTIONAL_BATCH, segment_length=SEGMENT,
+    )
+    history = model.fit(stream, epochs=2, callbacks=[kif.ResetMemory()], verbose=0)
+    assert history.history["loss"][1] < history.history["loss"][0]
+    model.compile(sampler="greedy")
+    path = tmp_path / "functional.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded) is kif.models.FunctionalMemoryLM
+    for name, value in model.get_state().items():
+        np.testing.assert_array_equal(to_numpy(loaded.get_state()[name]), to_numpy(value))
+    prompts = _prompts((3, SEGMENT + 2), seed=15)
+    np.testing.assert_array_equal(
+        loaded.generate(prompts, stop_token_ids=None)["token_ids"],
+        model.generate(prompts, stop_token_ids=None)["token_ids"],
+    )
+    with pytest.raises(ValueError, match=r"at most that many rows.*\(5, "):
+        model.step(np.ones((5, SEGMENT), "int32"), None, model.get_initial_state(5))
+    token_ids = keras.Input((SEGMENT,), batch_size=2, dtype="int32", name="token_ids")
+    reset = keras.Input((), batch_size=2, dtype="bool", name="reset")
+    plain = keras.Model(
+        {"token_ids": token_ids, "reset": reset},
+        keras.layers.Embedding(VOCAB, VOCAB)(token_ids),
+    )
+    with pytest.raises(ValueError, match="no stateful memory layer"):
+        kif.models.FunctionalMemoryLM(plain)
+    with pytest.raises(TypeError, match="functional keras.Model"):
+        kif.models.FunctionalMemoryLM(keras.layers.Dense(3))

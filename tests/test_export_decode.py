@@ -347,3 +347,28 @@ def test_serving_client_with_no_new_token(loaded, exports):
         np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="max_new_tokens"):
         serving_client.generate(served, prompts(2, batch=1), -1)
+
+
+def test_a_functional_memory_lm_exports_and_generates_through_decode_step(tmp_path):
+    """Issue 23 item 8: a user's functional model, wrapped in
+    FunctionalMemoryLM, exports; generation through the served
+    `decode_step` equals in-process `generate()`."""
+    import tensorflow as tf
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples"))
+    import serving_client
+    from test_causal_lm import functional_network
+
+    model = keras_infformer.models.FunctionalMemoryLM(functional_network())
+    model.compile(sampler="greedy")
+    path = keras_infformer.export_for_serving(model, tmp_path / "functional")
+    served = tf.saved_model.load(path)
+    for length in (1, 7, 13):
+        prompt = np.random.default_rng(length).integers(1, 40, (1, length)).astype("int32")
+        want, want_logits = model.generate(
+            prompt, max_length=length + 5, stop_token_ids=None, return_logits=True
+        )
+        tokens, logits, _ = serving_client.generate(served, prompt, 5)
+        np.testing.assert_array_equal(tokens, want["token_ids"])
+        np.testing.assert_allclose(logits, want_logits[:, :-1], rtol=0, atol=1e-4)
