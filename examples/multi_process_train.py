@@ -25,7 +25,9 @@ loads a `.keras` checkpoint written with any process count, checks that every
 process holds its own rows of it, and writes the gathered state as
 `restored_state.npz`. If another process dies, this one stops with an error
 naming the cause within `--timeout` seconds of the last completed step (exit
-status 2) instead of waiting forever.
+status 2) instead of waiting forever (`--startup-timeout` for the first
+step, which compiles; one process alone has no peer to wait for and no
+watchdog).
 """
 
 import argparse
@@ -61,7 +63,10 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="multi_process_out")
     parser.add_argument("--restore", default=None, help="a .keras checkpoint to load")
     parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds without a finished step before giving up")
+                        help="seconds without a finished step before giving up "
+                        "(several processes only)")
+    parser.add_argument("--startup-timeout", type=float, default=600.0,
+                        help="seconds allowed for the first step, which compiles")
     parser.add_argument("--die-at-step", type=int, default=None,
                         help="(testing) exit abruptly before this step")
     return parser.parse_args(argv)
@@ -139,29 +144,63 @@ class Watchdog:
 
     A process whose peer died waits in the next collective; the engines'
     own failure detection can take minutes or never fire. Exit status 2.
+    Started once the imports and the model are done; until the first step
+    has finished (its compilation included) the allowance is
+    `startup_timeout`, then `timeout` from each step to the next.
+
+    Args:
+        timeout: float. Seconds allowed from one finished step to the next.
+        process_id: int. Named in the error.
+        startup_timeout: float. Seconds allowed for the first step.
+        on_fail: called with `(process_id, reason)` (default: `fail`,
+            which exits).
     """
 
-    def __init__(self, timeout, process_id):
-        self.timeout = timeout
+    def __init__(self, timeout, process_id, startup_timeout=None, on_fail=None):
+        self.timeout = float(timeout)
         self.process_id = process_id
+        self.allowance = max(self.timeout, float(startup_timeout or 0.0))
+        self.on_fail = on_fail or fail
         self.last = time.monotonic()
-        self.where = "starting"
+        self.where = "starting (the first step compiles)"
         self._done = threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
 
     def tick(self, where):
         self.last = time.monotonic()
         self.where = where
+        self.allowance = self.timeout
 
     def stop(self):
         self._done.set()
 
     def _watch(self):
-        while not self._done.wait(1.0):
+        while not self._done.wait(min(1.0, self.timeout / 4)):
             waited = time.monotonic() - self.last
-            if waited > self.timeout:
-                fail(self.process_id, f"no progress for {waited:.0f} s after {self.where}: "
-                     "another process of the job has probably died or hangs")
+            if waited > self.allowance:
+                self._done.set()
+                self.on_fail(
+                    self.process_id,
+                    f"no progress for {waited:.0f} s after {self.where}: "
+                    "another process of the job has probably died or hangs",
+                )
+
+
+class _NoWatchdog:
+    """One process has no peer to wait for: nothing to watch."""
+
+    def tick(self, where):
+        pass
+
+    def stop(self):
+        pass
+
+
+def start_watchdog(args):
+    """A `Watchdog` for a job of several processes, else a stand-in."""
+    if args.num_processes <= 1:
+        return _NoWatchdog()
+    return Watchdog(args.timeout, args.process_id, args.startup_timeout)
 
 
 def fail(process_id, reason):
@@ -172,7 +211,6 @@ def fail(process_id, reason):
 def main(argv=None):
     args = parse_args(argv)
     strategy = setup_engine(args)
-    watchdog = Watchdog(args.timeout, args.process_id)
 
     import contextlib
 
@@ -191,6 +229,9 @@ def main(argv=None):
         make_documents(args.documents), batch_size=args.batch_size, segment_length=SEGMENT
     )
     losses, times = [], []
+    # Started after the imports and the build; the first step (which
+    # compiles) has its own allowance.
+    watchdog = start_watchdog(args)
 
     class Progress(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):

@@ -95,10 +95,24 @@ def generate(served, prompt_ids, max_new_tokens, stop_token_id=None):
     signatures = served.signatures
     step = signatures["serving_default"]
     segment_length = step.structured_input_signature[1]["token_ids"].shape[1]
-    prompt_ids = np.asarray(prompt_ids, dtype="int32")
+    prompt_ids = np.asarray(prompt_ids)
+    if prompt_ids.ndim != 2 or prompt_ids.dtype.kind not in "iu":
+        raise ValueError(
+            "`prompt_ids` must be an integer array (batch, prompt_length). "
+            f"Received: prompt_ids of shape {prompt_ids.shape} and dtype {prompt_ids.dtype}"
+        )
+    prompt_ids = prompt_ids.astype("int32")
     batch, prompt_length = prompt_ids.shape
-    if prompt_length < 1:
-        raise ValueError(f"The prompt is empty: prompt_ids.shape={prompt_ids.shape}")
+    if prompt_length < 1 or batch < 1:
+        raise ValueError(
+            "`prompt_ids` needs at least one row and one token. Received: "
+            f"prompt_ids.shape={prompt_ids.shape}"
+        )
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ValueError(
+            f"`max_new_tokens` must be an int >= 0. Received: max_new_tokens={max_new_tokens!r}"
+        )
+    vocabulary_size = signatures["decode_step"].structured_outputs["logits"].shape[-1]
     state = signatures["initial_state"](batch_size=tf.constant(batch))
     logits = []
     # Whole segments of the prompt, leaving at least its last token to decode.
@@ -133,6 +147,8 @@ def generate(served, prompt_ids, max_new_tokens, stop_token_id=None):
             stopped |= next_token == stop_token_id
             if stopped.all():
                 break
+    if not logits:  # A 1-token prompt and no new token: nothing computed.
+        return prompt_ids.copy(), np.zeros((batch, 0, vocabulary_size), "float32"), seconds
     return np.stack(tokens, axis=1), np.stack(logits, axis=1), seconds
 
 

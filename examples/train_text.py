@@ -141,13 +141,9 @@ def main(argv=None):
         f"(perplexity {metrics['perplexity']:.2f}, {len(held_texts)} documents)"
     )
 
+    # Sampler only: the optimizer and its state are kept (resumable).
     model.compile(sampler="top_k")
-    keras.utils.set_random_seed(args.seed)
-    continuation = model.generate(
-        [args.prompt], max_length=len(args.prompt.encode()) + args.max_new_tokens
-    )
-    print(f"Generated from {args.prompt!r}:\n{continuation[0]!r}")
-
+    # Save first: nothing that comes after may lose the trained model.
     if args.save:
         model.save(args.save)
         print(f"Saved the model to {args.save}")
@@ -155,6 +151,12 @@ def main(argv=None):
         path = kif.export_for_serving(model, args.export_dir)
         print(f"Exported for TF Serving to {path} (generate with "
               f"examples/serving_client.py --export-dir {args.export_dir} --prompt ...)")
+
+    keras.utils.set_random_seed(args.seed)
+    continuation = model.generate(
+        [args.prompt], max_length=len(args.prompt.encode()) + args.max_new_tokens
+    )
+    print(f"Generated from {args.prompt!r}:\n{continuation[0]!r}")
     print(f"Wall time: {time.perf_counter() - start:.0f} s")
     return dict(metrics=metrics, generated=continuation[0], model=model)
 

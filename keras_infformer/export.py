@@ -487,7 +487,11 @@ def _decoding_functions(model, tf, jit_compile):
         inputs = dict(inputs)
         token_ids = tf.ensure_shape(inputs.pop("token_ids"), (None, 1))
         batch = tf.shape(token_ids)[0]
-        checks = _token_checks(token_ids, vocabulary_size, tf)
+        checks = _token_checks(token_ids, vocabulary_size, tf) + [
+            tf.debugging.assert_positive(
+                batch, message="token_ids must have at least one row (batch >= 1)"
+            ),
+        ]
         state = _checked_state(inputs, decode_signature, batch, None, checks, tf)
         # Every row decodes the same position of its segment (the state
         # holds it per row so that it travels with the batch).
@@ -503,12 +507,15 @@ def _decoding_functions(model, tf, jit_compile):
                 message=f"position must be < segment_length={segment_length}",
             ),
             tf.debugging.assert_equal(
-                position, tf.fill(tf.shape(position), position[0]),
+                position, position[:1],  # (No row: nothing to compare.)
                 message="position must be equal in every row",
             ),
         ]
+        # Nothing is computed before every check passed (a batch of 0 would
+        # otherwise fail inside the model with an indexing error).
         with tf.control_dependencies(checks):
             token_ids = tf.identity(token_ids)
+            state = {name: tf.identity(value) for name, value in state.items()}
         logits, new_state = decode(token_ids, state)
         missing = sorted(set(decode_signature) - set(new_state))
         if missing:

@@ -79,13 +79,15 @@ def check_state_keys(state, spec, what="state"):
         )
 
 
-def check_state(state, spec, what="state", reset=None):
+def check_state(state, spec, what="state", reset=None, float_only=False):
     """Validate a state dict against a spec before it is used or written.
 
     Checks the keys (naming the missing and unknown ones), every shape
-    against the spec (`None` dims are free), and, when the values are
-    concrete, that they are finite, except in the rows flagged in `reset`
-    (those are replaced by the empty state, whatever they hold).
+    against the spec (`None` dims are free), with `float_only` that every
+    tensor holds floats (a TypeError for bool, integer or complex values,
+    which a float32 memory would silently truncate), and, when the values
+    are concrete, that they are finite, except in the rows flagged in
+    `reset` (those are replaced by the empty state, whatever they hold).
     """
     check_state_keys(state, spec, what)
     keep = None
@@ -106,11 +108,23 @@ def check_state(state, spec, what="state", reset=None):
                 f"`{what}['{name}']` must have shape {want}. Received: "
                 f"{what}['{name}'].shape={got}"
             )
+        if float_only:
+            check_float_dtype(value, f"{what}['{name}']")
         concrete = utils.concrete_value(value)
         if concrete is None or concrete.dtype.kind not in "fc":
             continue
         rows = concrete if keep is None or len(keep) != len(concrete) else concrete[keep]
         utils.check_finite(rows, f"{what}['{name}']")
+
+
+def check_float_dtype(value, name):
+    """Raise a TypeError unless `value` holds real floating-point numbers."""
+    dtype = keras.backend.standardize_dtype(value.dtype)
+    if "float" not in dtype:
+        raise TypeError(
+            f"`{name}` must hold real floating-point values (the memory is "
+            f"float32). Received: {name}.dtype={dtype}"
+        )
 
 
 # -- reset flags -----------------------------------------------------------------
@@ -383,7 +397,7 @@ class MemoryLayer(keras.layers.Layer):
         """`state` validated for `set_state`, as float32 NumPy arrays."""
         self._require_stateful()
         spec = self.state_spec(self.batch_size)
-        check_state(state, spec, what)
+        check_state(state, spec, what, float_only=True)
         return {
             name: np.asarray(ops.convert_to_numpy(state[name]), dtype="float32")
             for name in spec
@@ -446,7 +460,21 @@ class MemoryLayer(keras.layers.Layer):
         # ops.copy: PyTorch's autograd must not see the assign below in place.
         current = {k: ops.copy(v.value) for k, v in self._state_variables.items()}
         outputs, new_state = self.step(inputs, current, reset=reset, **kwargs)
+        # Every tensor is checked before any is written: a wrong one must
+        # not leave the memory half updated.
         check_state_keys(new_state, self._state_variables, "new_state")
+        for name, variable in self._state_variables.items():
+            value = new_state[name]
+            got, want = tuple(value.shape), tuple(variable.shape)
+            if len(got) != len(want) or any(
+                g is not None and w is not None and g != w for g, w in zip(got, want)
+            ):
+                raise ValueError(
+                    f"The step of layer '{self.name}' returned "
+                    f"`new_state['{name}']` of shape {got}; the memory "
+                    f"variable has shape {want}. Nothing was written."
+                )
+            check_float_dtype(value, f"new_state['{name}']")
         for name, value in new_state.items():
             self._state_variables[name].assign(value)
         return outputs

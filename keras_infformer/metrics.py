@@ -93,7 +93,8 @@ class BitsPerToken(keras.metrics.Metric):
 
     Args:
         token_lengths: optional sequence of `vocabulary_size` positive
-            numbers, the bytes each token id stands for. Defaults to `None`
+            numbers, the bytes each token id stands for (a shorter table
+            is a ValueError at the first update). Defaults to `None`
             (every token counts 1).
         from_logits: bool. Whether `y_pred` holds logits. Defaults to `True`.
         name: str. Defaults to `"bits_per_token"`.
@@ -141,6 +142,19 @@ class BitsPerToken(keras.metrics.Metric):
             else ops.cast(ops.broadcast_to(sample_weight, ops.shape(nats)), "float32")
         )
         units = weight
+        vocabulary_size = y_pred.shape[-1]
+        if (
+            self.token_lengths is not None
+            and vocabulary_size is not None
+            and len(self.token_lengths) < vocabulary_size
+        ):
+            # A shorter table would be read out of range: JAX clips or
+            # fills, reporting nonsense (0.0 bits) without an error.
+            raise ValueError(
+                "`token_lengths` must hold one length per vocabulary entry "
+                f"(vocabulary_size={vocabulary_size}, the last axis of "
+                f"`y_pred`). Received: {len(self.token_lengths)} token_lengths"
+            )
         if self.token_lengths is not None:
             lengths = ops.convert_to_tensor(self.token_lengths, dtype="float32")
             units = weight * ops.take(lengths, y_true)

@@ -114,3 +114,53 @@ def test_user_record_if_is_respected_but_images_are_written(tmp_path):
         assert not bool(tf.summary.should_record_summaries())
     densities = _events(str(tmp_path / "densities"))
     assert densities.get("layer_0/ltm_attention_density") == [0]
+
+
+def test_density_images_are_labelled_colour_figures_per_head(tmp_path):
+    """Issue 23 item 10: the images were 128 x 64 grey grids (heads averaged,
+    first row only, no axes). Now: a colour figure per block, one panel per
+    head, for a chosen batch row, large enough for TensorBoard's default
+    zoom; the histogram a bar chart."""
+    import tensorflow as tf
+
+    from keras_infformer.callbacks import attention_density_per_head
+
+    dataset = _dataset()
+    model = _model()
+    images = AttentionDensityImages(str(tmp_path), _segments(dataset), row=1)
+    images.set_model(model)
+    figures = images.compute_figures()
+    for tag in ("layer_0/ltm_attention_density", "layer_0/sticky_histogram"):
+        image = figures[tag]
+        assert image.dtype == np.uint8 and image.ndim == 4 and image.shape[-1] == 3
+        assert image.shape[1] >= 240 and image.shape[2] >= 400, image.shape
+        channels = image[0].astype(int)
+        assert (np.abs(channels[..., 0] - channels[..., 1]) > 40).mean() > 0.01  # colour
+    # Two heads: the density figure is wider than the one-panel histogram.
+    assert figures["layer_0/ltm_attention_density"].shape[2] > figures["layer_0/sticky_histogram"].shape[2]
+    # The per-head densities drawn: the Gaussians of row 1, one per head.
+    _, _, densities = model.step(
+        _segments(dataset)["token_ids"][0], np.ones(BATCH, bool),
+        model.get_initial_state(BATCH), return_density=True,
+    )
+    mu, sigma_sq = (keras.ops.convert_to_numpy(x) for x in densities[0])
+    per_head = attention_density_per_head(mu, sigma_sq, row=1, num_points=64)
+    assert per_head.shape == (2, SEGMENT, 64)
+    t = (np.arange(64) + 0.5) / 64
+    for head in range(2):
+        for query in range(SEGMENT):
+            m, v = float(mu[1, head, query]), float(sigma_sq[1, head, query])
+            expected = np.exp(-((t - m) ** 2) / (2 * v)) / np.sqrt(2 * np.pi * v)
+            np.testing.assert_allclose(per_head[head, query], expected, rtol=1e-6)
+    # Written to TensorBoard as such.
+    images.on_epoch_end(0)
+    path = glob.glob(os.path.join(str(tmp_path), "densities", "events.out.tfevents.*"))[0]
+    written = {
+        value.tag: tf.io.decode_png(tf.make_tensor_proto(value.tensor).string_val[2]).shape
+        for event in tf.compat.v1.train.summary_iterator(path)
+        for value in event.summary.value
+    }
+    assert written["layer_0/ltm_attention_density"][-1] == 3
+    assert written["layer_0/ltm_attention_density"][1] >= 400
+    with pytest.raises(ValueError, match="row=2"):
+        AttentionDensityImages(str(tmp_path), _segments(dataset), row=2)

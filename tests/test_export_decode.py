@@ -313,3 +313,62 @@ def test_a_model_with_part_of_the_decoding_contract_is_refused(tmp_path):
     with pytest.raises(TypeError, match="decode_state_spec"):
         keras_infformer.export_for_serving(model, tmp_path / "half")
     assert not (tmp_path / "half").exists()
+
+
+def test_a_batch_of_no_rows_is_a_clear_error(loaded):
+    """Issue 23 item 22: decode_step on a batch of 0 failed inside the model
+    ("slice index 0 ... out of bounds")."""
+    import tensorflow as tf
+
+    signatures = loaded["sticky"].signatures
+    state = signatures["decode_state"](
+        **signatures["initial_state"](batch_size=tf.constant(2))
+    )
+    empty = {name: value[:0] for name, value in state.items()}
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least one row"):
+        signatures["decode_step"](token_ids=tf.zeros((0, 1), tf.int32), **empty)
+
+
+def test_serving_client_with_no_new_token(loaded, exports):
+    """Issue 23 item 22: a 1-token prompt and 0 new tokens failed ("need at
+    least one array to stack"); longer prompts give the prompt's logits."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples"))
+    import serving_client
+
+    served = loaded["sticky"]
+    for length in (1, SEGMENT - 1, 3 * SEGMENT + 5):
+        tokens, logits, _ = serving_client.generate(served, prompts(length, batch=1), 0)
+        np.testing.assert_array_equal(tokens, prompts(length, batch=1))
+        assert logits.shape == (1, length - 1, VOCAB)
+        expected = exports["sticky"]["expected"][length][1][:, : length - 1]
+        np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        serving_client.generate(served, prompts(2, batch=1), -1)
+
+
+def test_a_functional_memory_lm_exports_and_generates_through_decode_step(tmp_path):
+    """Issue 23 item 8: a user's functional model, wrapped in
+    FunctionalMemoryLM, exports; generation through the served
+    `decode_step` equals in-process `generate()`."""
+    import tensorflow as tf
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples"))
+    import serving_client
+    from test_causal_lm import functional_network
+
+    model = keras_infformer.models.FunctionalMemoryLM(functional_network())
+    model.compile(sampler="greedy")
+    path = keras_infformer.export_for_serving(model, tmp_path / "functional")
+    served = tf.saved_model.load(path)
+    for length in (1, 7, 13):
+        prompt = np.random.default_rng(length).integers(1, 40, (1, length)).astype("int32")
+        want, want_logits = model.generate(
+            prompt, max_length=length + 5, stop_token_ids=None, return_logits=True
+        )
+        tokens, logits, _ = serving_client.generate(served, prompt, 5)
+        np.testing.assert_array_equal(tokens, want["token_ids"])
+        np.testing.assert_allclose(logits, want_logits[:, :-1], rtol=0, atol=1e-4)

@@ -137,6 +137,64 @@ def test_memory_reads_only_earlier_segments(awake):
     assert np.abs(outputs[1] - second).max() > 1e-2
 
 
+@pytest.mark.parametrize("kind", ["sticky", "uniform"])
+def test_a_reset_row_of_an_awake_memory_equals_a_fresh_step(awake, kind):
+    """Issue 23 item 23: at the zero start the memory reads exactly zero, so
+    only a reset of a memory that holds something shows whether `reset`
+    reaches it. Stateful path and `step`, row by row: the reset row equals
+    a fresh step, the other row goes on."""
+    model = awake[kind]
+    rng = np.random.default_rng(12)
+    segments = [_tokens(rng, BATCH, SEGMENT, model.vocabulary_size) for _ in range(3)]
+    model.reset_state()
+    try:
+        for index, segment in enumerate(segments[:2]):
+            model({"token_ids": segment, "reset": np.full((BATCH,), index == 0)})
+        before = {k: to_numpy(v) for k, v in model.get_state().items()}
+        assert max(np.abs(v).max() for v in before.values()) > 1e-3
+        reset = np.array([True, False])
+        stateful = to_numpy(model({"token_ids": segments[2], "reset": reset}))
+        after = {k: to_numpy(v) for k, v in model.get_state().items()}
+    finally:
+        model.reset_state()
+    fresh, fresh_state = model.step(segments[2], None, model.get_initial_state(BATCH))
+    going_on, going_on_state = model.step(segments[2], None, before)
+    explicit, explicit_state = model.step(segments[2], reset, before)
+    fresh, going_on, explicit = to_numpy(fresh), to_numpy(going_on), to_numpy(explicit)
+    # The memory shows: without the reset row 0 would read something else.
+    assert np.abs(going_on[0] - fresh[0]).max() > 1e-2
+    for logits in (stateful, explicit):
+        np.testing.assert_allclose(logits[0], fresh[0], atol=1e-5)
+        np.testing.assert_allclose(logits[1], going_on[1], atol=1e-5)
+    for name in after:
+        for state in (after, {k: to_numpy(v) for k, v in explicit_state.items()}):
+            np.testing.assert_allclose(state[name][0], to_numpy(fresh_state[name])[0], atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(state[name][1], to_numpy(going_on_state[name])[1], atol=1e-5, err_msg=name)
+
+
+def test_the_memory_keeps_each_layers_normed_input(fresh):
+    """Issue 23 item 23: the memory of layer i must receive GPT-2's
+    layer-normed input of that layer (what its queries are computed from),
+    not the raw residual stream. Reference: keras-hub's own decoder layers
+    run one by one over the segment (at the zero start the memory adds
+    nothing, so the residual stream is GPT-2's)."""
+    model, _ = fresh
+    backbone = model.backbone
+    segment = _tokens(np.random.default_rng(13), BATCH, SEGMENT, model.vocabulary_size)
+    _, state = model.step(segment, None, model.get_initial_state(BATCH))
+    tokens = backbone.token_embedding(segment)
+    x = backbone.embeddings_add((tokens, backbone.position_embedding(tokens)))
+    padding = np.ones((BATCH, SEGMENT), bool)
+    for index, block in enumerate(backbone.transformer_layers):
+        normed = to_numpy(block._self_attention_layer_norm(x))
+        np.testing.assert_allclose(
+            to_numpy(state[f"layer_{index}_pending"]), normed, atol=1e-5,
+            err_msg=f"layer {index}",
+        )
+        assert np.abs(normed - to_numpy(x)).max() > 1e-2  # The two differ.
+        x = block(x, decoder_padding_mask=padding)
+
+
 def test_every_backbone_weight_is_reused_not_copied(fresh):
     model, _ = fresh
     backbone_ids = {id(w) for w in model.backbone.weights}
@@ -255,10 +313,16 @@ def _teacher_forced_logits(model, token_ids):
     return np.concatenate(logits, axis=1)[:, :total]
 
 
-@pytest.mark.parametrize("kind", ["sticky", "uniform"])
-def test_generation_equals_teacher_forcing(awake, kind):
+@pytest.mark.parametrize(
+    "kind, lengths",
+    [("sticky", (1, SEGMENT - 1, SEGMENT, 3 * SEGMENT + 5)),
+     ("uniform", (1, SEGMENT - 1, SEGMENT, 3 * SEGMENT + 5)),
+     # The shortest prompt a whole number of segments (issue 23 item 23).
+     ("sticky", (SEGMENT, 2 * SEGMENT + 3))],
+    ids=["sticky", "uniform", "sticky-whole-segments"],
+)
+def test_generation_equals_teacher_forcing(awake, kind, lengths):
     model = awake[kind]
-    lengths = (1, SEGMENT - 1, SEGMENT, 3 * SEGMENT + 5)
     rng = np.random.default_rng(5)
     total = 4 * SEGMENT + 6
     token_ids = np.zeros((len(lengths), total), "int32")
@@ -276,6 +340,8 @@ def test_generation_equals_teacher_forcing(awake, kind):
     for row, n in enumerate(lengths):
         np.testing.assert_array_equal(tokens[row, :n], token_ids[row, :n])
         np.testing.assert_allclose(logits[row, n - 1 :], expected[row, n - 1 :], atol=1e-4, rtol=1e-4)
+        # Greedy: each new token is the argmax of the previous position.
+        np.testing.assert_array_equal(tokens[row, n:], logits[row, n - 1 : -1].argmax(-1))
     for name, value in model.get_state().items():
         np.testing.assert_array_equal(to_numpy(value), memory_before[name])
 
@@ -333,6 +399,63 @@ def test_from_preset_goes_through_keras_hub_preset_loading(tmp_path):
     for a, b in zip(backbone.weights, model.backbone.weights):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     assert model.segment_length == SEGMENT and model.num_basis == 16
+
+
+def test_a_plain_gpt2_preset_always_loads_as_keras_hub_gpt2(tmp_path, monkeypatch):
+    """Issue 23 item 6: keras-hub picks a CausalLM subclass whose
+    `backbone_cls` is the preset's, from an unordered set; ours was one, so
+    importing keras_infformer made a plain GPT-2 preset load as our model
+    in some processes. The order is fixed within a process, so each load
+    here gets the candidates in another order."""
+    import random
+
+    from keras_hub.src.utils import preset_utils
+
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(_tokenizer(), sequence_length=16)
+    plain = keras_hub.models.GPT2CausalLM(_backbone(seed=11), preprocessor)
+    preset = str(tmp_path / "plain_gpt2")
+    plain.save_to_preset(preset)
+    assert InfiniteFormerGPT2CausalLM in preset_utils.list_subclasses(keras_hub.models.CausalLM)
+    original = preset_utils.list_subclasses
+    shuffler = random.Random(0)
+
+    def shuffled(cls):
+        subclasses = original(cls)
+        shuffler.shuffle(subclasses)
+        return subclasses
+
+    monkeypatch.setattr(preset_utils, "list_subclasses", shuffled)
+    token_ids = np.array([[5, 9, 2, 7]], "int32")
+    expected = to_numpy(plain.backbone.token_embedding(token_ids))
+    for _ in range(20):
+        loaded = keras_hub.models.CausalLM.from_preset(preset)
+        assert type(loaded) is keras_hub.models.GPT2CausalLM
+    np.testing.assert_array_equal(to_numpy(loaded.backbone.token_embedding(token_ids)), expected)
+
+
+def test_ours_saved_as_a_preset_loads_as_ours(awake, tmp_path):
+    model = awake["sticky"]
+    preset = str(tmp_path / "ours")
+    model.save_to_preset(preset)
+    loaded = InfiniteFormerGPT2CausalLM.from_preset(preset)
+    assert type(loaded) is InfiniteFormerGPT2CausalLM
+    assert loaded.segment_length == SEGMENT and loaded.num_basis == 16
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b), err_msg=a.path)
+    # A preset of another backbone is refused by name.
+    with pytest.raises(ValueError, match="GPT-2 preset"):
+        InfiniteFormerGPT2CausalLM.from_preset(_byte_preset(tmp_path))
+
+
+def _byte_preset(tmp_path):
+    """A preset of another backbone (keras_infformer's own)."""
+    backbone = keras_infformer.InfiniteFormerBackbone(
+        vocabulary_size=40, segment_length=4, batch_size=1, num_layers=1,
+        hidden_dim=8, num_heads=2, num_basis=8, num_samples=8,
+    )
+    preset = str(tmp_path / "other")
+    backbone.save_to_preset(preset)
+    return preset
 
 
 @pytest.mark.skipif(

@@ -244,6 +244,73 @@ def test_out_of_vocabulary_id_in_one_batch_is_refused(lm, method):
     _assert_same(_snapshot(lm), before)
 
 
+def _bad_target_batches(bad):
+    """The clean batches with targets out of the vocabulary at step
+    BAD_STEP (an int `bad`), or float targets throughout (`"float"`)."""
+    batches = [(dict(x), y.copy(), w) for x, y, w in _batches()]
+    if bad == "float":
+        return [(x, y.astype("float32"), w) for x, y, w in batches]
+    batches[BAD_STEP][1][0, 1] = bad
+    return batches
+
+
+@pytest.mark.parametrize("bad", [VOCAB + 8, -1, "float"])
+@pytest.mark.parametrize("kind", ["arrays", "pydataset", "tf_data", "generator"])
+@pytest.mark.parametrize("method", ["fit", "evaluate"])
+def test_targets_out_of_the_vocabulary_or_float_are_refused(lm, method, kind, bad):
+    """Issue 23 item 14: targets were never checked (JAX trained on them,
+    such positions costing 0; TensorFlow and PyTorch raised backend errors)."""
+    batches = _bad_target_batches(bad)
+    checked_whole = kind == "arrays" or bad == "float"
+    done = 0 if checked_whole else _steps_done_before(BAD_STEP)
+    expected = (
+        _reference(lm, "fit" if method == "fit" else "forward", done) if done
+        else (_restart(lm) or _snapshot(lm))
+    )
+    _restart(lm)
+    if kind == "arrays":
+        inputs = {k: np.concatenate([b[0][k] for b in batches]) for k in ("token_ids", "reset")}
+        targets = np.concatenate([b[1] for b in batches])
+        weights = np.concatenate([b[2] for b in batches])
+        call = lambda: getattr(lm, method)(  # noqa: E731
+            inputs, targets, sample_weight=weights, verbose=0
+        )
+    else:
+        data = _as(kind, batches)
+        call = lambda: getattr(lm, method)(data, verbose=0)  # noqa: E731
+    with pytest.raises(ValueError) as info:
+        call()
+    message = str(info.value)
+    assert "targets" in message and f"vocabulary_size={VOCAB}" in message, message
+    if bad == "float":
+        assert "dtype=float32" in message, message
+    else:
+        assert f"target {bad}" in message, message
+    after = _snapshot(lm)
+    _assert_finite(after)
+    _assert_same(after, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["train_on_batch", "test_on_batch"])
+def test_bad_targets_in_one_batch_are_refused(lm, method):
+    _restart(lm)
+    inputs, targets, weights = _batches()[0]
+    lm.predict_on_batch(inputs)  # Some memory.
+    before = _snapshot(lm)
+    for bad, match in [(VOCAB, f"target {VOCAB}"), (-1, "target -1"),
+                       ("float", "dtype=float32"), ("shape", r"shape=\(2, 3\)")]:
+        if bad == "float":
+            y = targets.astype("float32")
+        elif bad == "shape":
+            y = targets[:, :3]
+        else:
+            y = targets.copy()
+            y[1, 2] = bad
+        with pytest.raises(ValueError, match=match):
+            getattr(lm, method)(inputs, y, weights)
+    _assert_same(_snapshot(lm), before)
+
+
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX gathers out-of-range ids as NaN")
 def test_out_of_range_ids_inside_a_users_jax_jit_stay_finite(lm):
     """No host check is possible inside the user's own `jax.jit`: the ids are

@@ -323,6 +323,27 @@ def test_mixed_bfloat16(mixed_bfloat16):
     )
     assert np.all(np.isfinite(np.asarray(logits, np.float32)))
 
+    # generate() with its logits (issue 23 item 4: bfloat16 logits could not
+    # be written into the float32 buffer): the model's own teacher-forced
+    # logits over the tokens that came out, to bfloat16 accuracy.
+    model.compile(sampler="greedy")
+    prompts = _tokens(9, 1)[:, :5]
+    outputs, generated = model.generate(
+        prompts, max_length=SEGMENT + 5, stop_token_ids=None, return_logits=True
+    )
+    assert generated.dtype == np.float32 and generated.shape == (BATCH, SEGMENT + 5, VOCAB)
+    tokens = np.concatenate(
+        [outputs["token_ids"], np.zeros((BATCH, 3), "int32")], axis=1
+    )
+    state = model.get_initial_state(BATCH)
+    expected = []
+    for start in range(0, tokens.shape[1], SEGMENT):
+        out, state = model.step(tokens[:, start : start + SEGMENT], np.zeros(BATCH, bool), state)
+        expected.append(np.asarray(_np(out), np.float32))
+    expected = np.concatenate(expected, axis=1)[:, : SEGMENT + 5]
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(generated[:, 4:], expected[:, 4:], rtol=0, atol=3e-2 * scale)
+
 
 def test_keras_round_trip_restores_weights_and_memory(tmp_path):
     model = _shared_lm("sticky")

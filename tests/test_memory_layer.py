@@ -225,6 +225,54 @@ def test_lm_set_state_checks_every_block_before_writing():
     _assert_states_equal(good, model.get_state())
 
 
+@pytest.mark.parametrize("dtype", ["bool", "int32", "complex64"])
+def test_set_state_refuses_values_that_are_not_floats(dtype):
+    """Issue 23 item 20: bool, int and complex tensors were written (complex
+    losing its imaginary part with only a NumPy warning)."""
+    layer = _filled_ltm()
+    before = _states_np(layer.get_state())
+    bad = {k: v + 1.0 for k, v in before.items()}
+    bad["max_abs"] = np.ones_like(before["max_abs"]).astype(dtype)
+    with pytest.raises(TypeError, match=rf"state\['max_abs'\].*dtype={dtype}"):
+        layer.set_state(bad)
+    _assert_states_equal(before, layer.get_state())
+    model = _lm("ltm")
+    model({"token_ids": _tokens(1), "reset": np.ones(B, bool)})
+    before = _states_np(model.get_state())
+    bad = {k: v + 1.0 for k, v in before.items()}
+    bad["layer_1_ltm_filled"] = np.zeros_like(before["layer_1_ltm_filled"]).astype(dtype)
+    with pytest.raises(TypeError, match=rf"layer_1_ltm_filled.*dtype={dtype}"):
+        model.set_state(bad)
+    _assert_states_equal(before, model.get_state())
+
+
+@pytest.mark.parametrize("wrong", ["shape", "dtype"])
+def test_a_stateful_call_checks_every_new_state_tensor_before_writing(wrong):
+    """Issue 23 item 18: the stateful call assigned the new state one
+    variable at a time: a subclass step returning a bad second tensor left
+    the first written."""
+    DecayingSum = _decaying_sum_class()
+
+    class Broken(DecayingSum):
+        def step(self, inputs, state, reset=None):
+            outputs, new_state = super().step(inputs, state, reset=reset)
+            decay = new_state["decay"]
+            if wrong == "shape":
+                decay = ops.concatenate([decay, decay])
+            else:
+                decay = ops.cast(decay, "int32")
+            return outputs, {"total": new_state["total"], "decay": decay}
+
+    layer = Broken()
+    layer.build((B, L, E))
+    layer.set_state({"total": np.full((B, E), 3.0, "float32"), "decay": np.ones(B, "float32")})
+    before = _states_np(layer.get_state())
+    error = ValueError if wrong == "shape" else TypeError
+    with pytest.raises(error, match=r"new_state\['decay'\]"):
+        layer(_inputs(0))
+    _assert_states_equal(before, layer.get_state())
+
+
 def test_explicit_path_refuses_non_finite_state():
     layer = _filled_ltm()
     state = _states_np(layer.get_state())

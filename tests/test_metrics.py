@@ -67,3 +67,28 @@ def test_bits_per_byte_with_token_lengths(rng):
 def test_bad_token_lengths():
     with pytest.raises(ValueError, match="token_lengths"):
         kif.metrics.BitsPerToken(token_lengths=[1.0, 0.0])
+
+
+def test_token_lengths_shorter_than_the_vocabulary_are_refused(rng):
+    """Issue 23 item 17: a short table reported 0.0 bits, no error."""
+    logits, targets, weights = _padded_batch(rng)
+    vocabulary = logits.shape[-1]
+    metric = kif.metrics.BitsPerToken(token_lengths=[1.0] * (vocabulary - 2))
+    with pytest.raises(ValueError, match=rf"vocabulary_size={vocabulary}.*{vocabulary - 2} token_lengths"):
+        metric.update_state(targets, logits, weights)
+    assert float(metric.total_units.value) == 0.0 and float(metric.total_nats.value) == 0.0
+
+
+def test_reset_state_forgets_every_earlier_batch(rng):
+    """Issue 23 item 23: after `reset_state` a metric reports the next
+    batch alone (NumPy reference), for both weighted metrics of ours."""
+    first, second = _padded_batch(rng), _padded_batch(rng)
+    logits, targets, weights = second
+    lengths = np.arange(1.0, 6.0)
+    for metric in (kif.metrics.BitsPerToken(), kif.metrics.BitsPerToken(token_lengths=lengths)):
+        metric.update_state(first[1], first[0], first[2])
+        metric.reset_state()
+        metric.update_state(targets, logits, weights)
+        nats = _reference_nats(logits, targets, weights) * weights.sum()
+        units = weights.sum() if metric.token_lengths is None else (lengths[targets] * weights).sum()
+        np.testing.assert_allclose(float(metric.result()), nats / units / np.log(2), rtol=1e-5)

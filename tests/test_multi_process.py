@@ -189,6 +189,37 @@ def test_a_killed_process_stops_the_other_with_a_clear_error(tmp_path):
     assert not (tmp_path / "result_0.json").exists()
 
 
+def test_the_watchdog_spares_one_process_and_the_first_compilation():
+    """Issue 23 item 19: the watchdog ran for one process too, its clock
+    counting the imports and the first compilation (the default run took
+    62 s against `--timeout 60` and was killed)."""
+    import threading
+    import time
+
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    try:
+        import multi_process_train
+    finally:
+        sys.path.pop(0)
+    one = multi_process_train.parse_args(["--num-processes", "1", "--timeout", "0.01"])
+    threads = threading.active_count()
+    watchdog = multi_process_train.start_watchdog(one)
+    assert not isinstance(watchdog, multi_process_train.Watchdog)
+    assert threading.active_count() == threads
+    failures = []
+    watchdog = multi_process_train.Watchdog(
+        0.2, 0, startup_timeout=1.5, on_fail=lambda *args: failures.append(args)
+    )
+    time.sleep(0.8)  # Past `timeout`, within the first step's allowance.
+    assert not failures
+    watchdog.tick("step 0")
+    time.sleep(0.8)  # Past `timeout` after a finished step: stopped.
+    assert failures and "after step 0" in failures[0][1]
+    watchdog.stop()
+    two = multi_process_train.parse_args(["--num-processes", "2"])
+    assert two.startup_timeout >= 10 * two.timeout
+
+
 # -- in this process: the data side ------------------------------------------------
 
 

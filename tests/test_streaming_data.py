@@ -477,3 +477,34 @@ def test_pickles_for_worker_processes():
     np.testing.assert_array_equal(
         copy.get_batch(5)[0]["token_ids"], dataset.get_batch(5)[0]["token_ids"]
     )
+
+
+def test_a_single_string_is_refused_by_the_preprocessor():
+    """Issue 23 item 15: a str was read as a list of one-byte documents."""
+    from keras_infformer.models import InfiniteFormerCausalLMPreprocessor
+
+    preprocessor = InfiniteFormerCausalLMPreprocessor()
+    with pytest.raises(TypeError, match=r"list of strings.*'hello world'"):
+        preprocessor.streaming_dataset("hello world", batch_size=1, segment_length=4)
+    with pytest.raises(TypeError, match="list of strings"):
+        preprocessor.tokenize_documents("hello world")
+
+
+def test_empty_texts_keep_the_callers_document_indices():
+    """Issue 23 item 16: empty texts were dropped and `positions()` counted
+    documents in the filtered list."""
+    from keras_infformer.models import InfiniteFormerCausalLMPreprocessor
+
+    texts = ["", "first text", "", "", "the second", "x", ""]
+    preprocessor = InfiniteFormerCausalLMPreprocessor()  # Byte ids.
+    dataset = preprocessor.streaming_dataset(texts, batch_size=2, segment_length=4)
+    assert sorted(i for row in dataset.stream_documents for i in row) == [1, 4, 5]
+    seen = set()
+    for index in range(len(dataset)):
+        inputs, _, _ = dataset.get_batch(index)
+        document, offset = dataset.positions(index)
+        for b, i in zip(*np.nonzero(document >= 0)):
+            text = texts[document[b, i]].encode()
+            assert inputs["token_ids"][b, i] == text[offset[b, i]]
+            seen.add((int(document[b, i]), int(offset[b, i])))
+    assert seen == {(d, o) for d in (1, 4, 5) for o in range(len(texts[d]))}

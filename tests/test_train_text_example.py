@@ -45,7 +45,27 @@ def run(tmp_path_factory):
     ]
     if BACKEND != "torch":
         argv += ["--export-dir", str(base / "export")]
-    return dict(result=train_text.main(argv), base=base)
+    # What is on disk when generation starts (issue 23 item 13: generation
+    # came first and, when it failed, the trained model was never written).
+    import keras_infformer
+
+    on_disk = {}
+    generate = keras_infformer.InfiniteFormerCausalLM.generate
+
+    def spy(self, *args, **kwargs):
+        on_disk.setdefault("model", (base / "model.keras").exists())
+        on_disk.setdefault("export", bool(glob.glob(str(base / "export" / "*"))))
+        return generate(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras_infformer.InfiniteFormerCausalLM, "generate", spy)
+        result = train_text.main(argv)
+    return dict(result=result, base=base, on_disk=on_disk)
+
+
+def test_the_model_is_saved_before_generation(run):
+    assert run["on_disk"]["model"]
+    assert run["on_disk"]["export"] == (BACKEND != "torch")
 
 
 def _tags(directory):

@@ -546,6 +546,21 @@ class StreamingDataset(keras.utils.PyDataset):
             "`check_order=False`."
         )
 
+    def _renumber_documents(self, ids):
+        """Document `i` becomes `ids[i]` in `stream_documents` and
+        `positions()` (for a caller whose list held documents that were
+        not streamed, e.g. empty texts)."""
+        ids = np.asarray(ids, np.int64)
+        if ids.shape != (self.num_documents,):
+            raise ValueError(
+                f"`ids` must hold one index per document ({self.num_documents}). "
+                f"Received: ids of shape {ids.shape}"
+            )
+        self.stream_documents = [[int(ids[i]) for i in row] for row in self.stream_documents]
+        for starts in self._row_starts:
+            if len(starts):
+                starts[:, 1] = ids[starts[:, 1]]
+
     def get_batch(self, index):
         """Step `index` as `(inputs, targets, sample_weight)`, in any order.
 

@@ -43,7 +43,7 @@ def read_text_files(directory, max_files=None):
     ]
 
 
-def tokenize_documents(tokenizer, texts, append_id=None):
+def tokenize_documents(tokenizer, texts, append_id=None, keep_empty=False):
     """Each text as a 1-D int32 array of token ids (empty texts dropped).
 
     Args:
@@ -52,6 +52,8 @@ def tokenize_documents(tokenizer, texts, append_id=None):
         texts: list of str.
         append_id: optional int appended to every document (e.g. an end
             token, so that a model learns where documents stop).
+        keep_empty: bool. Keep an empty array for each empty text, so that
+            the i-th array is the i-th text's.
     """
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
         raise TypeError(
@@ -68,7 +70,7 @@ def tokenize_documents(tokenizer, texts, append_id=None):
         ids = np.asarray(_to_numpy(tokenizer(text)), dtype=np.int64).reshape(-1)
         if append_id is not None:
             ids = np.append(ids, int(append_id))
-        if ids.size:
+        if ids.size or keep_empty:
             documents.append(ids.astype(np.int32))
     return documents
 

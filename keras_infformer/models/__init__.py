@@ -1,5 +1,6 @@
 """Whole models: a keras-hub style backbone and causal LM, and their builder."""
 
+from keras_infformer.models.functional_memory_lm import FunctionalMemoryLM
 from keras_infformer.models.infinite_former_backbone import InfiniteFormerBackbone
 from keras_infformer.models.infinite_former_causal_lm import InfiniteFormerCausalLM
 from keras_infformer.models.infinite_former_causal_lm_preprocessor import (
@@ -13,6 +14,7 @@ from keras_infformer.models.pretrained_memory_causal_lm import PretrainedMemoryC
 from keras_infformer.models.streaming_causal_lm import StreamingCausalLM
 
 __all__ = [
+    "FunctionalMemoryLM",
     "InfiniteFormerBackbone",
     "InfiniteFormerCausalLM",
     "InfiniteFormerCausalLMPreprocessor",

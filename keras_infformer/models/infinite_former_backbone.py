@@ -252,7 +252,7 @@ class InfiniteFormerBackbone(_backbone_base()):
     def set_state(self, state):
         """Write a flat state dict into the variables (all or nothing)."""
         spec = self.state_spec(self.batch_size)
-        memory.check_state(state, spec)  # Errors name the flat keys.
+        memory.check_state(state, spec, float_only=True)  # Errors name the flat keys.
         nested = self._nested(state, spec)
         checked = [
             block._checked_state(nested[self._prefix(i)], "state")

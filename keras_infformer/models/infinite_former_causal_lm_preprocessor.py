@@ -25,6 +25,16 @@ def _preprocessor_base():
         return keras.layers.Layer
 
 
+def _check_texts(texts):
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, (list, tuple)):
+        raise TypeError(
+            "`texts` must be a list of strings, one document each (a single "
+            "document: `[text]`). Received: texts of type "
+            f"{type(texts).__name__}"
+            + (f" ({texts[:40]!r}...)" if isinstance(texts, (str, bytes)) else "")
+        )
+
+
 @keras.saving.register_keras_serializable(package="keras_infformer")
 class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
     """Text to token streams for an `InfiniteFormerCausalLM`, and back.
@@ -47,6 +57,11 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
             `generate()` can stop there). Defaults to `False`.
         pad_token_id: int. The id of padding. Defaults to the tokenizer's
             `pad_token_id`, else `0`.
+        sequence_length: optional int. The length of a training segment
+            (the model's `segment_length`), as keras-hub preprocessors
+            have one: the default `segment_length` of `streaming_dataset()`
+            and of `call()`, and the default padded length of
+            `generate_preprocess()`. Defaults to `None` (pass them).
         **kwargs: passed to `keras_hub.models.Preprocessor`.
 
     Examples:
@@ -64,8 +79,12 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
     ```
     """
 
-    def __init__(self, tokenizer=None, add_end_token=False, pad_token_id=None, **kwargs):
+    def __init__(
+        self, tokenizer=None, add_end_token=False, pad_token_id=None,
+        sequence_length=None, **kwargs,
+    ):
         super().__init__(**kwargs)
+        self.sequence_length = sequence_length
         if tokenizer is None:
             tokenizer = _keras_hub().tokenizers.ByteTokenizer(lowercase=False)
         if not callable(tokenizer) or not hasattr(tokenizer, "detokenize"):
@@ -85,16 +104,36 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
         self.pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
 
     @property
+    def sequence_length(self):
+        """The length of a training segment (see the class), or `None`."""
+        return self._sequence_length
+
+    @sequence_length.setter
+    def sequence_length(self, value):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
+        ):
+            raise ValueError(
+                "`sequence_length` must be a positive int or None. Received: "
+                f"sequence_length={value!r}"
+            )
+        self._sequence_length = None if value is None else int(value)
+
+    @property
     def end_token_id(self):
         return getattr(self.tokenizer, "end_token_id", None)
 
     def vocabulary_size(self):
         return int(self.tokenizer.vocabulary_size())
 
-    def tokenize_documents(self, texts):
-        """One int32 array of token ids per (non-empty) text."""
+    def tokenize_documents(self, texts, keep_empty=False):
+        """One int32 array of token ids per (non-empty) text; `keep_empty`:
+        an empty array for an empty text too (the i-th array is `texts[i]`'s)."""
+        _check_texts(texts)
         end = self.end_token_id if self.add_end_token else None
-        return text_utils.tokenize_documents(self.tokenizer, list(texts), end)
+        return text_utils.tokenize_documents(
+            self.tokenizer, list(texts), end, keep_empty=keep_empty
+        )
 
     def streaming_dataset(
         self, texts=None, batch_size=None, segment_length=None, directory=None, **kwargs
@@ -103,9 +142,11 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
 
         Args:
             texts: list of str, one document each (or `None` with
-                `directory`).
+                `directory`). Empty texts are skipped; document indices
+                (`positions()`, `stream_documents`) refer to this list.
             batch_size: int. Parallel streams (the model's batch size).
             segment_length: int. Tokens per segment (the model's).
+                Defaults to `sequence_length`.
             directory: str. Read every `.txt` file below it instead.
             **kwargs: passed to `StreamingDataset` (`pad_id` defaults to
                 this preprocessor's `pad_token_id`).
@@ -118,11 +159,21 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
             )
         if directory is not None:
             texts = text_utils.read_text_files(directory)
-        documents = self.tokenize_documents(texts)
-        if not documents:
+        _check_texts(texts)
+        documents = self.tokenize_documents(texts, keep_empty=True)
+        kept = [i for i, d in enumerate(documents) if len(d)]
+        if not kept:
             raise ValueError("Every text is empty: there is nothing to stream.")
         kwargs.setdefault("pad_id", self.pad_token_id)
-        return StreamingDataset(documents, batch_size, segment_length, **kwargs)
+        if segment_length is None:
+            segment_length = self.sequence_length
+        dataset = StreamingDataset(
+            [documents[i] for i in kept], batch_size, segment_length, **kwargs
+        )
+        # Empty texts are not streamed; document indices (`positions()`,
+        # `stream_documents`) still refer to the caller's list.
+        dataset._renumber_documents(kept)
+        return dataset
 
     def generate_preprocess(self, x, sequence_length=None):
         """Prompts to `{"token_ids", "padding_mask"}` of `sequence_length`.
@@ -137,7 +188,7 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
         ]
         longest = max(len(d) for d in documents) if documents else 0
         if sequence_length is None:
-            sequence_length = longest
+            sequence_length = self.sequence_length or longest
         if any(len(d) == 0 for d in documents):
             raise ValueError("A prompt is empty: generation needs at least one token.")
         if longest > sequence_length:
@@ -178,6 +229,8 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
         `t` is token `t + 1`. For streams longer than one segment use
         `streaming_dataset()`.
         """
+        if sequence_length is None:
+            sequence_length = self.sequence_length
         packed = self.generate_preprocess(x, None if sequence_length is None else sequence_length + 1)
         token_ids, mask = packed["token_ids"], packed["padding_mask"]
         inputs = {
@@ -189,6 +242,10 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
     def get_config(self):
         config = super().get_config()  # The tokenizer, serialised.
         config.update(
-            {"add_end_token": self.add_end_token, "pad_token_id": self.pad_token_id}
+            {
+                "add_end_token": self.add_end_token,
+                "pad_token_id": self.pad_token_id,
+                "sequence_length": self.sequence_length,
+            }
         )
         return config

@@ -11,6 +11,34 @@ def _keras_hub():
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
+class InfiniteFormerGPT2Backbone(_keras_hub().models.GPT2Backbone):
+    """A `keras_hub.models.GPT2Backbone` under a name of its own.
+
+    The `backbone_cls` of `InfiniteFormerGPT2CausalLM`. keras-hub's
+    `CausalLM.from_preset(preset)` picks, among the registered `CausalLM`
+    subclasses, one whose `backbone_cls` is the preset's backbone class
+    (from an unordered set when several match): with `GPT2Backbone` as our
+    `backbone_cls`, importing this package made a plain GPT-2 preset load
+    as our model at random. With this class, only keras-hub's
+    `GPT2CausalLM` matches a GPT-2 preset. It builds exactly a GPT-2
+    backbone (nothing is overridden); our model takes any `GPT2Backbone`.
+    """
+
+
+# Built-in GPT-2 presets listed by `InfiniteFormerGPT2CausalLM.presets` too.
+def _share_gpt2_presets():
+    from keras_hub.src.utils import preset_utils
+
+    presets = preset_utils.BUILTIN_PRESETS_FOR_BACKBONE
+    gpt2 = _keras_hub().models.GPT2Backbone
+    if gpt2 in presets:
+        presets.setdefault(InfiniteFormerGPT2Backbone, presets[gpt2])
+
+
+_share_gpt2_presets()
+
+
+@keras.saving.register_keras_serializable(package="keras_infformer")
 class InfiniteFormerGPT2CausalLM(PretrainedMemoryCausalLM):
     """A pretrained keras-hub GPT-2 with a continuous long-term memory.
 
@@ -81,6 +109,30 @@ class InfiniteFormerGPT2CausalLM(PretrainedMemoryCausalLM):
      - [Radford et al., 2019](https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf)
     """
 
-    backbone_cls = _keras_hub().models.GPT2Backbone
+    # Not `GPT2Backbone` itself: see `InfiniteFormerGPT2Backbone`.
+    backbone_cls = InfiniteFormerGPT2Backbone
     preprocessor_cls = _keras_hub().models.GPT2CausalLMPreprocessor
     wiring_cls = GPT2Wiring
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """This model from a keras-hub GPT-2 preset (a name such as
+        `"gpt2_base_en"` or a folder): GPT-2's backbone, weights and
+        preprocessor; or the whole model, from a preset saved with
+        `save_to_preset` (its `task.json` names this class). Memory settings
+        are keyword arguments.
+
+        (keras-hub's `CausalLM.from_preset` of any GPT-2 preset gives
+        `keras_hub.models.GPT2CausalLM`: this class is only chosen here.)
+        """
+        from keras_hub.src.utils import preset_utils
+
+        loader = preset_utils.get_preset_loader(preset)
+        backbone_cls = loader.check_backbone_class()
+        if not issubclass(backbone_cls, _keras_hub().models.GPT2Backbone):
+            raise ValueError(
+                f"{cls.__name__}.from_preset() needs a GPT-2 preset (a "
+                f"GPT2Backbone). Received: preset={preset!r}, whose backbone "
+                f"is a {backbone_cls.__name__}"
+            )
+        return loader.load_task(cls, load_weights, True, **kwargs)

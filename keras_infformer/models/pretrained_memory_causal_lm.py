@@ -228,7 +228,7 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
     def set_state(self, state):
         """Write a flat state dict into the variables (all or nothing)."""
         spec = self.state_spec(self.batch_size)
-        memory.check_state(state, spec)
+        memory.check_state(state, spec, float_only=True)
         nested = self._nested(state, lambda layer: layer.state_spec())
         checked = [
             layer._checked_state(nested[self._prefix(i)], "state")

@@ -16,7 +16,9 @@ leaves the model as it was:
   without consuming it) and then wrapped so that *every* batch is checked on
   the host before its step runs (`BatchChecker`): token ids an integer dtype,
   in `[0, vocabulary_size)`; shape `(batch_size, segment_length)`; `reset`
-  flags one per row, bool or 0/1. A refused batch raises a `ValueError`
+  flags one per row, bool or 0/1; targets (`y`, or a batch's second
+  element), when given, integer ids in `[0, vocabulary_size)` shaped as the
+  token ids (`check_targets`). A refused batch raises a `ValueError`
   (a `TypeError` for a wrong dtype) that names the batch, the value and the
   vocabulary size, before that batch's step: the weights and the memory are
   those left by the previous step. (On a JAX accelerator Keras fetches one
@@ -126,6 +128,68 @@ def check_token_ids(token_ids, vocabulary_size, segment_length, batch_size=None)
         )
 
 
+def check_targets(targets, vocabulary_size, token_ids=None, name="y", values=True):
+    """Validate next-token targets: integer ids in `[0, vocabulary_size)`,
+    shaped as `token_ids` (when given); `values=False`: dtype and shape
+    only (a tf.data pipeline checks the values in its graph).
+
+    Keras would take float targets, or ids out of the vocabulary, without
+    a word on JAX (such positions cost 0 and the weights are still updated),
+    and fail with a backend error on TensorFlow and PyTorch.
+
+    Raises:
+        ValueError: naming `name` and the value received.
+    """
+    if targets is None:
+        return
+    if not hasattr(targets, "shape"):
+        try:
+            targets = np.asarray(targets)
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"`{name}` (the next-token targets) must be an integer array. "
+                f"Received: {name} of type {type(targets).__name__}"
+            ) from None
+    dtype = keras.backend.standardize_dtype(targets.dtype)
+    if "int" not in dtype:
+        raise ValueError(
+            f"`{name}` (the next-token targets) must hold integer token ids "
+            f"in [0, vocabulary_size={vocabulary_size}). Received: "
+            f"{name}.dtype={dtype}"
+        )
+    if token_ids is not None and hasattr(token_ids, "shape"):
+        want, got = tuple(token_ids.shape), tuple(targets.shape)
+        if len(want) == 2 and (
+            len(got) != 2
+            or any(w is not None and g is not None and w != g for w, g in zip(want, got))
+        ):
+            raise ValueError(
+                f"`{name}` (the next-token targets) must have the shape of "
+                f"`token_ids`, {want}. Received: {name}.shape={got}"
+            )
+    if not values:
+        return
+    values = utils.concrete_value(targets)
+    if values is None or not values.size:
+        return
+    bad = (values < 0) | (values >= vocabulary_size)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"`{name}` (the next-token targets) must lie in [0, "
+            f"vocabulary_size={vocabulary_size}). Received a target "
+            f"{values[index]} at index {index} ({int(bad.sum())} target(s) "
+            "out of range in all)."
+        )
+
+
+def _targets_of(element):
+    """The targets of a batch element `(x, y[, sample_weight])`, or `None`."""
+    if isinstance(element, (tuple, list)) and len(element) > 1:
+        return element[1]
+    return None
+
+
 def validate_inputs(model, token_ids, reset, batch_size=None):
     """The checks of one input dict of `model` (its `call` and `step`).
 
@@ -196,6 +260,9 @@ class BatchChecker:
             return element
         try:
             self.check_inputs(inputs)
+            check_targets(
+                _targets_of(element), self.vocabulary_size, inputs["token_ids"]
+            )
         except (ValueError, TypeError) as error:
             raise type(error)(self.prefix(index) + str(error)) from None
         return element
@@ -301,6 +368,28 @@ class BatchChecker:
                             ],
                         )
                     )
+            targets = _targets_of(structure)
+            if targets is not None:
+                try:
+                    check_targets(
+                        targets, checker.vocabulary_size, token_ids, values=False
+                    )
+                except ValueError as error:
+                    raise ValueError(checker.prefix() + str(error)) from None
+                bad_target = tf.logical_or(
+                    targets < 0, targets >= checker.vocabulary_size
+                )
+                checks.append(
+                    tf.debugging.Assert(
+                        tf.logical_not(tf.reduce_any(bad_target)),
+                        [
+                            prefix + "`y` (the next-token targets) must lie in "
+                            f"[0, vocabulary_size={checker.vocabulary_size}). "
+                            "Received a target",
+                            tf.boolean_mask(targets, bad_target)[:1],
+                        ],
+                    )
+                )
             with tf.control_dependencies(checks):
                 inputs = dict(inputs, token_ids=tf.identity(token_ids))
             if isinstance(structure, dict):
@@ -409,6 +498,7 @@ def check_data(model, x, batch_size=None, argument="x"):
             model) at a step.
     """
     check_batch_size_argument(model, batch_size)
+    check_not_text(model, x, argument)
     checker = BatchChecker.for_model(model, argument)
     if isinstance(x, keras.utils.PyDataset):
         if x.num_batches == 0:
@@ -455,6 +545,30 @@ def check_data(model, x, batch_size=None, argument="x"):
     return x, batch_size
 
 
+def check_not_text(model, x, argument="x"):
+    """Raise a clear ValueError for texts (a str or a list of str) given to
+    `fit` / `evaluate` / `predict`: a memory model reads streams of
+    segments, in order, which texts become through the preprocessor."""
+    texts = None
+    if isinstance(x, str):
+        texts = [x]
+    elif isinstance(x, (list, tuple)) and x and all(isinstance(t, str) for t in x):
+        texts = list(x)
+    if texts is None:
+        return
+    sample = texts[0][:40]
+    raise ValueError(
+        f"`{argument}` holds text ({len(texts)} string(s), e.g. {sample!r}...). "
+        f"{type(model).__name__} keeps a memory per batch row and trains on "
+        "streams of segments read in order, not on independent strings: "
+        "turn the texts into a stream first, e.g. "
+        f"`stream = model.preprocessor.streaming_dataset(texts, "
+        f"batch_size={model.batch_size}, segment_length={model.segment_length})` "
+        "then pass `stream` instead (for `fit`, with "
+        "`keras_infformer.ResetMemory()` among the callbacks)."
+    )
+
+
 def check_validation_data(model, validation_data, batch_size=None):
     """`check_data` for `fit(validation_data=...)`: a dataset or generator,
     or a tuple `(x, y[, sample_weight])`. Returns the data to pass on."""
@@ -462,6 +576,11 @@ def check_validation_data(model, validation_data, batch_size=None):
         return None
     if isinstance(validation_data, (tuple, list)) and validation_data:
         checked, _ = check_data(model, validation_data[0], batch_size, "validation_data")
+        if len(validation_data) > 1 and isinstance(validation_data[0], dict):
+            check_targets(
+                validation_data[1], model.vocabulary_size,
+                validation_data[0].get("token_ids"), "validation_data[1]",
+            )
         return type(validation_data)((checked,) + tuple(validation_data[1:]))
     checked, _ = check_data(model, validation_data, batch_size, "validation_data")
     return checked
@@ -486,9 +605,10 @@ def check_fit_arguments(model, x, batch_size, args, kwargs):
     return x, batch_size, args, kwargs
 
 
-def check_batch(model, x, argument="x"):
+def check_batch(model, x, argument="x", y=None):
     """Check the one batch given to `train_on_batch` / `test_on_batch` /
-    `predict_on_batch`: exactly the model's batch size."""
+    `predict_on_batch`: exactly the model's batch size (and its targets
+    `y`, when given)."""
     inputs = _inputs_of(x)
     if inputs is None:
         return
@@ -497,6 +617,7 @@ def check_batch(model, x, argument="x"):
         checker.check_inputs(inputs)
     except (ValueError, TypeError) as error:
         raise type(error)(f"In `{argument}`: {error}") from None
+    check_targets(y, model.vocabulary_size, inputs["token_ids"])
 
 
 # -- errors raised inside TensorFlow's data pipeline --------------------------------

@@ -65,21 +65,31 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         `StreamingDataset`). `weighted_metrics="auto"`: accuracy,
         perplexity and bits per token, over real tokens only.
         `sampler`: a `keras_hub.samplers` name or instance for `generate()`.
+
+        On a compiled model, `compile(sampler=...)` alone (every other
+        argument left to its default) changes only the sampler: the
+        optimizer (with its state: iterations, moments, learning rate), the
+        loss and the metrics are kept, so a model trained with `fit` can
+        change how it generates and still resume training (or be saved
+        with its optimizer). Pass `optimizer=` (or any other argument) to
+        compile anew.
         """
+        self._check_sampler_argument(sampler)
+        if (
+            getattr(self, "compiled", False)
+            and getattr(self, "optimizer", None) is not None
+            and _is_auto(optimizer) and _is_auto(loss) and _is_auto(weighted_metrics)
+            and not kwargs
+        ):
+            self.sampler = _keras_hub().samplers.get(sampler)
+            self.generate_function = None  # Compiled for the old sampler.
+            return
         if optimizer == "auto":
             optimizer = keras.optimizers.Adam(1e-3, global_clipnorm=1.0)
         if loss == "auto":
             loss = metrics.masked_token_loss()
         if weighted_metrics == "auto":
             weighted_metrics = metrics.language_model_metrics()
-        if not isinstance(
-            _keras_hub().samplers.get(sampler), _keras_hub().samplers.Sampler
-        ):
-            raise ValueError(
-                "`sampler` must be a keras_hub.samplers name ('greedy', "
-                "'top_k', 'top_p', 'random', ...) or a Sampler instance. "
-                f"Received: sampler={sampler!r}"
-            )
         super().compile(
             optimizer=optimizer,
             loss=loss,
@@ -88,11 +98,40 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
             **kwargs,
         )
 
+    @staticmethod
+    def _check_sampler_argument(sampler):
+        try:
+            valid = isinstance(
+                _keras_hub().samplers.get(sampler), _keras_hub().samplers.Sampler
+            )
+        except (ValueError, TypeError):
+            valid = False
+        if not valid:
+            raise ValueError(
+                "`sampler` must be a keras_hub.samplers name ('greedy', "
+                "'top_k', 'top_p', 'random', ...) or a Sampler instance. "
+                f"Received: sampler={sampler!r}"
+            )
+
+    def get_compile_config(self):
+        # keras-hub keeps the sampler out of Keras' compile config; save it
+        # too, so that a loaded model generates as the saved one did.
+        config = super().get_compile_config()
+        sampler = getattr(self, "sampler", None)
+        if config and sampler is not None:
+            config = dict(config)
+            config["sampler"] = _keras_hub().samplers.serialize(sampler)
+        return config
+
     def compile_from_config(self, config):
         # Keras skips an overridden `compile()` when loading a `.keras` file;
         # compiling with what it saved lets a loaded model train on (with
         # its optimizer's saved variables) without a manual `compile()`.
+        config = dict(config)
+        sampler = config.pop("sampler", None)
         config = keras.saving.deserialize_keras_object(config)
+        if sampler is not None:
+            config["sampler"] = _keras_hub().samplers.deserialize(sampler)
         self.compile(**config)
         if self.built:
             self.optimizer.build(self.trainable_variables)
@@ -125,6 +164,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         x, batch_size, args, kwargs = stream_guards.check_fit_arguments(
             self, x, batch_size, args, kwargs
         )
+        self._check_targets(x, y)
         # keras.Model's fit, not keras-hub's: a stream is laid out across
         # batches, so no per-sample preprocessing may touch it.
         with stream_guards.refusals_as_errors():
@@ -133,6 +173,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
     def evaluate(self, x=None, y=None, batch_size=None, *args, **kwargs):
         if not kwargs.get("_use_cached_eval_dataset"):  # (Else fit's, checked.)
             x, batch_size = stream_guards.check_data(self, x, batch_size)
+            self._check_targets(x, y)
         with stream_guards.refusals_as_errors():
             return keras.Model.evaluate(self, x, y, batch_size, *args, **kwargs)
 
@@ -141,12 +182,19 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         with stream_guards.refusals_as_errors():
             return keras.Model.predict(self, x, batch_size, *args, **kwargs)
 
+    def _check_targets(self, x, y):
+        if y is not None:
+            token_ids = x.get("token_ids") if isinstance(x, dict) else None
+            stream_guards.check_targets(y, self.vocabulary_size, token_ids)
+
     def train_on_batch(self, x, *args, **kwargs):
-        stream_guards.check_batch(self, x)
+        y = args[0] if args else kwargs.get("y")
+        stream_guards.check_batch(self, x, y=y)
         return super().train_on_batch(x, *args, **kwargs)
 
     def test_on_batch(self, x, *args, **kwargs):
-        stream_guards.check_batch(self, x)
+        y = args[0] if args else kwargs.get("y")
+        stream_guards.check_batch(self, x, y=y)
         return super().test_on_batch(x, *args, **kwargs)
 
     def predict_on_batch(self, x):
@@ -227,7 +275,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         def record(logits_buffer, index, logits):
             if logits_buffer is None:
                 return None
-            return ops.slice_update(logits_buffer, [0, index, 0], logits[:, None, :])
+            return _write_logits(logits_buffer, index, logits[:, None, :])
 
         # 1. Mid-segment (a continued state): single tokens up to a boundary.
         def partial_cond(consumed, state, buffer):
@@ -240,7 +288,9 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
             logits, state = self.decode(token(consumed), state)
             return consumed + 1, state, record(buffer, consumed, logits)
 
-        # 2. Whole segments of prompt, teacher-forced, a segment per step.
+        # 2. Whole segments of prompt, teacher-forced, a segment per step
+        #    (none fits when `max_length` < `segment_length`: the loop is
+        #    left out, as JAX cannot even trace a slice longer than the ids).
         def segment_cond(consumed, state, buffer):
             at_boundary = ops.equal(ops.cast(state["position"][0], "int32"), 0)
             return ops.logical_and(at_boundary, consumed + length <= prompt_end - 1)
@@ -250,7 +300,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
             step_state = {k: state[k] for k in self.state_spec()}
             logits, step_state = self.step(segment, None, step_state)
             if buffer is not None:
-                buffer = ops.slice_update(buffer, [0, consumed, 0], logits)
+                buffer = _write_logits(buffer, consumed, logits)
             return consumed + length, self.decode_state(step_state), buffer
 
         loop_vars = (ops.convert_to_tensor(0, "int32"), state, collected)
@@ -262,16 +312,18 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
                 lambda c, s: partial_cond(c, s, None), partial, loop_vars,
                 maximum_iterations=length,
             )
-            consumed, state = ops.while_loop(
-                lambda c, s: segment_cond(c, s, None), whole, (consumed, state),
-            )
+            if total >= length:
+                consumed, state = ops.while_loop(
+                    lambda c, s: segment_cond(c, s, None), whole, (consumed, state),
+                )
         else:
             consumed, state, collected = ops.while_loop(
                 partial_cond, partial_body, loop_vars, maximum_iterations=length
             )
-            consumed, state, collected = ops.while_loop(
-                segment_cond, segment_body, (consumed, state, collected)
-            )
+            if total >= length:
+                consumed, state, collected = ops.while_loop(
+                    segment_cond, segment_body, (consumed, state, collected)
+                )
 
         # 3. The rest one token at a time; prompt tokens are kept as they
         #    are, the others sampled.
@@ -280,14 +332,18 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         def sample_cond(prompt, state, buffer, index):
             if stop_token_ids is None:
                 return ops.convert_to_tensor(True)
-            ends = _any_equal(prompt, stop_token_ids, ops.logical_not(padding_mask))
+            # Only generated positions count: the prompt's and those not
+            # written yet (padding, maybe a stop id itself) do not.
+            written = ops.arange(total)[None, :] < index
+            generated = ops.logical_and(ops.logical_not(padding_mask), written)
+            ends = _any_equal(prompt, stop_token_ids, generated)
             return ops.logical_not(ops.all(ops.any(ends, axis=-1)))
 
         def sample_body(prompt, state, buffer, index):
             previous = ops.slice(prompt, [0, index - 1], [batch, 1])
             logits, state = self.decode(previous, state)
             if buffer is not None:
-                buffer = ops.slice_update(buffer, [0, index - 1, 0], logits[:, None, :])
+                buffer = _write_logits(buffer, index - 1, logits[:, None, :])
             next_token = sampler.get_next_token(sampler.compute_probabilities(logits))
             next_token = ops.cast(next_token, prompt.dtype)
             keep = ops.slice(padding_mask, [0, index], [batch, 1])[:, 0]
@@ -314,19 +370,17 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
             ops.slice(token_ids, [0, index - 1], [batch, 1]), state
         )
         if collected is not None:
-            collected = ops.slice_update(collected, [0, index - 1, 0], logits[:, None, :])
+            collected = _write_logits(collected, index - 1, logits[:, None, :])
 
+        # Positions never reached (all rows stopped early) hold no token.
+        reached = ops.arange(total)[None, :] < index
         if stop_token_ids is not None:
-            ends = ops.cast(
-                _any_equal(token_ids, stop_token_ids, ops.logical_not(padding_mask)),
-                "int32",
-            )
+            generated = ops.logical_and(ops.logical_not(padding_mask), reached)
+            ends = ops.cast(_any_equal(token_ids, stop_token_ids, generated), "int32")
             after_end = ops.cumsum(ends, axis=-1) - ends
             padding_mask = ops.logical_not(ops.cast(after_end, "bool"))
         else:
             padding_mask = ops.ones_like(token_ids, dtype="bool")
-        # Positions never reached (all rows stopped early) hold no token.
-        reached = ops.arange(total)[None, :] < index
         padding_mask = ops.logical_and(padding_mask, reached)
         outputs = {"token_ids": token_ids, "padding_mask": padding_mask, "state": state}
         if collected is not None:
@@ -395,6 +449,11 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         token_ids = np.asarray(ops.convert_to_numpy(batch["token_ids"]))
         padding_mask = np.asarray(ops.convert_to_numpy(batch["padding_mask"])).astype(bool)
         lengths = padding_mask.sum(axis=1)
+        if token_ids.ndim == 2 and token_ids.shape[0] == 0:
+            raise ValueError(
+                "generate() needs at least one prompt. Received: token_ids of "
+                f"shape {token_ids.shape}"
+            )
         if token_ids.ndim != 2 or (lengths == 0).any():
             raise ValueError(
                 "Every prompt needs at least one token. Received prompt "
@@ -414,16 +473,28 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         else:
             memory.check_state(state, self.decode_state_spec(rows), "state")
             positions = np.asarray(ops.convert_to_numpy(state["position"]))
+            bad = (
+                (positions != np.round(positions))
+                | (positions < 0)
+                | (positions >= self.segment_length)
+            ) if positions.dtype.kind in "iuf" else np.ones(positions.shape, bool)
+            if bad.any():
+                raise ValueError(
+                    "`state['position']` must hold whole numbers in [0, "
+                    f"segment_length={self.segment_length}) (the next token's "
+                    "position in its segment). Received: "
+                    f"state['position']={positions.tolist()}"
+                )
             if positions.size and not (positions == positions[0]).all():
                 raise ValueError(
                     "Every row of a decoding `state` must be at the same "
                     f"position of its segment. Received: position={positions.tolist()}"
                 )
-        if stop_token_ids == "auto":
+        if isinstance(stop_token_ids, str) and stop_token_ids == "auto":
             end = self._end_token_id()
             stop_token_ids = None if end is None else (int(end),)
         elif stop_token_ids is not None:
-            stop_token_ids = tuple(int(t) for t in stop_token_ids)
+            stop_token_ids = self._checked_stop_token_ids(stop_token_ids)
 
         step_inputs = {
             "token_ids": token_ids.astype("int32"),
@@ -451,6 +522,29 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         if return_logits:
             extras.append(np.asarray(ops.convert_to_numpy(outputs["logits"])))
         return (result, *extras) if extras else result
+
+    def _checked_stop_token_ids(self, stop_token_ids):
+        """`stop_token_ids` as a non-empty tuple of ids in the vocabulary."""
+        message = (
+            "`stop_token_ids` must be 'auto', None (no stop token) or a "
+            "non-empty sequence of integer token ids in [0, vocabulary_size="
+            f"{self.vocabulary_size}). Received: stop_token_ids={stop_token_ids!r}"
+        )
+        if isinstance(stop_token_ids, (int, np.integer)) and not isinstance(
+            stop_token_ids, (bool, np.bool_)
+        ):
+            stop_token_ids = (stop_token_ids,)
+        try:
+            ids = np.asarray(stop_token_ids)
+        except (ValueError, TypeError):
+            raise ValueError(message) from None
+        if (
+            isinstance(stop_token_ids, (str, bytes, dict))
+            or ids.ndim != 1 or ids.size == 0 or ids.dtype.kind not in "iu"
+            or (ids < 0).any() or (ids >= self.vocabulary_size).any()
+        ):
+            raise ValueError(message)
+        return tuple(int(t) for t in ids)
 
     # -- text: what a subclass with another kind of preprocessor overrides --
 
@@ -484,7 +578,32 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
                     "{'token_ids', 'padding_mask'} or an int array. Received "
                     f"keys {sorted(inputs)}"
                 )
-            return inputs
+            token_ids = np.asarray(ops.convert_to_numpy(inputs["token_ids"]))
+            padding_mask = np.asarray(ops.convert_to_numpy(inputs["padding_mask"]))
+            if token_ids.ndim == 1 and padding_mask.ndim == 1:  # One prompt.
+                token_ids, padding_mask = token_ids[None], padding_mask[None]
+            if token_ids.ndim != 2 or token_ids.shape[1] == 0:
+                raise ValueError(
+                    "`inputs['token_ids']` must have shape (batch, max_length). "
+                    f"Received: inputs['token_ids'].shape={token_ids.shape}"
+                )
+            if padding_mask.shape != token_ids.shape:
+                raise ValueError(
+                    "`inputs['padding_mask']` must have the shape of "
+                    f"`inputs['token_ids']`, {token_ids.shape}. Received: "
+                    f"inputs['padding_mask'].shape={padding_mask.shape}"
+                )
+            if token_ids.dtype.kind not in "iu":
+                raise TypeError(
+                    "`inputs['token_ids']` must hold integer token ids. "
+                    f"Received: inputs['token_ids'].dtype={token_ids.dtype}"
+                )
+            if padding_mask.dtype.kind != "b" and not np.isin(padding_mask, (0, 1)).all():
+                raise ValueError(
+                    "`inputs['padding_mask']` must hold booleans (or 0/1). "
+                    f"Received: inputs['padding_mask'] of dtype {padding_mask.dtype}"
+                )
+            return {"token_ids": token_ids, "padding_mask": padding_mask.astype(bool)}
         prompts = np.asarray(inputs)
         if prompts.ndim == 1:
             prompts = prompts[None, :]
@@ -514,12 +633,22 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
 
 
 
+def _is_auto(value):
+    return isinstance(value, str) and value == "auto"
+
+
 def _any_equal(inputs, values, padding_mask):
-    """Where `inputs` equals any of `values`, outside the prompt."""
+    """Where `inputs` equals any of `values`, where `padding_mask` is True."""
     output = ops.equal(inputs, values[0])
     for value in values[1:]:
         output = ops.logical_or(output, ops.equal(inputs, value))
     return ops.logical_and(output, padding_mask)
+
+
+def _write_logits(buffer, index, logits):
+    """`logits` `(B, n, V)` written into the float32 `buffer` at `index`
+    (under a mixed policy the model computes them in bfloat16)."""
+    return ops.slice_update(buffer, [0, index, 0], ops.cast(logits, buffer.dtype))
 
 
 def _drop_buffer(loop_vars):
