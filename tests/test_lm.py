@@ -469,3 +469,29 @@ def test_sticky_model_is_traced_once_not_at_every_batch(monkeypatch, sticky_mode
     # call runs each block's step once, and nothing more.
     per_call = 0 if keras.backend.backend() != "torch" else 2  # 2 blocks
     assert len(traces) - warm == 3 * 2 * per_call, traces[warm:]
+
+
+def test_same_seed_lm_starts_as_its_transformer_xl():
+    """The README's promise at model level: built after the same
+    `set_random_seed`, `InfiniteFormerLM` with the default silent memory
+    and its Transformer-XL (`use_long_term_memory=False`) give the same
+    logits on every segment of a stream, while the ∞-former's memory
+    fills; with the paper's initialisation (`zero_memory_output=False`)
+    the memory changes the logits from the third segment on."""
+    infinite = _lm(seed=11)
+    xl = _lm(seed=11, use_long_term_memory=False)
+    paper = _lm(seed=11, zero_memory_output=False)
+    rng = np.random.default_rng(4)
+    no_reset = np.zeros((BATCH,), bool)
+    gaps = []
+    for _ in range(4):
+        tokens = rng.integers(0, VOCAB, (BATCH, SEGMENT)).astype("int32")
+        batch = {"token_ids": tokens, "reset": no_reset}
+        reference = _np(xl.predict_on_batch(batch))
+        np.testing.assert_allclose(
+            _np(infinite.predict_on_batch(batch)), reference, rtol=0, atol=1e-6
+        )
+        gaps.append(np.abs(_np(paper.predict_on_batch(batch)) - reference).max())
+    # Segments 0 and 1 read an empty LTM (segment 0 is in the STM at 1).
+    assert gaps[0] < 1e-6 and gaps[1] < 1e-6
+    assert gaps[2] > 1e-4 and gaps[3] > 1e-4
