@@ -134,14 +134,10 @@ class AttentionDensityImages(keras.callbacks.Callback):
     every summary written at the end of an epoch whose last batch is not a
     multiple of `update_freq` is dropped silently, its own epoch scalars
     included (tensorflow/tensorflow#49109). This callback writes its images
-    under `record_if(True)`, and, at the last batch of each epoch, switches
-    that condition of Keras' TensorBoard on until its next batch (when
-    Keras replaces it anyway), so that Keras' epoch scalars are written too,
-    whatever the order of the two callbacks. A side effect: when this
-    callback comes first in the list, the batch scalars of each epoch's last
-    batch are written as well. Where this cannot be done (the number of
-    steps per epoch unknown, a TensorFlow without this internal state), a
-    warning says that Keras' epoch scalars may be missing.
+    under `record_if(True)`, so they are never dropped, and warns once when
+    it finds such a condition active: Keras' epoch scalars are then
+    missing (use `update_freq="epoch"` or one that divides the steps per
+    epoch). It does not change Keras' own condition.
 
     With matplotlib installed, the images are labelled figures
     (`density_figure`, `sticky_histogram_figure`): one panel per head for
@@ -253,11 +249,6 @@ class AttentionDensityImages(keras.callbacks.Callback):
             return self.compute_images()
         return self.compute_figures()
 
-    def on_train_batch_end(self, batch, logs=None):
-        steps = (self.params or {}).get("steps")
-        if steps and batch + 1 >= steps:
-            _record_epoch_end_summaries()
-
     def on_epoch_end(self, epoch, logs=None):
         # TensorBoard files are written with tf.summary, whatever the backend.
         import tensorflow as tf
@@ -284,27 +275,3 @@ class AttentionDensityImages(keras.callbacks.Callback):
                     tf.summary.image(name, image, step=epoch)
         self._writer.flush()
 
-
-def _record_epoch_end_summaries():
-    """Lift the `record_if` of `keras.callbacks.TensorBoard(update_freq=N)`
-    until its next batch, so that epoch-end summaries are written.
-
-    Keras' TensorBoard enters `record_if(should_record)` (a closure of its
-    `_push_writer`) at every batch and leaves it at the next batch or at
-    the end of training, restoring what was there before. Replacing the
-    condition inside that context (and only when it is that closure)
-    leaves everything as it was once Keras leaves the context. Returns
-    whether the condition was lifted.
-    """
-    try:
-        from tensorflow.python.ops import summary_ops_v2
-    except ImportError:  # pragma: no cover - TensorFlow is a dependency
-        return False
-    state = getattr(summary_ops_v2, "_summary_state", None)
-    condition = getattr(state, "is_recording", None)
-    if not callable(condition) or not getattr(
-        condition, "__qualname__", ""
-    ).startswith("TensorBoard._push_writer."):
-        return False
-    state.is_recording = True
-    return True

@@ -59,33 +59,35 @@ def _events(directory):
 
 @pytest.mark.parametrize("density_first", [True, False], ids=["ours_first", "tb_first"])
 @pytest.mark.parametrize("update_freq", ["epoch", 50])
-def test_images_and_epoch_scalars_with_any_update_freq(
-    tmp_path, update_freq, density_first
-):
-    """Defect 11 of issue 12: with update_freq=50 the density images (and
-    Keras' epoch scalars) were silently dropped."""
+def test_images_are_written_with_any_update_freq(tmp_path, update_freq, density_first):
+    """Defect 11 of issue 12: with update_freq=50 the density images were
+    silently dropped. They are written whatever Keras' TensorBoard
+    condition is; Keras' own epoch scalars are its business (issue 24: no
+    patch of TensorFlow's private summary state): with update_freq=50 and
+    3 steps per epoch they are dropped (tensorflow/tensorflow#49109), and
+    this callback says so once."""
     dataset = _dataset()
     log_dir = str(tmp_path)
     tensorboard = keras.callbacks.TensorBoard(log_dir, update_freq=update_freq)
     images = AttentionDensityImages(log_dir, _segments(dataset))
     callbacks = [images, tensorboard] if density_first else [tensorboard, images]
     model = _model()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)  # no warning needed here
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
         warnings.filterwarnings("ignore", message=".*[Ii]nput.*")
         model.fit(dataset, epochs=2, shuffle=False, callbacks=callbacks, verbose=0)
+    ours = [w for w in caught if "49109" in str(w.message)]
 
     densities = _events(os.path.join(log_dir, "densities"))
     for tag in ("layer_0/ltm_attention_density", "layer_0/sticky_histogram"):
         assert densities.get(tag) == [0, 1], (tag, densities)
     train = _events(os.path.join(log_dir, "train"))
-    assert train.get("epoch_loss") == [0, 1], train
-    assert train.get("epoch_learning_rate") == [0, 1], train
-    if update_freq == 50:
-        # Batch scalars still follow update_freq (6 batches, none at 50),
-        # but for the documented side effect: with AttentionDensityImages
-        # first, each epoch's last batch (3 and 6) is written too.
-        assert train.get("batch_loss", []) == ([3, 6] if density_first else [])
+    if update_freq == "epoch":
+        assert not ours
+        assert train.get("epoch_loss") == [0, 1], train
+    elif density_first:
+        # Keras' condition is already active at our epoch end: the warning.
+        assert len(ours) == 1, [str(w.message) for w in caught]
     # Nothing is left switched on or off after training.
     import tensorflow as tf
 
@@ -95,9 +97,9 @@ def test_images_and_epoch_scalars_with_any_update_freq(
 
 
 def test_user_record_if_is_respected_but_images_are_written(tmp_path):
-    """Only Keras' TensorBoard condition is ever lifted; under another
-    `record_if(False)` the images are still written, with a warning that
-    epoch-end summaries are being dropped."""
+    """Under a user's `record_if(False)` the images are still written, with
+    a warning that epoch-end summaries are being dropped, and the user's
+    condition is left as it was."""
     import tensorflow as tf
 
     dataset = _dataset()
@@ -107,8 +109,6 @@ def test_user_record_if_is_respected_but_images_are_written(tmp_path):
     user_writer = tf.summary.create_file_writer(str(tmp_path / "user"))
     condition = lambda: False  # noqa: E731
     with user_writer.as_default(), tf.summary.record_if(condition):
-        images.on_train_batch_end(2)
-        assert not bool(tf.summary.should_record_summaries())
         with pytest.warns(UserWarning, match=r"update_freq.*49109"):
             images.on_epoch_end(0)
         assert not bool(tf.summary.should_record_summaries())
