@@ -377,7 +377,10 @@ def _other_preset(family, tmp_path):
     reason="the served graph is traced by TensorFlow from any backend; tested "
     "once here, under TF (as tests/test_gpt2.py does)",
 )
-@pytest.mark.parametrize("name", NAMES)
+# Gemma (sliding window under a traced cache index, soft-caps, post-norms)
+# and Qwen3 (Llama's layer plus the q-norm) cover Llama's path too; each
+# export costs ~17 s of tracing.
+@pytest.mark.parametrize("name", ["gemma", "qwen3"])
 def test_export_and_tensorflow_reload_equal_the_keras_model(awake, name, tmp_path):
     import tensorflow as tf
 
