@@ -118,6 +118,12 @@ class RotaryDecoderWiring(BackboneWiring):
     `None`: any `segment_length` is accepted (the pretrained context length
     is a sensible bound, not an enforced one).
 
+    The attention layer is called whole, so it projects its query itself
+    and `_memory_query` projects it again for the memory: one extra
+    `hidden_dim x heads * head_dim` matmul per layer, the price of never
+    copying keras-hub's attention code (fused kernels, soft-caps, sliding
+    windows stay keras-hub's and exact).
+
     Args:
         backbone: the family's `keras_hub.models` backbone.
     """
