@@ -464,3 +464,72 @@ def test_a_moved_keras_hub_attribute_fails_loudly():
         for parts in wiring._parts:
             for role in ("attention_norm", "attention", "query", "ffn_norm", "gate", "up", "down"):
                 assert isinstance(parts[role], keras.layers.Layer), (family, role)
+
+
+# -- the memory does something: a far key ----------------------------------------------------
+
+
+KEYS = np.arange(10, 18)
+QUERY = 5
+
+
+def _recall_batch(rng, rows, vocabulary):
+    """Segment 0: a key repeated; segment 1: filler, then the query token,
+    whose target is the key (the only weighted position)."""
+    keys = rng.choice(KEYS, size=rows)
+    first = np.repeat(keys[:, None], SEGMENT, axis=1).astype("int32")
+    second = rng.integers(30, vocabulary, size=(rows, SEGMENT)).astype("int32")
+    second[:, -1] = QUERY
+    targets = np.zeros((rows, SEGMENT), "int32")
+    targets[:, -1] = keys
+    weights = np.zeros((rows, SEGMENT), "float32")
+    weights[:, -1] = 1.0
+    return first, second, targets, weights
+
+
+def _answer_loss(logits, keys):
+    logits = logits[:, -1].astype("float64")
+    logits -= logits.max(axis=-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    return float(-log_probs[np.arange(len(keys)), keys].mean())
+
+
+def test_qwen3_with_memory_beats_the_same_backbone_without_on_a_far_key():
+    """One family here (runtime; Qwen3 has the longest memory-query path,
+    q-norm included); all three, longer: benchmarks/pretrained_far_key.py.
+    Both fine-tune every weight on the same batches; keras-hub's own
+    `Qwen3CausalLM` is the model without memory."""
+    rows, steps, vocabulary = 16, 40, 64
+    keras.utils.set_random_seed(8)
+    backbone = keras_hub.models.Qwen3Backbone(
+        **dict(COMMON, head_dim=8, vocabulary_size=vocabulary)
+    )
+    plain_backbone = keras_hub.models.Qwen3Backbone.from_config(backbone.get_config())
+    plain_backbone.set_weights(backbone.get_weights())
+    model = _model(FAMILIES["qwen3"], backbone, batch_size=rows, sticky_memories=False)
+    plain = keras_hub.models.Qwen3CausalLM(plain_backbone, preprocessor=None)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    plain.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    rng = np.random.default_rng(4)
+    reset = np.ones((rows,), bool)
+    for _ in range(steps):
+        first, second, targets, weights = _recall_batch(rng, rows, vocabulary)
+        model({"token_ids": first, "reset": reset})  # Into the memory.
+        model.train_on_batch({"token_ids": second, "reset": ~reset}, targets, sample_weight=weights)
+        plain.train_on_batch(
+            {"token_ids": second, "padding_mask": np.ones_like(second)},
+            targets, sample_weight=weights,
+        )
+    first, second, targets, _ = _recall_batch(np.random.default_rng(99), 64, vocabulary)
+    state = model.get_initial_state(64)
+    _, state = model.step(first, None, state)
+    with_memory, _ = model.step(second, None, state)
+    without = plain({"token_ids": second, "padding_mask": np.ones_like(second)})
+    loss_memory = _answer_loss(to_numpy(with_memory), targets[:, -1])
+    loss_plain = _answer_loss(to_numpy(without), targets[:, -1])
+    # Without memory the key is a guess among 8 (log 8 = 2.08 at best).
+    print(f"far-key loss: memory {loss_memory:.3f}, no memory {loss_plain:.3f}")
+    assert loss_memory < loss_plain - 0.8, (loss_memory, loss_plain)
