@@ -366,6 +366,39 @@ def test_presets_plain_and_ours(awake, name, tmp_path):
         family.model_cls.from_preset(_other_preset(other, tmp_path))
 
 
+MERGES = ["Ġ t", "h e", "Ġt he", "Ġ a", "i n", "Ġa n", "e r"]
+
+
+def _qwen3_tokenizer():
+    # A byte-level BPE (Qwen3's kind): printable bytes stand for themselves,
+    # the others for code points from 256 up (space is "Ġ").
+    printable = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
+    shifted = iter(range(256, 512))
+    symbols = [chr(b) if b in printable else chr(next(shifted)) for b in range(256)]
+    merged = ["".join(merge.split(" ")) for merge in MERGES]
+    vocabulary = {token: i for i, token in enumerate(symbols + merged)}
+    for special in ("<|im_end|>", "<|endoftext|>"):
+        vocabulary[special] = len(vocabulary)
+    return keras_hub.models.Qwen3Tokenizer(vocabulary=vocabulary, merges=MERGES)
+
+
+def test_a_qwen3_preset_with_a_tokenizer_generates_text(tmp_path):
+    """keras-hub's preset loading brings the family's preprocessor along;
+    `generate()` then takes and returns text."""
+    preset = str(tmp_path / "qwen3_with_tokenizer")
+    _backbone(FAMILIES["qwen3"], seed=9).save_to_preset(preset)
+    keras_hub.models.Qwen3CausalLMPreprocessor(
+        _qwen3_tokenizer(), sequence_length=16
+    ).save_to_preset(preset)
+    model = InfiniteFormerQwen3CausalLM.from_preset(
+        preset, segment_length=SEGMENT, batch_size=1, num_basis=16, num_bins=16
+    )
+    assert isinstance(model.preprocessor, keras_hub.models.Qwen3CausalLMPreprocessor)
+    model.compile(sampler="greedy")
+    text = model.generate(["the cat in the"], max_length=20)
+    assert isinstance(text[0], str) and text[0].startswith("the cat in the")
+
+
 def _other_preset(family, tmp_path):
     preset = str(tmp_path / f"other_{family.name}")
     _backbone(family, seed=11).save_to_preset(preset)
