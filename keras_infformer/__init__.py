@@ -20,7 +20,10 @@ from keras_infformer.memory import reset_memory
 from keras_infformer.models import InfiniteFormerBackbone
 from keras_infformer.models import InfiniteFormerCausalLM
 from keras_infformer.models import InfiniteFormerCausalLMPreprocessor
+from keras_infformer.models import InfiniteFormerGemmaCausalLM
 from keras_infformer.models import InfiniteFormerGPT2CausalLM
+from keras_infformer.models import InfiniteFormerLlamaCausalLM
+from keras_infformer.models import InfiniteFormerQwen3CausalLM
 from keras_infformer.models import InfiniteFormerLM
 
 __version__ = "0.1.0"

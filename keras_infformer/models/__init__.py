@@ -10,6 +10,11 @@ from keras_infformer.models.infinite_former_gpt2_causal_lm import (
     InfiniteFormerGPT2CausalLM,
 )
 from keras_infformer.models.infinite_former_lm import InfiniteFormerLM
+from keras_infformer.models.infinite_former_rotary_causal_lm import (
+    InfiniteFormerGemmaCausalLM,
+    InfiniteFormerLlamaCausalLM,
+    InfiniteFormerQwen3CausalLM,
+)
 from keras_infformer.models.pretrained_memory_causal_lm import PretrainedMemoryCausalLM
 from keras_infformer.models.streaming_causal_lm import StreamingCausalLM
 
@@ -18,7 +23,10 @@ __all__ = [
     "InfiniteFormerBackbone",
     "InfiniteFormerCausalLM",
     "InfiniteFormerCausalLMPreprocessor",
+    "InfiniteFormerGemmaCausalLM",
     "InfiniteFormerGPT2CausalLM",
+    "InfiniteFormerLlamaCausalLM",
+    "InfiniteFormerQwen3CausalLM",
     "InfiniteFormerLM",
     "PretrainedMemoryCausalLM",
     "StreamingCausalLM",

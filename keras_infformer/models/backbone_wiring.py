@@ -27,12 +27,13 @@ output before the residual. `read` starts at zero (the memory's output
 projection is zero), so a wiring that computes the pretrained layer
 exactly gives the pretrained model exactly.
 
-Adding a decoder (e.g. Llama or Gemma, with rotary positions and an own
-cache layout) means writing one subclass: the four methods, the sizes
+Adding a decoder means writing one subclass: the four methods, the sizes
 (`num_layers`, `hidden_dim`, `num_heads`, `head_dim`, `vocabulary_size`,
-`max_length`) and `backbone_cls`; then a model class is
-`class InfiniteFormerLlamaCausalLM(PretrainedMemoryCausalLM)` with
-`wiring_cls`, `backbone_cls` and `preprocessor_cls` set.
+`max_length`) and `backbone_cls`; then a model class is a
+`PretrainedMemoryCausalLM` subclass with `wiring_cls`, `backbone_cls` and
+`preprocessor_cls` set. Rotary, grouped-query decoders (Llama, Gemma,
+Qwen3) share `keras_infformer.models.rotary_wiring.RotaryDecoderWiring`,
+where a family is a few overrides; docs/new_decoder.md is the recipe.
 """
 
 from keras import ops
