@@ -16,7 +16,8 @@ process, alternating round by round:
   vocabulary 50257; segment 512, N = M = 512, sticky, every weight trained,
   batch 8), against keras-hub's plain `GPT2CausalLM` over the same shape.
 
-Per system: median step time (a round's `fit` wall time over its steps),
+Per system: median step time (per round, from the end of `fit`'s first
+step to the end of its last, waiting for the loss at both),
 tokens/s, the median of the per-round ratios to the baseline, the last loss,
 and the model FLOPs utilisation: FLOPs per token (an estimate, see
 `flops_per_token`) × tokens/s over the device's bf16 dense peak (from
@@ -86,7 +87,7 @@ QUICK_GPT2 = dict(
     intermediate_dim=64, max_sequence_length=32,
 )
 QUICK_GPT2_MEMORY = dict(segment_length=16, batch_size=2, num_basis=8, num_samples=8)
-QUICK_SCHEDULE = dict(warmup_steps=1, rounds=2, steps_per_round=2)
+QUICK_SCHEDULE = dict(warmup_steps=2, rounds=2, steps_per_round=3)
 
 
 def peak_flops(device_name):
@@ -265,6 +266,34 @@ def _build_pair(pair, quick, jit_compile):
     return systems, data, dict(config=config, batch=batch, length=length, flop_shape=flop_shape)
 
 
+def _step_timer_class():
+    import keras
+
+    class StepTimer(keras.callbacks.Callback):
+        """Waits for the loss after the first and the last step of a `fit`
+        (steps are dispatched asynchronously) and times the steps between."""
+
+        def __init__(self, steps):
+            super().__init__()
+            self.steps, self.marks = steps, {}
+
+        def on_train_batch_end(self, batch, logs=None):
+            if batch in (0, self.steps - 1):
+                float(logs["loss"])  # Synchronises: the step has finished.
+                self.marks[batch] = time.perf_counter()
+
+        def seconds_per_step(self):
+            if self.steps < 2:
+                raise ValueError(f"Time at least 2 steps per round. Received: {self.steps}")
+            return (self.marks[self.steps - 1] - self.marks[0]) / (self.steps - 1)
+
+    return StepTimer
+
+
+def _StepTimer(steps):
+    return _step_timer_class()(steps)
+
+
 def _run_pair(pair, quick, schedule, peak):
     jit_compile = True
     systems, data, info = _build_pair(pair, quick, jit_compile)
@@ -272,14 +301,15 @@ def _run_pair(pair, quick, schedule, peak):
     num_layers, hidden_dim = info["flop_shape"]
 
     def fit(name, steps, first=False):
+        """Seconds per step from the end of the first step to the end of
+        the last (so `fit`'s set-up is left out), and the last loss."""
         system = systems[name]
         x, y = data(system["inputs"], steps, first)
-        start = time.perf_counter()
+        timer = _StepTimer(steps)
         history = system["model"].fit(
-            x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0
+            x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer]
         )
-        seconds = time.perf_counter() - start  # `fit` returns synchronised losses.
-        return seconds / steps, float(history.history["loss"][-1])
+        return timer.seconds_per_step(), float(history.history["loss"][-1])
 
     compile_seconds = {}
     for name in systems:  # Compilation and the first steps: not timed.
