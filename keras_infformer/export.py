@@ -774,6 +774,7 @@ def read_warmup_requests(path):
 
     from keras_infformer.export import read_warmup_requests
 
+    path = "saved_models/lm/1"
     served = tf.saved_model.load(path)
     for _, signature, inputs in read_warmup_requests(path):
         served.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
