@@ -26,7 +26,14 @@ Writes `benchmarks/results/gpu_check.json`.
 
     python benchmarks/gpu_check.py              # needs a GPU; both backends
     make gpu-check                              # the same
+    python benchmarks/gpu_check.py --backends jax   # one backend (a short slot);
+    python benchmarks/gpu_check.py --backends tensorflow   # merged into the JSON
     python benchmarks/gpu_check.py --quick      # tiny shapes on the CPU (smoke test)
+
+Each backend runs in its own process, allowed `--timeout` seconds (570 by
+default, so that one backend fits a 10-minute slot; the time it needs on a
+GPU has not been measured). A GPU run merges its backends into an existing
+`gpu_check.json`, each backend's entry with its own device and date.
 
 Without a GPU (and without `--quick`) it refuses (exit status 2) and writes
 nothing: GPU numbers are never measured on a CPU. A backend whose framework
@@ -290,7 +297,7 @@ def _step_timer_class():
     return StepTimer
 
 
-def _StepTimer(steps):
+def _step_timer(steps):
     return _step_timer_class()(steps)
 
 
@@ -305,7 +312,7 @@ def _run_pair(pair, quick, schedule, peak):
         the last (so `fit`'s set-up is left out), and the last loss."""
         system = systems[name]
         x, y = data(system["inputs"], steps, first)
-        timer = _StepTimer(steps)
+        timer = _step_timer(steps)
         history = system["model"].fit(
             x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer]
         )
@@ -366,6 +373,7 @@ def child(args):
     schedule = QUICK_SCHEDULE if args.quick else SCHEDULE
     result = dict(
         backend=keras.backend.backend(), device_kind=kind, device_name=name,
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         peak_bf16_flops=peak, dtype_policy="mixed_bfloat16", jit_compile=True,
         schedule=schedule, keras=keras.__version__, pairs={},
     )
@@ -389,7 +397,7 @@ def main(argv=None):
     parser.add_argument("--out", default=None,
                         help=f"JSON path (default: {os.path.relpath(RESULTS, ROOT)}; "
                         "with --quick a temporary file)")
-    parser.add_argument("--timeout", type=float, default=900.0,
+    parser.add_argument("--timeout", type=float, default=570.0,
                         help="seconds allowed per backend process")
     parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -418,6 +426,12 @@ def main(argv=None):
         machine=dict(processor=platform.processor() or platform.machine(), cpus=os.cpu_count()),
         backends={},
     )
+    if os.path.exists(out) and not args.quick:
+        # One backend per call fits a short GPU slot: keep the others' results.
+        with open(out) as f:
+            previous = json.load(f)
+        if not previous.get("quick"):
+            record["backends"].update(previous.get("backends", {}))
     status = 0
     for backend in args.backends:
         with tempfile.TemporaryDirectory() as scratch:
