@@ -154,8 +154,8 @@ def export_for_serving(
             batch size; TF Serving replays them on loading the version, so
             the first real request at those batch sizes is as fast as the
             next ones). An XLA step is compiled per batch size: list the
-            ones clients send. `()` writes no warm-up file. Defaults to
-            `(1,)`.
+            ones clients send. `()` (or `None`) writes no warm-up file.
+            Defaults to `(1,)`.
         verbose: bool. Print the endpoints written. Defaults to `False`.
 
     Returns:
@@ -648,8 +648,8 @@ def _check_pure(concrete_function, tf):
 
 def _warmup_requests(model, functions, batch_sizes, tf):
     """`[(signature, inputs)]`: one valid request per signature and batch
-    size, in a client's order, each fed the previous one's state (empty
-    memory, token 0)."""
+    size, in a client's order, as at the start of a stream: the empty
+    memory (its decoding state for `decode_step`) and token 0."""
     requests = []
     for batch in batch_sizes:
         state = {k: v.numpy() for k, v in functions["initial_state"](tf.constant(batch)).items()}
@@ -684,7 +684,7 @@ def _tensor_proto(array, tf):
 
 # The protobuf messages of TF Serving (tensorflow_serving/apis/*.proto) are
 # encoded by hand, so that exporting needs no tensorflow-serving-api (which
-# pins TensorFlow's version): only these fields are written.
+# requires a TensorFlow at least as new as itself): only these fields.
 # PredictionLog.predict_log = 6; PredictLog.request = 1; PredictRequest
 # .model_spec = 1, .inputs = 2 (map<string, TensorProto>: key 1, value 2);
 # ModelSpec.name = 1, .signature_name = 3.
