@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import gpu_check  # noqa: E402
 
 
+@pytest.mark.slow  # About a minute: four tiny models compiled.
 @pytest.mark.skipif(
     BACKEND not in ("jax", "tensorflow"), reason="the GPU check runs JAX and TensorFlow"
 )
