@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BACKENDS := tensorflow jax torch
 
-.PHONY: install demo test bench bench-text bench-text-gpt2 bench-text-quick clean
+.PHONY: install demo test bench bench-text bench-text-gpt2 bench-text-quick gpu-check clean
 
 $(STAMP): pyproject.toml .ci/constraints.txt
 	python3 -m venv $(VENV)
@@ -38,6 +38,11 @@ bench-text-gpt2: $(STAMP)
 bench-text-quick: $(STAMP)
 	KERAS_BACKEND=jax $(PY) benchmarks/text_lm.py --quick --max-files 40 --corpus $(CORPUS) \
 	  --out /tmp/text_lm_quick.json --logdir /tmp/text_lm_quick_logs
+
+# Training throughput and MFU on a GPU, JAX and TensorFlow (refuses without
+# a GPU; `$(PY) benchmarks/gpu_check.py --quick` is the CPU smoke test).
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,6 +9,10 @@ Stream random segments and print the latency of each:
 
     python examples/serving_client.py --export-dir saved_models/lm
 
+On load the client sends one request per signature at its batch size (as TF
+Serving replays the export's warm-up file), so its first request is as fast
+as the next ones (`--no-warm-up` to see the cold first request).
+
 Generate text (a byte-level model, e.g. from `examples/train_text.py`): the
 prompt is read a segment per `serving_default` request, the rest of it and
 then every new token one per `decode_step` request (greedy):
@@ -69,6 +73,73 @@ def latest_version(export_dir):
     if not versions:
         raise SystemExit(f"No SavedModel version found under {export_dir!r}")
     return os.path.join(export_dir, max(versions, key=int))
+
+
+def warm_up(served, batch_sizes=(1,)):
+    """Run one request per signature and batch size, as TF Serving does with
+    the export's warm-up file, so that the next requests are warm.
+
+    The first call of a loaded signature builds its graph and, for an export
+    made with `jit_compile=True`, compiles the XLA step for that batch size
+    (seconds); later calls at the same batch size take milliseconds.
+
+    Args:
+        served: the loaded SavedModel (`tf.saved_model.load`).
+        batch_sizes: tuple of ints >= 1. The batch sizes to warm (an XLA
+            step is compiled per batch size). Defaults to `(1,)`.
+
+    Returns:
+        The seconds the warm-up took.
+    """
+    if not isinstance(batch_sizes, (tuple, list)) or any(
+        isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1
+        for b in batch_sizes
+    ):
+        raise ValueError(
+            "`batch_sizes` must be a tuple of ints >= 1. Received: "
+            f"batch_sizes={batch_sizes!r}"
+        )
+    signatures = served.signatures
+    step = signatures["serving_default"]
+    segment_length = step.structured_input_signature[1]["token_ids"].shape[1]
+    start = time.perf_counter()
+    for batch in batch_sizes:
+        state = signatures["initial_state"](batch_size=tf.constant(batch))
+        outputs = dict(
+            step(
+                token_ids=tf.zeros((batch, segment_length), tf.int32),
+                reset=tf.ones((batch,), tf.bool),
+                **state,
+            )
+        )
+        outputs.pop("logits").numpy()
+        if "decode_step" in signatures:
+            state = signatures["decode_state"](**state)
+            outputs = signatures["decode_step"](
+                token_ids=tf.zeros((batch, 1), tf.int32), **state
+            )
+            outputs["logits"].numpy()
+    return time.perf_counter() - start
+
+
+def load(export_dir, warm_up_batch_sizes=(1,)):
+    """Load an export's latest version (or the version given) and warm it up.
+
+    Args:
+        export_dir: str. The model base path (with version folders) or one
+            version folder.
+        warm_up_batch_sizes: tuple of ints >= 1. Batch sizes `warm_up` runs
+            (`()`: none, the first request then pays the compilation).
+            Defaults to `(1,)`.
+
+    Returns:
+        `(served, path)`: the loaded SavedModel and its version folder.
+    """
+    path = latest_version(export_dir)
+    served = tf.saved_model.load(path)
+    if warm_up_batch_sizes:
+        warm_up(served, warm_up_batch_sizes)
+    return served, path
 
 
 def generate(served, prompt_ids, max_new_tokens, stop_token_id=None):
@@ -166,10 +237,14 @@ def main():
         help="generate from this text instead (a byte-level model: ids are UTF-8 bytes)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--no-warm-up", action="store_true",
+        help="skip the warm-up requests at load (the first request then compiles)",
+    )
     args = parser.parse_args()
 
-    path = latest_version(args.export_dir)
-    served = tf.saved_model.load(path)
+    # Warm at the batch size this client sends, so its first request is fast.
+    served, path = load(args.export_dir, () if args.no_warm_up else (args.batch_size,))
     if args.prompt is not None:
         if "decode_step" not in served.signatures:
             raise SystemExit(f"{path} has no decode_step signature (export it again).")

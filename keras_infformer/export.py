@@ -30,6 +30,13 @@ So a client reads a long prompt a segment per request, turns the state into
 a decoding state, feeds the prompt's last partial segment and then each
 sampled token through `decode_step` (`examples/serving_client.py`).
 
+Warm-up. Each version also holds `assets.extra/tf_serving_warmup_requests`:
+one request per signature and warm-up batch size (empty memory, token 0),
+as `tensorflow.serving.PredictionLog` records in a TFRecord file. TF Serving
+replays them when it loads the version, before the version serves, so the
+first client request finds the graph built and, with `jit_compile=True`, the
+step compiled for that batch size (`read_warmup_requests` decodes them).
+
 The served graph is always traced by TensorFlow from the model's own Keras
 code, so it holds plain TensorFlow ops (and, with `jit_compile=True`, one
 XLA-compiled function) whichever backend the model was trained with. Under
@@ -68,6 +75,10 @@ _IMPURE_PREFIXES = (
     "RngReadAndSkip", "RngSkip", "StatefulUniform", "StatefulStandardNormal",
     "StatefulTruncatedNormal", "StatefulRandomBinomial",
 )
+# Where TF Serving looks for the requests it replays on loading a version.
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# The order the warm-up requests follow (a client's order too).
+_WARMUP_SIGNATURES = ("initial_state", "serving_default", "decode_state", "decode_step")
 _IMPURE_OPS = {
     "RandomUniform", "RandomUniformInt", "RandomStandardNormal",
     "TruncatedNormal", "ParameterizedTruncatedNormal", "Multinomial",
@@ -75,7 +86,10 @@ _IMPURE_OPS = {
 }
 
 
-def export_for_serving(model, export_dir, version=None, jit_compile=None, verbose=False):
+def export_for_serving(
+    model, export_dir, version=None, jit_compile=None, warmup_batch_sizes=(1,),
+    verbose=False,
+):
     """Write `model` as a TF Serving SavedModel under `export_dir/<version>/`.
 
     The layout is the one `tensorflow_model_server --model_base_path=
@@ -134,6 +148,14 @@ def export_for_serving(model, export_dir, version=None, jit_compile=None, verbos
             plain TensorFlow ops, which every TensorFlow Serving runs.
             Defaults to `None`: `True` when exporting from JAX, `False` from
             TensorFlow (what each backend has always written).
+        warmup_batch_sizes: tuple of ints >= 1. The batch sizes of the
+            warm-up requests written to `assets.extra/
+            tf_serving_warmup_requests` (one request per signature and
+            batch size; TF Serving replays them on loading the version, so
+            the first real request at those batch sizes is as fast as the
+            next ones). An XLA step is compiled per batch size: list the
+            ones clients send. `()` (or `None`) writes no warm-up file.
+            Defaults to `(1,)`.
         verbose: bool. Print the endpoints written. Defaults to `False`.
 
     Returns:
@@ -178,7 +200,14 @@ def export_for_serving(model, export_dir, version=None, jit_compile=None, verbos
             "`jit_compile` must be True, False or None. Received: "
             f"jit_compile={jit_compile!r}"
         )
+    warmup_batch_sizes = _check_warmup_batch_sizes(warmup_batch_sizes)
     version_dir = _version_dir(export_dir, version)
+    # Warm-up requests name the model as TF Serving does: its base folder.
+    model_name = os.path.basename(os.path.normpath(os.fspath(export_dir)))
+    options = dict(
+        jit_compile=jit_compile, warmup_batch_sizes=warmup_batch_sizes,
+        model_name=model_name, verbose=verbose,
+    )
 
     parent = os.path.dirname(version_dir)
     created = [] if os.path.isdir(parent) else [parent]
@@ -186,9 +215,9 @@ def export_for_serving(model, export_dir, version=None, jit_compile=None, verbos
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         if backend == "tensorflow":
-            _write_saved_model(model, staging, jit_compile, verbose)
+            _write_saved_model(model, staging, **options)
         else:
-            _write_saved_model_in_tensorflow_process(model, staging, jit_compile, verbose)
+            _write_saved_model_in_tensorflow_process(model, staging, options)
         os.rename(staging, version_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -314,6 +343,20 @@ def _check_spec(spec, method, described):
                 f"be float32. Received: dtype={tensor.dtype}"
             )
     return spec
+
+
+def _check_warmup_batch_sizes(batch_sizes):
+    if batch_sizes is None:
+        return ()
+    sizes = batch_sizes if isinstance(batch_sizes, (tuple, list)) else None
+    if sizes is None or any(
+        isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in sizes
+    ):
+        raise ValueError(
+            "`warmup_batch_sizes` must be a tuple of ints >= 1 (`()` for no "
+            f"warm-up file). Received: warmup_batch_sizes={batch_sizes!r}"
+        )
+    return tuple(dict.fromkeys(int(b) for b in sizes))
 
 
 def _version_dir(export_dir, version):
@@ -600,11 +643,173 @@ def _check_pure(concrete_function, tf):
         )
 
 
+# -- warm-up requests ------------------------------------------------------------
+
+
+def _warmup_requests(model, functions, batch_sizes, tf):
+    """`[(signature, inputs)]`: one valid request per signature and batch
+    size, in a client's order, as at the start of a stream: the empty
+    memory (its decoding state for `decode_step`) and token 0."""
+    requests = []
+    for batch in batch_sizes:
+        state = {k: v.numpy() for k, v in functions["initial_state"](tf.constant(batch)).items()}
+        inputs = {
+            "initial_state": {"batch_size": np.array(batch, "int32")},
+            "serving_default": {
+                "token_ids": np.zeros((batch, model.segment_length), "int32"),
+                "reset": np.ones((batch,), bool),
+                **state,
+            },
+        }
+        if "decode_step" in functions:
+            decoding = functions["decode_state"](state)
+            inputs["decode_state"] = dict(state)
+            inputs["decode_step"] = {
+                "token_ids": np.zeros((batch, 1), "int32"),
+                **{k: v.numpy() for k, v in decoding.items()},
+            }
+        requests.extend((name, inputs[name]) for name in _WARMUP_SIGNATURES if name in inputs)
+    return requests
+
+
+def _tensor_proto(array, tf):
+    """A TensorProto; an array of one repeated value in the compact form
+    (its value once and the shape), which TensorFlow and TF Serving expand:
+    an empty memory then costs a few bytes, not megabytes."""
+    array = np.asarray(array)
+    if array.size > 1 and np.all(array == array.flat[0]):
+        return tf.make_tensor_proto(array.flat[0], dtype=array.dtype, shape=array.shape)
+    return tf.make_tensor_proto(array)
+
+
+# The protobuf messages of TF Serving (tensorflow_serving/apis/*.proto) are
+# encoded by hand, so that exporting needs no tensorflow-serving-api (which
+# requires a TensorFlow at least as new as itself): only these fields.
+# PredictionLog.predict_log = 6; PredictLog.request = 1; PredictRequest
+# .model_spec = 1, .inputs = 2 (map<string, TensorProto>: key 1, value 2);
+# ModelSpec.name = 1, .signature_name = 3.
+
+
+def _varint(value):
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number, payload):
+    """A length-delimited field (wire type 2): string, bytes or a message."""
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _prediction_log(model_name, signature, inputs, tf):
+    spec = _field(1, model_name) + _field(3, signature)
+    request = _field(1, spec) + b"".join(
+        _field(2, _field(1, name) + _field(2, _tensor_proto(value, tf).SerializeToString()))
+        for name, value in inputs.items()
+    )
+    return _field(6, _field(1, request))
+
+
+def _parse_fields(data):
+    """The length-delimited fields of a message: `[(number, bytes)]`
+    (other wire types, which these messages do not use here, are skipped)."""
+    fields, at = [], 0
+
+    def varint():
+        nonlocal at
+        value = shift = 0
+        while True:
+            byte = data[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    while at < len(data):
+        key = varint()
+        wire = key & 7
+        if wire == 2:
+            length = varint()
+            fields.append((key >> 3, data[at : at + length]))
+            at += length
+        elif wire == 0:
+            varint()
+        elif wire in (1, 5):
+            at += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"Unexpected protobuf wire type {wire} in a warm-up record")
+    return fields
+
+
+def _write_warmup_file(path, model_name, requests, tf):
+    target = os.path.join(path, WARMUP_FILE)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with tf.io.TFRecordWriter(target) as writer:
+        for signature, inputs in requests:
+            writer.write(_prediction_log(model_name, signature, inputs, tf))
+
+
+def read_warmup_requests(path):
+    """The warm-up requests of an exported version, decoded.
+
+    Args:
+        path: str or path-like. A version folder written by
+            `export_for_serving` (the one holding `saved_model.pb`).
+
+    Returns:
+        A list of `(model_name, signature_name, inputs)`, `inputs` a dict
+        `name -> np.ndarray`, in the order TF Serving replays them (`[]` for
+        a version written without warm-up requests).
+
+    Examples:
+
+    ```python
+    import tensorflow as tf
+
+    from keras_infformer.export import read_warmup_requests
+
+    path = "saved_models/lm/1"
+    served = tf.saved_model.load(path)
+    for _, signature, inputs in read_warmup_requests(path):
+        served.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+    ```
+    """
+    import tensorflow as tf
+
+    target = os.path.join(os.fspath(path), WARMUP_FILE)
+    if not os.path.exists(target):
+        return []
+    requests = []
+    for record in tf.data.TFRecordDataset(target).as_numpy_iterator():
+        (log,) = [v for n, v in _parse_fields(record) if n == 6]
+        (request,) = [v for n, v in _parse_fields(log) if n == 1]
+        spec, inputs = {}, {}
+        for number, value in _parse_fields(request):
+            if number == 1:
+                spec = dict(_parse_fields(value))
+            elif number == 2:
+                entry = dict(_parse_fields(value))
+                proto = tf.make_tensor_proto(0)  # Any TensorProto, to parse into.
+                proto.ParseFromString(entry[2])
+                inputs[entry[1].decode("utf-8")] = tf.make_ndarray(proto)
+        requests.append(
+            (spec.get(1, b"").decode("utf-8"), spec.get(3, b"").decode("utf-8"), inputs)
+        )
+    return requests
+
+
 # -- writing ---------------------------------------------------------------------
 
 
-def _write_saved_model(model, path, jit_compile, verbose):
-    """TensorFlow backend: trace both endpoints and write them to `path`."""
+def _write_saved_model(model, path, jit_compile, warmup_batch_sizes, model_name, verbose):
+    """TensorFlow backend: trace the endpoints, write them to `path`, then
+    the warm-up requests."""
     import tensorflow as tf
 
     serving_default = _serving_function(model, tf, jit_compile)
@@ -614,19 +819,24 @@ def _write_saved_model(model, path, jit_compile, verbose):
     archive = keras.export.ExportArchive()
     archive.add_endpoint("serving_default", serving_default)
     archive.add_endpoint("initial_state", initial_state)
+    functions = {"serving_default": serving_default, "initial_state": initial_state}
     if decodes(model):
         decode_state, decode_step = _decoding_functions(model, tf, jit_compile)
         _check_pure(decode_step.get_concrete_function(), tf)
         archive.add_endpoint("decode_state", decode_state)
         archive.add_endpoint("decode_step", decode_step)
+        functions.update(decode_state=decode_state, decode_step=decode_step)
     archive.write_out(path, verbose=verbose)
+    if warmup_batch_sizes:
+        requests = _warmup_requests(model, functions, warmup_batch_sizes, tf)
+        _write_warmup_file(path, model_name, requests, tf)
 
 
 # Exceptions of a TensorFlow export process raised again, as such, here.
 _FORWARDED_ERRORS = {e.__name__: e for e in (ValueError, TypeError, NotImplementedError)}
 
 
-def _write_saved_model_in_tensorflow_process(model, path, jit_compile, verbose):
+def _write_saved_model_in_tensorflow_process(model, path, options):
     """JAX backend: trace and write the SavedModel in a TensorFlow process.
 
     The model goes over as a `.keras` file (config and weights; Keras files
@@ -646,8 +856,8 @@ def _write_saved_model_in_tensorflow_process(model, path, jit_compile, verbose):
         result_path = os.path.join(scratch, "error.json")
         model.save(model_path)
         request = {
-            "model": model_path, "path": path, "jit_compile": jit_compile,
-            "verbose": verbose, "modules": sorted(modules), "error": result_path,
+            "model": model_path, "path": path, "options": options,
+            "modules": sorted(modules), "error": result_path,
         }
         here = [os.path.abspath(p or os.curdir) for p in sys.path]
         env = dict(os.environ)
@@ -662,7 +872,7 @@ def _write_saved_model_in_tensorflow_process(model, path, jit_compile, verbose):
             [sys.executable, "-c", _CHILD, json.dumps(request)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
-        if verbose and result.stdout:
+        if options["verbose"] and result.stdout:
             print(result.stdout, end="")
         if result.returncode == 0:
             return
@@ -704,9 +914,7 @@ def _main(argv):
                 "register it (keras.saving.register_keras_serializable)."
             ) from error
         _check_model(model)
-        _write_saved_model(
-            model, request["path"], request["jit_compile"], request["verbose"]
-        )
+        _write_saved_model(model, request["path"], **request["options"])
     except Exception as error:
         with open(request["error"], "w") as f:
             json.dump({"type": type(error).__name__, "message": str(error)}, f)

@@ -291,6 +291,10 @@ def test_any_model_that_follows_the_contract(tmp_path):
     served = tf.saved_model.load(path)
     # Decoding signatures only for models that decode token by token.
     assert set(served.signatures) == {"serving_default", "initial_state"}
+    # So are the warm-up requests.
+    assert [s for _, s, _ in export_lib.read_warmup_requests(path)] == [
+        "initial_state", "serving_default",
+    ]
 
     rng = np.random.default_rng(4)
     segments = [rng.integers(0, 13, (3, 4)).astype("int32") for _ in range(3)]
@@ -566,6 +570,101 @@ def test_saved_model_cli_lists_the_signatures(exported):
     for name in ["logits"] + decode_names:
         assert f"outputs['{name}']" in outputs
     assert "(-1, 1)" in inputs.split("inputs['token_ids']")[1].split("name:")[0]
+
+
+# -- warm-up requests --------------------------------------------------------------
+
+
+def _protobuf_fields(data):
+    """`[(field number, bytes)]` of a serialised message, decoded by the
+    protobuf library itself (every field of an `Empty` is unknown), not by
+    the package's own decoder."""
+    from google.protobuf import empty_pb2, unknown_fields
+
+    message = empty_pb2.Empty()
+    message.ParseFromString(data)
+    return [(f.field_number, f.data) for f in unknown_fields.UnknownFieldSet(message)]
+
+
+def _warmup_records(path):
+    """The warm-up file as `[(model name, signature, {name: ndarray})]`,
+    with TF Serving's own classes when they are installed."""
+    import tensorflow as tf
+
+    records = list(
+        tf.data.TFRecordDataset(os.path.join(path, export_lib.WARMUP_FILE)).as_numpy_iterator()
+    )
+    try:
+        from tensorflow_serving.apis import prediction_log_pb2
+    except ImportError:
+        prediction_log_pb2 = None
+    decoded = []
+    for record in records:
+        if prediction_log_pb2 is not None:
+            request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+            spec = request.model_spec
+            decoded.append(
+                (spec.name, spec.signature_name,
+                 {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
+            )
+            continue
+        (log,) = [v for n, v in _protobuf_fields(record) if n == 6]  # predict_log
+        (request,) = [v for n, v in _protobuf_fields(log) if n == 1]  # request
+        spec = dict(
+            next(_protobuf_fields(v) for n, v in _protobuf_fields(request) if n == 1)
+        )
+        inputs = {}
+        for number, entry in _protobuf_fields(request):
+            if number == 2:  # One map entry: key 1, TensorProto 2.
+                entry = dict(_protobuf_fields(entry))
+                proto = tf.make_tensor_proto(0)
+                proto.ParseFromString(entry[2])
+                inputs[entry[1].decode()] = tf.make_ndarray(proto)
+        decoded.append((spec[1].decode(), spec[3].decode(), inputs))
+    return decoded
+
+
+@needs_export
+def test_warmup_requests_are_valid_requests(served, exported):
+    """TF Serving replays `assets.extra/tf_serving_warmup_requests` on
+    loading a version: one request per signature at batch 1, each with the
+    signature's input names, dtypes and shapes, each served without error."""
+    import tensorflow as tf
+
+    records = _warmup_records(exported["path"])
+    assert [name for name, _, _ in records] == ["lm"] * 4
+    assert [signature for _, signature, _ in records] == [
+        "initial_state", "serving_default", "decode_state", "decode_step",
+    ]
+    # The package's own decoder reads the same requests.
+    ours = export_lib.read_warmup_requests(exported["path"])
+    assert [(n, s, sorted(i)) for n, s, i in ours] == [
+        (n, s, sorted(i)) for n, s, i in records
+    ]
+    for _, signature, inputs in records:
+        function = served.signatures[signature]
+        specs = function.structured_input_signature[1]
+        assert sorted(inputs) == sorted(specs), signature
+        for name, spec in specs.items():
+            value = inputs[name]
+            assert value.dtype == spec.dtype.as_numpy_dtype, (signature, name)
+            assert spec.shape.is_compatible_with(value.shape), (signature, name)
+            if spec.shape.rank:
+                assert value.shape[0] == 1, (signature, name)  # Batch 1.
+        outputs = function(**{k: tf.constant(v) for k, v in inputs.items()})
+        for name, value in outputs.items():
+            assert np.all(np.isfinite(value.numpy())), (signature, name)
+
+
+@needs_export
+def test_warmup_batch_sizes_are_checked(exported):
+    for bad in (0, [0], (1, -2), ("1",), (True,), 1.5, "1"):
+        with pytest.raises(ValueError, match="warmup_batch_sizes"):
+            keras_infformer.export_for_serving(
+                exported["model"], exported["base"], version=99, warmup_batch_sizes=bad
+            )
+    assert export_lib._check_warmup_batch_sizes(None) == ()
+    assert export_lib._check_warmup_batch_sizes([2, 1, 2]) == (2, 1)
 
 
 @needs_export

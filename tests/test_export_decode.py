@@ -118,7 +118,9 @@ _TF_ONLY_GENERATION = textwrap.dedent(
     request = json.loads(sys.argv[2])
     worst = {}
     for label, path in request["paths"].items():
-        served = tf.saved_model.load(path)
+        # As a client loads it: one warm-up request per signature first.
+        served, loaded_path = serving_client.load(path)
+        assert loaded_path == path
         data = np.load(request["data"][label])
         for length in request["lengths"]:
             prompt = data[f"prompt_{length}"]
@@ -347,6 +349,21 @@ def test_serving_client_with_no_new_token(loaded, exports):
         np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="max_new_tokens"):
         serving_client.generate(served, prompts(2, batch=1), -1)
+
+
+def test_serving_client_warm_up(loaded):
+    """`serving_client.warm_up` sends one request per signature and batch
+    size (what `load` runs); the generation test above loads through it."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples"))
+    import serving_client
+
+    assert serving_client.warm_up(loaded["sticky"], (1,)) >= 0.0
+    for bad in ((0,), (1.0,), 1, (True,)):
+        with pytest.raises(ValueError, match="batch_sizes"):
+            serving_client.warm_up(loaded["sticky"], bad)
 
 
 def test_a_functional_memory_lm_exports_and_generates_through_decode_step(tmp_path):
