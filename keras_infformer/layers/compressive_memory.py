@@ -165,6 +165,88 @@ class CompressiveMemory(memory.MemoryLayer):
         """`step` under its former name."""
         return self.step(inputs, state, reset=reset, absorb=absorb)
 
+    # -- inside a decoder block ----------------------------------------------
+
+    # The names of this memory's state inside a block's state (served names).
+    STATE_NAMES = {"memory": "cmem", "mask": "cmem_mask"}
+
+    def named_state_spec(self, batch_size=None):
+        """`state_spec()` under the block's names (`STATE_NAMES`)."""
+        return {
+            self.STATE_NAMES[k]: v for k, v in self.state_spec(batch_size).items()
+        }
+
+    def absorb_named(self, inputs, state, absorb=None):
+        """The `STATE_NAMES` entries of a block's `state` after absorbing
+        `inputs` (pure; rows not flagged in `absorb` keep theirs)."""
+        _, new_state = self.step(
+            inputs,
+            {key: state[name] for key, name in self.STATE_NAMES.items()},
+            absorb=absorb,
+        )
+        return {self.STATE_NAMES[k]: v for k, v in new_state.items()}
+
+    def slot_positions(self, length):
+        """Rotary positions of the slots, oldest first, for a block reading
+        segments of `length` tokens.
+
+        The newest `L / c` slots summarise the block that just left, window
+        positions [0, L); each older group of `L / c` slots sits `L` earlier.
+        A slot's position is the centre of the `c` tokens it summarises.
+        """
+        c = self.compression_rate
+        index_from_newest = ops.arange(self.memory_length - 1, -1, -1)
+        return ops.cast(length - c * (index_from_newest + 1), "float32") + 0.5 * (c - 1)
+
+    def prepend_slots(self, slots_mask, slot_key, slot_value, key, value, mask):
+        """Keys, values and attention mask with the slots (oldest first)
+        before the window's, attended jointly with it.
+
+        `slot_key` / `slot_value` `(B, n_cm, heads, head_dim)` are the
+        caller's projections of the slots; `mask` `(B or 1, T, window)`.
+        """
+        batch = ops.shape(slots_mask)[0]
+        steps = mask.shape[1]
+        slot_visible = ops.broadcast_to(
+            (slots_mask > 0.5)[:, None, :], (batch, steps, self.memory_length)
+        )
+        mask = ops.concatenate(
+            [slot_visible, ops.broadcast_to(mask, (batch,) + tuple(mask.shape[1:]))],
+            axis=-1,
+        )
+        key = ops.concatenate([slot_key, key], axis=1)
+        value = ops.concatenate([slot_value, value], axis=1)
+        return key, value, mask
+
+    def reconstruction_loss(self, query, block, valid, key_kernel, value_kernel):
+        """Rae et al.'s auxiliary loss for the compression, a scalar.
+
+        Mean squared difference between the content attention (no positions)
+        of `query` `(B, Lq, heads, head_dim)` over `block` `(B, L, d)` and
+        over its compression, both projected by the caller's `key_kernel` and
+        `value_kernel` `(d, heads, head_dim)`, averaged over the batch with
+        the rows not flagged in `valid` `(B,)` counting zero: a mean over
+        every row, like Keras' `"sum_over_batch_size"`, so that replicas
+        holding equal shares of the batch average to the single-device
+        value. Everything but the compression is held fixed.
+        """
+        block = ops.stop_gradient(ops.cast(block, "float32"))
+        query = ops.stop_gradient(ops.cast(query, "float32"))
+        kernels = [
+            ops.stop_gradient(ops.cast(kernel, "float32"))
+            for kernel in (key_kernel, value_kernel)
+        ]
+
+        def attend(memory):
+            key, value = (
+                ops.einsum("btd,dhk->bthk", memory, kernel) for kernel in kernels
+            )
+            return ops.dot_product_attention(query, key, value)
+
+        compressed = self.compress(block)
+        error = ops.mean(ops.square(attend(block) - attend(compressed)), axis=(1, 2, 3))
+        return ops.mean(error * ops.cast(valid, "float32"))
+
     def compute_step_output_spec(self, inputs, absorb=None):
         batch = inputs.shape[0]
         return (

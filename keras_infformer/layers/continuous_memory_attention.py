@@ -3,9 +3,8 @@ from keras import ops
 
 from keras_infformer import memory
 from keras_infformer import utils
-from keras_infformer.layers.continuous_ltm import ContinuousLTM
-from keras_infformer.layers.gaussian_attention import GaussianAttention
-from keras_infformer.layers.sticky_memory_sampler import StickyMemorySampler
+from keras_infformer.layers import memory_settings
+from keras_infformer.layers.long_term_memory import LongTermMemory
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
@@ -100,6 +99,15 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
      - [Martins et al., 2022](https://arxiv.org/abs/2109.00301)
     """
 
+    LONG_TERM_SETTINGS = tuple(memory_settings.LONG_TERM_MEMORY)
+    # Every setting of the config, in order (`kernel_initializer`
+    # serialised).
+    SETTINGS = (
+        ("num_heads", "key_dim", "output_dim", "project_query")
+        + LONG_TERM_SETTINGS
+        + ("zero_output", "kernel_initializer")
+    )
+
     def __init__(
         self,
         num_heads,
@@ -129,23 +137,12 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
             None if output_dim is None else utils.check_positive_int(output_dim, "output_dim")
         )
         self.project_query = bool(project_query)
-        ContinuousLTM.check_arguments(
-            num_basis, basis_widths, ridge_penalty, tau, num_samples
+        memory_settings.assign(
+            self,
+            memory_settings.check_long_term_memory(
+                memory_settings.collect(locals(), self.LONG_TERM_SETTINGS)
+            ),
         )
-        self.num_basis = int(num_basis)
-        self.basis_widths = tuple(float(w) for w in basis_widths)
-        self.ridge_penalty = float(ridge_penalty)
-        self.tau = float(tau)
-        self.num_samples = int(num_samples)
-        self.sticky_memories = bool(sticky_memories)
-        self.sticky_mode = sticky_mode
-        self.num_bins = utils.check_positive_int(num_bins, "num_bins")
-        self.sticky_uniform_share = utils.check_range(
-            sticky_uniform_share, "sticky_uniform_share", 0.0, 1.0,
-            low_open=False, high_open=False,
-        )
-        self.sigma_0 = sigma_0
-        self.kl_weight = kl_weight
         self.zero_output = bool(zero_output)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         # One draw at construction; the sublayers' seeds follow from it.
@@ -162,65 +159,42 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
         batch_size, length, width = inputs_shape
         self.segment_length = int(length)
         self.memory_dim = int(width)
-        self._ltm = ContinuousLTM(
-            num_basis=self.num_basis,
-            basis_widths=self.basis_widths,
-            ridge_penalty=self.ridge_penalty,
-            tau=self.tau,
-            num_samples=self.num_samples,
-            stateful=False,
-            dtype=self.dtype_policy,
-            name="long_term_memory",
+        self._long_term = LongTermMemory(
+            memory_settings.config(self, self.LONG_TERM_SETTINGS),
+            self._seed,
+            self.dtype_policy,
+            density_name="density",
         )
-        self._ltm.build(inputs_shape)
+        # Tracked here, under the names they always had.
+        self._ltm = self._long_term.ltm
         if self.sticky_memories:
-            self._sampler = StickyMemorySampler(
-                num_samples=self.num_samples,
-                num_bins=self.num_bins,
-                mode=self.sticky_mode,
-                uniform_share=self.sticky_uniform_share,
-                seed=(self._seed + 7) % (2**31 - 1),
-                dtype=self.dtype_policy,
-                name="sticky_memory_sampler",
-            )
-        self._attention = GaussianAttention(
-            num_heads=self.num_heads,
+            self._sampler = self._long_term.sampler
+        self._attention = self._long_term.make_attention(
+            "attention",
             key_dim=self.key_dim,
+            num_heads=self.num_heads,
             output_dim=self.output_dim,
-            basis_widths=self.basis_widths,
-            sigma_0=self.sigma_0,
-            kl_weight=self.kl_weight,
             project_query=self.project_query,
             zero_output=self.zero_output,
             kernel_initializer=utils.seeded_initializer(
                 self.kernel_initializer, self._seed, "attention"
             ),
-            dtype=self.dtype_policy,
-            name="attention",
         )
-        self._attention.build(
-            tuple(query_shape), (batch_size, self.num_basis, self.memory_dim)
-        )
+        self._long_term.build(inputs_shape, query_shape)
         super().build(inputs_shape)
 
     def state_spec(self, batch_size=None):
-        spec = {
-            memory.state_name("ltm", name): tensor
-            for name, tensor in self._ltm.state_spec(batch_size).items()
-        }
+        spec = self._long_term.state_spec(batch_size)
         spec["pending"] = keras.KerasTensor(
             (batch_size, self.segment_length, self.memory_dim), dtype="float32"
         )
         spec["pending_filled"] = keras.KerasTensor((batch_size,), dtype="float32")
-        if self.sticky_memories:
-            spec["density"] = keras.KerasTensor((batch_size, self.num_bins), dtype="float32")
+        spec.update(self._long_term.density_spec(batch_size))
         return spec
 
     def get_initial_state(self, batch_size):
         state = super().get_initial_state(batch_size)
-        if self.sticky_memories:
-            state["density"] = self._sampler.uniform_histogram(batch_size)
-        return state
+        return self._long_term.initial_density(state, batch_size)
 
     def validate_inputs(self, inputs, query=None):
         utils.check_rank(inputs, 3, "inputs")
@@ -261,29 +235,19 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
         `(outputs, mu, sigma_sq)`. `regularize=False` adds no KL loss
         (inference paths such as token-by-token decoding).
         """
-        coefficients = ops.cast(state[memory.state_name("ltm", "coefficients")], "float32")
-        if not regularize:
-            return self._attention.read(query, coefficients)
-        return self._attention(query, coefficients, return_density=True)
+        return self._long_term.read(query, state, regularize=regularize)
 
     def absorb_pending(self, state):
         """The state after absorbing the vectors kept by the last call."""
-        ltm_state = {
-            name: state[memory.state_name("ltm", name)]
-            for name in self._ltm.state_spec()
-        }
-        points = None
-        if self.sticky_memories:
-            points = self._sampler.sample(state["density"])
-        _, ltm_state = self._ltm.step(
-            state["pending"],
-            ltm_state,
-            sample_points=points,
-            absorb=state["pending_filled"] > 0.5,
-        )
         state = dict(state)
-        for name, value in ltm_state.items():
-            state[memory.state_name("ltm", name)] = value
+        state.update(
+            self._long_term.absorb(
+                state["pending"],
+                state,
+                absorb=state["pending_filled"] > 0.5,
+                histogram=state["density"] if self.sticky_memories else None,
+            )
+        )
         return state
 
     def step(self, inputs, state, reset=None, query=None):
@@ -297,7 +261,9 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
         state["pending"] = ops.stop_gradient(ops.cast(inputs, "float32"))
         state["pending_filled"] = ops.ones_like(state["pending_filled"])
         if self.sticky_memories:
-            state["density"] = ops.stop_gradient(self._sampler.histogram(mu, sigma_sq))
+            state["density"] = self._long_term.histogram(
+                self._long_term.bin_mass(mu, sigma_sq)
+            )
         return outputs, state
 
     def compute_step_output_spec(self, inputs, query=None):
@@ -310,27 +276,8 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "num_heads": self.num_heads,
-                "key_dim": self.key_dim,
-                "output_dim": self.output_dim,
-                "project_query": self.project_query,
-                "num_basis": self.num_basis,
-                "basis_widths": self.basis_widths,
-                "ridge_penalty": self.ridge_penalty,
-                "tau": self.tau,
-                "num_samples": self.num_samples,
-                "sticky_memories": self.sticky_memories,
-                "sticky_mode": self.sticky_mode,
-                "num_bins": self.num_bins,
-                "sticky_uniform_share": self.sticky_uniform_share,
-                "sigma_0": self.sigma_0,
-                "kl_weight": self.kl_weight,
-                "zero_output": self.zero_output,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-            }
+        config.update(memory_settings.config(self, self.SETTINGS))
+        config["kernel_initializer"] = keras.initializers.serialize(
+            self.kernel_initializer
         )
         return config

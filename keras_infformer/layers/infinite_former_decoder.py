@@ -3,10 +3,10 @@ from keras import ops
 
 from keras_infformer import memory
 from keras_infformer import utils
+from keras_infformer.layers import memory_settings
 from keras_infformer.layers.compressive_memory import CompressiveMemory
-from keras_infformer.layers.continuous_ltm import ContinuousLTM
-from keras_infformer.layers.gaussian_attention import GaussianAttention
-from keras_infformer.layers.sticky_memory_sampler import StickyMemorySampler
+from keras_infformer.layers.long_term_memory import VIEW_NAMES
+from keras_infformer.layers.long_term_memory import LongTermMemory
 
 
 def _rotary_embedding_class():
@@ -151,6 +151,20 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
      - [Dai et al., 2019](https://arxiv.org/abs/1901.02860)
     """
 
+    LONG_TERM_SETTINGS = tuple(memory_settings.LONG_TERM_MEMORY)
+    # Every setting of the config, in order (`activation` and
+    # `kernel_initializer` serialised).
+    SETTINGS = (
+        ("intermediate_dim", "num_heads", "memory_length", "use_long_term_memory")
+        + LONG_TERM_SETTINGS
+        + ("zero_memory_output",)
+        + tuple(memory_settings.COMPRESSIVE_MEMORY)
+        + (
+            "dropout", "activation", "layer_norm_epsilon", "normalize_first",
+            "rotary_max_wavelength", "kernel_initializer",
+        )
+    )
+
     def __init__(
         self,
         intermediate_dim,
@@ -188,23 +202,20 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         self.num_heads = utils.check_positive_int(num_heads, "num_heads")
         self.memory_length = utils.check_positive_int(memory_length, "memory_length")
         self.use_long_term_memory = bool(use_long_term_memory)
-        self.num_basis = num_basis
-        self.basis_widths = tuple(float(w) for w in basis_widths)
-        self.ridge_penalty = ridge_penalty
-        self.tau = tau
-        self.num_samples = num_samples
-        self.sticky_memories = bool(sticky_memories)
-        self.sticky_mode = sticky_mode
-        self.num_bins = num_bins
-        self.sticky_uniform_share = sticky_uniform_share
-        self.sigma_0 = sigma_0
-        self.kl_weight = kl_weight
+        # The memories inside the block are made in build(); their settings
+        # are checked now, so that bad ones fail at construction.
+        long_term = memory_settings.collect(locals(), self.LONG_TERM_SETTINGS)
+        if self.use_long_term_memory:
+            long_term = memory_settings.check_long_term_memory(long_term)
+        else:  # Unused, kept for the config (a tuple, as JSON gives back).
+            long_term["basis_widths"] = tuple(float(w) for w in basis_widths)
+        memory_settings.assign(self, long_term)
         self.zero_memory_output = bool(zero_memory_output)
-        self.compressed_memory_length = int(compressed_memory_length)
-        self.compression_rate = compression_rate
-        self.reconstruction_weight = utils.check_range(
-            reconstruction_weight, "reconstruction_weight", 0.0, float("inf"),
-            low_open=False,
+        memory_settings.assign(
+            self,
+            memory_settings.check_compressive_memory(
+                memory_settings.collect(locals(), memory_settings.COMPRESSIVE_MEMORY)
+            ),
         )
         self.dropout = utils.check_range(dropout, "dropout", 0.0, 1.0, low_open=False)
         self.activation = keras.activations.get(activation)
@@ -217,22 +228,6 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         # kinds built from the same seed share the weights they have in
         # common (an ∞-former and its Transformer-XL start equal).
         self._seed = utils.draw_seed(self.kernel_initializer)
-        # The memories inside the block are created in build(); their
-        # settings are checked now, so that bad ones fail at construction.
-        if self.use_long_term_memory:
-            ContinuousLTM.check_arguments(
-                num_basis, basis_widths, ridge_penalty, tau, num_samples
-            )
-            if self.sticky_memories:
-                StickyMemorySampler.check_arguments(num_samples, num_bins, sticky_mode)
-                utils.check_range(
-                    sticky_uniform_share, "sticky_uniform_share", 0.0, 1.0,
-                    low_open=False, high_open=False,
-                )
-        if self.compressed_memory_length > 0:
-            CompressiveMemory.check_arguments(
-                self.compressed_memory_length, compression_rate
-            )
 
     # -- build -------------------------------------------------------------
 
@@ -331,23 +326,18 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         if self.use_long_term_memory:
             # Reuses the short-term attention's (un-rotated) query, as the
             # paper does; keys, values and output are its own.
-            self._ltm_attention = GaussianAttention(
-                num_heads=self.num_heads,
+            self._ltm_attention = self._long_term.make_attention(
+                "long_term_attention",
                 key_dim=head_dim,
+                num_heads=self.num_heads,
                 output_dim=hidden_dim,
-                basis_widths=self.basis_widths,
-                sigma_0=self.sigma_0,
-                kl_weight=self.kl_weight,
                 project_query=False,
                 zero_output=self.zero_memory_output,
                 kernel_initializer=self._initializer("long_term_attention"),
-                dtype=self.dtype_policy,
-                name="long_term_attention",
             )
-            self._ltm.build((batch_size, segment_length, hidden_dim))
-            self._ltm_attention.build(
+            self._long_term.build(
+                (batch_size, segment_length, hidden_dim),
                 (batch_size, None, self.num_heads, head_dim),
-                (batch_size, self._ltm.num_basis, hidden_dim),
             )
 
         # The memory variables, named by state_spec().
@@ -374,48 +364,18 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
                 name="compressive_memory",
             )
         if self.use_long_term_memory:
-            self._ltm = ContinuousLTM(
-                num_basis=self.num_basis,
-                basis_widths=self.basis_widths,
-                ridge_penalty=self.ridge_penalty,
-                tau=self.tau,
-                num_samples=self.num_samples,
-                stateful=False,
-                dtype=self.dtype_policy,
-                name="long_term_memory",
+            self._long_term = LongTermMemory(
+                memory_settings.config(self, self.LONG_TERM_SETTINGS),
+                self._seed,
+                self.dtype_policy,
+                density_name="ltm_density",
             )
+            # Tracked here, under the names they always had.
+            self._ltm = self._long_term.ltm
             if self.sticky_memories:
-                self._sampler = StickyMemorySampler(
-                    num_samples=self.num_samples,
-                    num_bins=self.num_bins,
-                    mode=self.sticky_mode,
-                    uniform_share=self.sticky_uniform_share,
-                    seed=(self._seed + 7) % (2**31 - 1),
-                    dtype=self.dtype_policy,
-                    name="sticky_memory_sampler",
-                )
+                self._sampler = self._long_term.sampler
 
     # -- state -------------------------------------------------------------
-
-    def _inner_memories(self):
-        """`[(memory layer, {its state key: name in this block's state})]`.
-
-        The LTM's state is named with the prefix `ltm`; the compressed
-        memory's slots are `cmem` and their mask `cmem_mask` (the names the
-        served state has always had).
-        """
-        inner = []
-        if self.compressed_memory_length > 0:
-            inner.append((self._compressive, {"memory": "cmem", "mask": "cmem_mask"}))
-        if self.use_long_term_memory:
-            names = {k: memory.state_name("ltm", k) for k in self._ltm.state_spec()}
-            inner.append((self._ltm, names))
-        return inner
-
-    def _own_state_names(self):
-        """The state this block keeps itself (the rest is its memories')."""
-        sticky = self.use_long_term_memory and self.sticky_memories
-        return ("stm", "stm_mask") + (("ltm_density",) if sticky else ())
 
     def state_spec(self, batch_size=None):
         """Names, shapes and dtypes of the memory state (all float32).
@@ -433,13 +393,11 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
                 (batch_size, self.memory_length), dtype="float32"
             ),
         }
-        for layer, names in self._inner_memories():
-            for key, tensor in layer.state_spec(batch_size).items():
-                spec[names[key]] = tensor
-        if "ltm_density" in self._own_state_names():
-            spec["ltm_density"] = keras.KerasTensor(
-                (batch_size, self._sampler.num_bins), dtype="float32"
-            )
+        if self.compressed_memory_length > 0:
+            spec.update(self._compressive.named_state_spec(batch_size))
+        if self.use_long_term_memory:
+            spec.update(self._long_term.state_spec(batch_size))
+            spec.update(self._long_term.density_spec(batch_size))
         return spec
 
     def get_initial_state(self, batch_size):
@@ -448,11 +406,8 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         Zeros, but for the sticky density: uniform before any attention.
         """
         state = super().get_initial_state(batch_size)
-        for layer, names in self._inner_memories():
-            for key, value in layer.get_initial_state(batch_size).items():
-                state[names[key]] = value
-        if "ltm_density" in state:
-            state["ltm_density"] = self._sampler.uniform_histogram(batch_size)
+        if self.use_long_term_memory:
+            state = self._long_term.initial_density(state, batch_size)
         return state
 
     def validate_inputs(self, inputs, return_density=False):
@@ -500,7 +455,7 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
             )
         mass = None
         if self.use_long_term_memory and self.sticky_memories:
-            mass = self._sampler.bin_mass(mu, sigma_sq)
+            mass = self._long_term.bin_mass(mu, sigma_sq)
         new_state = dict(begun)
         new_state.update(self._end_segment(begun, x, mass))
         if return_density:
@@ -517,11 +472,8 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         state after the reset. Nothing is written here: the memories hold
         only what left the STM at the end of earlier segments.
         """
-        own = self.read_state({k: state[k] for k in self._own_state_names()}, reset)
-        begun = dict(own)
-        for layer, names in self._inner_memories():
-            inner = layer.read_state({k: state[n] for k, n in names.items()}, reset)
-            begun.update({names[k]: v for k, v in inner.items()})
+        # Reset rows are replaced by the empty state of each memory.
+        begun = self.read_state({k: state[k] for k in self.state_spec()}, reset)
         context = self._context_of(begun)
         if self.compressed_memory_length > 0:
             context.update(
@@ -538,7 +490,7 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
             "stm_mask": begun["stm_mask"],
         }
         if self.use_long_term_memory:
-            context["coefficients"] = begun["ltm_coefficients"]
+            context["ltm"] = begun
         if self.compressed_memory_length > 0:
             context.update(slots=begun["cmem"], slots_mask=begun["cmem_mask"])
         return context
@@ -587,14 +539,11 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         attention_output = self._attention_output_dense(attended)
         mu = sigma_sq = None
         if self.use_long_term_memory:
-            if regularize:
-                ltm_output, mu, sigma_sq = self._ltm_attention(
-                    query, context["coefficients"], return_density=True
-                )
-            else:  # Decoding: no loss is collected, none is added.
-                ltm_output, mu, sigma_sq = self._ltm_attention.read(
-                    query, context["coefficients"], view=context.get("ltm_view")
-                )
+            # Decoding (`regularize=False`) collects no loss and adds none.
+            ltm_output, mu, sigma_sq = self._long_term.read(
+                query, context["ltm"], regularize=regularize,
+                view=context.get("ltm_view"),
+            )
             attention_output = attention_output + ops.cast(
                 ltm_output, attention_output.dtype
             )
@@ -603,25 +552,14 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
 
     def _with_compressed_slots(self, context, key, value, mask):
         """Prepend the compressed slots (oldest first) to keys, values, mask."""
-        length = self.segment_length
         slots = ops.cast(context["slots"], key.dtype)
-        slots_mask = context["slots_mask"]
         slot_key = self._rotary(
-            self._key_dense(slots), positions=self._compressed_positions(length)
+            self._key_dense(slots),
+            positions=self._compressive.slot_positions(self.segment_length),
         )
-        batch = ops.shape(slots_mask)[0]
-        steps = mask.shape[1]
-        slot_visible = ops.broadcast_to(
-            (slots_mask > 0.5)[:, None, :],
-            (batch, steps, self.compressed_memory_length),
+        return self._compressive.prepend_slots(
+            context["slots_mask"], slot_key, self._value_dense(slots), key, value, mask
         )
-        mask = ops.concatenate(
-            [slot_visible, ops.broadcast_to(mask, (batch,) + tuple(mask.shape[1:]))],
-            axis=-1,
-        )
-        key = ops.concatenate([slot_key, key], axis=1)
-        value = ops.concatenate([self._value_dense(slots), value], axis=1)
-        return key, value, mask
 
     def _end_segment(self, begun, segment, mass):
         """The STM moves on by one segment, and the block that leaves it
@@ -645,39 +583,36 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
                 [stm_mask, ops.ones_like(ops.cast(segment[:, :, 0], "float32"))], axis=1
             )[:, length:],
         }
-        if not self._inner_memories():
+        if not (self.use_long_term_memory or self.compressed_memory_length > 0):
             return ended
         leaving = stm[:, :length]
         if self.normalize_first:
             leaving = self._attention_norm(leaving)
         if self.use_long_term_memory:
-            names = dict(self._inner_memories())[self._ltm]
-            sample_points = None
+            histogram = None
             if mass is not None:
-                histogram = ops.stop_gradient(self._sampler.normalize_mass(mass))
+                histogram = self._long_term.histogram(mass)
                 ended["ltm_density"] = histogram
-                sample_points = self._sampler.sample(histogram)
             # The cache fills from the right, so the leaving block holds a
             # token iff its newest slot does. When memory_length is not a
             # multiple of L, the first block to leave after a reset is only
             # partly filled: its empty (or stale, pre-reset) slots enter as
             # zeros, rather than the block being dropped with its tokens.
             leaving_mask = stm_mask[:, :length]
-            _, ltm_state = self._ltm.step(
-                leaving * ops.cast(leaving_mask[:, :, None], leaving.dtype),
-                {key: begun[name] for key, name in names.items()},
-                sample_points=sample_points,
-                absorb=leaving_mask[:, length - 1] > 0.5,
+            ended.update(
+                self._long_term.absorb(
+                    leaving * ops.cast(leaving_mask[:, :, None], leaving.dtype),
+                    begun,
+                    absorb=leaving_mask[:, length - 1] > 0.5,
+                    histogram=histogram,
+                )
             )
-            ended.update({names[k]: v for k, v in ltm_state.items()})
         if self.compressed_memory_length > 0:
-            names = dict(self._inner_memories())[self._compressive]
-            _, cmem_state = self._compressive.step(
-                leaving,
-                {key: begun[name] for key, name in names.items()},
-                absorb=stm_mask[:, 0] > 0.5,
+            ended.update(
+                self._compressive.absorb_named(
+                    leaving, begun, absorb=stm_mask[:, 0] > 0.5
+                )
             )
-            ended.update({names[k]: v for k, v in cmem_state.items()})
         return ended
 
     # -- token-by-token decoding -------------------------------------------
@@ -691,19 +626,12 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
             (batch_size, self.segment_length, self.hidden_dim), dtype="float32"
         )
         if self.use_long_term_memory:
-            # The LTM's read view (`GaussianAttention.memory_view`), made at
-            # the segment's first token and read by the others.
-            attention = self._ltm_attention
-            spec["ltm_weighted_keys"] = keras.KerasTensor(
-                (batch_size, attention.num_heads, attention.key_dim, 2), dtype="float32"
-            )
-            spec["ltm_values"] = keras.KerasTensor(
-                (batch_size, self.num_basis, attention.num_heads, attention.value_dim),
-                dtype="float32",
-            )
+            # The LTM's read view, made at the segment's first token and
+            # read by the others.
+            spec.update(self._long_term.view_spec(batch_size))
         if self.use_long_term_memory and self.sticky_memories:
             spec["segment_mass"] = keras.KerasTensor(
-                (batch_size, self._sampler.num_bins), dtype="float32"
+                (batch_size, self.num_bins), dtype="float32"
             )
         return spec
 
@@ -741,14 +669,14 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         position = ops.cast(position, "int32")
         names = list(self.state_spec())
         boundary = {k: state[k] for k in names}
-        view_names = ("ltm_weighted_keys", "ltm_values") if self.use_long_term_memory else ()
+        view_names = VIEW_NAMES if self.use_long_term_memory else ()
 
         def begin():
             begun = self._begin_segment(boundary)[1]
             if not view_names:
                 return begun, ()
-            view = self._ltm_attention.memory_view(begun["ltm_coefficients"])
-            return begun, tuple(ops.cast(v, "float32") for v in view)
+            view = self._long_term.view(begun)
+            return begun, tuple(view[k] for k in view_names)
 
         begun, view = ops.cond(
             ops.equal(position, 0),
@@ -770,7 +698,7 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         new_state["segment"] = ops.cast(segment, "float32")
         mass = None
         if "segment_mass" in state:
-            mass = state["segment_mass"] + self._sampler.bin_mass(mu, sigma_sq)
+            mass = state["segment_mass"] + self._long_term.bin_mass(mu, sigma_sq)
             new_state["segment_mass"] = mass
 
         def finish():
@@ -802,44 +730,13 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
             x = self._feedforward_norm(x)
         return x
 
-    def _compressed_positions(self, length):
-        """Rotary positions of the compressed slots, oldest first.
-
-        The newest `L / c` slots summarise the block that just left, window
-        positions [0, L); each older group of `L / c` slots sits `L` earlier.
-        A slot's position is the centre of the `c` tokens it summarises.
-        """
-        c = self.compression_rate
-        index_from_newest = ops.arange(self.compressed_memory_length - 1, -1, -1)
-        return ops.cast(length - c * (index_from_newest + 1), "float32") + 0.5 * (c - 1)
-
     def attention_reconstruction_loss(self, query, block, valid):
-        """Rae et al.'s auxiliary loss for the compression, a scalar.
-
-        Mean squared difference between the content attention (no positions)
-        of `query` `(B, Lq, heads, head_dim)` over `block` `(B, L, d)` and
-        over its compression, averaged over the batch with the rows not
-        flagged in `valid` `(B,)` counting zero: a mean over every row, like
-        Keras' `"sum_over_batch_size"`, so that replicas holding equal
-        shares of the batch average to the single-device value.
-        Everything but the compression is held fixed.
-        """
-        block = ops.stop_gradient(ops.cast(block, "float32"))
-        query = ops.stop_gradient(ops.cast(query, "float32"))
-        kernels = [
-            ops.stop_gradient(ops.cast(dense.kernel, "float32"))
-            for dense in (self._key_dense, self._value_dense)
-        ]
-
-        def attend(memory):
-            key, value = (
-                ops.einsum("btd,dhk->bthk", memory, kernel) for kernel in kernels
-            )
-            return ops.dot_product_attention(query, key, value)
-
-        compressed = self._compressive.compress(block)
-        error = ops.mean(ops.square(attend(block) - attend(compressed)), axis=(1, 2, 3))
-        return ops.mean(error * ops.cast(valid, "float32"))
+        """Rae et al.'s auxiliary loss for the compression, a scalar (see
+        `CompressiveMemory.reconstruction_loss`), with this block's key and
+        value projections."""
+        return self._compressive.reconstruction_loss(
+            query, block, valid, self._key_dense.kernel, self._value_dense.kernel
+        )
 
     def compute_step_output_spec(self, inputs, return_density=False):
         outputs = keras.KerasTensor(tuple(inputs.shape), dtype=self.compute_dtype)
@@ -851,35 +748,9 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "intermediate_dim": self.intermediate_dim,
-                "num_heads": self.num_heads,
-                "memory_length": self.memory_length,
-                "use_long_term_memory": self.use_long_term_memory,
-                "num_basis": self.num_basis,
-                "basis_widths": self.basis_widths,
-                "ridge_penalty": self.ridge_penalty,
-                "tau": self.tau,
-                "num_samples": self.num_samples,
-                "sticky_memories": self.sticky_memories,
-                "sticky_mode": self.sticky_mode,
-                "num_bins": self.num_bins,
-                "sticky_uniform_share": self.sticky_uniform_share,
-                "sigma_0": self.sigma_0,
-                "kl_weight": self.kl_weight,
-                "zero_memory_output": self.zero_memory_output,
-                "compressed_memory_length": self.compressed_memory_length,
-                "compression_rate": self.compression_rate,
-                "reconstruction_weight": self.reconstruction_weight,
-                "dropout": self.dropout,
-                "activation": keras.activations.serialize(self.activation),
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-                "normalize_first": self.normalize_first,
-                "rotary_max_wavelength": self.rotary_max_wavelength,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-            }
+        config.update(memory_settings.config(self, self.SETTINGS))
+        config["activation"] = keras.activations.serialize(self.activation)
+        config["kernel_initializer"] = keras.initializers.serialize(
+            self.kernel_initializer
         )
         return config
