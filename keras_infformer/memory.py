@@ -181,6 +181,38 @@ def select_rows(rows, new, old):
     return ops.where(rows, new, old)
 
 
+def decode_position(position, segment_length, state, begin, advance, end, partial):
+    """One position of token-by-token decoding, equal to a step over whole
+    segments: the start and the end of a segment in one place.
+
+    Args:
+        position: scalar int tensor, the position in the segment.
+        segment_length: int.
+        state: dict, the decoding state before this position.
+        begin: `state -> state` (same keys): what a step does at the start
+            of a segment, run at position 0.
+        advance: `state -> (outputs, new_state)`: this position.
+        end: `new_state -> new_state`: what a step does at the end of a
+            segment, run after its last position; then the entries named
+            in `partial` (the partial segment) are zeroed.
+
+    Returns `(outputs, new_state)`.
+    """
+    begun = ops.cond(ops.equal(position, 0), lambda: begin(state), lambda: state)
+    outputs, new_state = advance(begun)
+
+    def finish():
+        ended = end(dict(new_state))
+        for name in partial:
+            ended[name] = ops.zeros_like(new_state[name])
+        return ended
+
+    new_state = ops.cond(
+        ops.equal(position, segment_length - 1), finish, lambda: new_state
+    )
+    return outputs, new_state
+
+
 # -- the base layer ----------------------------------------------------------------
 
 

@@ -250,21 +250,35 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
         )
         return state
 
-    def step(self, inputs, state, reset=None, query=None):
-        state = self.read_state(state, reset)
-        # 1. What the last call kept enters the memory now, not earlier:
-        #    this call's queries may read it, never their own segment.
-        state = self.absorb_pending(state)
-        # 2. Read.
-        outputs, mu, sigma_sq = self.read(state, query)
-        # 3. Keep this segment for the next call.
+    def begin_segment(self, state, reset=None):
+        """The state at the start of a segment: rows in `reset` emptied,
+        then what the last call kept absorbed (steps 1 of `step`)."""
+        return self.absorb_pending(self.read_state(state, reset))
+
+    def end_segment(self, state, inputs, mass=None):
+        """The state after a segment: its `inputs` kept for the next call
+        and, with sticky memories, the histogram of its summed attention
+        `mass` (step 3 of `step`)."""
+        state = dict(state)
         state["pending"] = ops.stop_gradient(ops.cast(inputs, "float32"))
         state["pending_filled"] = ops.ones_like(state["pending_filled"])
         if self.sticky_memories:
-            state["density"] = self._long_term.histogram(
-                self._long_term.bin_mass(mu, sigma_sq)
-            )
-        return outputs, state
+            state["density"] = self._long_term.histogram(mass)
+        return state
+
+    def bin_mass(self, mu, sigma_sq):
+        """The sticky histogram mass of a read (summable over reads)."""
+        return self._long_term.bin_mass(mu, sigma_sq)
+
+    def step(self, inputs, state, reset=None, query=None):
+        # 1. What the last call kept enters the memory now, not earlier:
+        #    this call's queries may read it, never their own segment.
+        state = self.begin_segment(state, reset)
+        # 2. Read.
+        outputs, mu, sigma_sq = self.read(state, query)
+        # 3. Keep this segment for the next call.
+        mass = self.bin_mass(mu, sigma_sq) if self.sticky_memories else None
+        return outputs, self.end_segment(state, inputs, mass)
 
     def compute_step_output_spec(self, inputs, query=None):
         width = self.output_dim

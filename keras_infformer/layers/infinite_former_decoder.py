@@ -665,54 +665,56 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         the partial segment is cleared, so the state is again a `step`
         state (plus zeros).
         """
-        length = self.segment_length
         position = ops.cast(position, "int32")
         names = list(self.state_spec())
-        boundary = {k: state[k] for k in names}
         view_names = VIEW_NAMES if self.use_long_term_memory else ()
+        sticky = "segment_mass" in state
 
-        def begin():
-            begun = self._begin_segment(boundary)[1]
-            if not view_names:
-                return begun, ()
-            view = self._long_term.view(begun)
-            return begun, tuple(view[k] for k in view_names)
+        def begin(boundary):
+            begun = self._begin_segment({k: boundary[k] for k in names})[1]
+            if view_names:
+                begun.update(self._long_term.view(begun))
+            return begun
 
-        begun, view = ops.cond(
-            ops.equal(position, 0),
+        def advance(begun):
+            x = ops.cast(inputs, self.compute_dtype)
+            segment = ops.slice_update(
+                ops.cast(state["segment"], self.compute_dtype), [0, position, 0], x
+            )
+            context = self._context_of(begun)
+            if view_names:
+                context["ltm_view"] = tuple(begun[k] for k in view_names)
+            outputs, _, mu, sigma_sq = self._attend(
+                x, segment, position, context, training=False, regularize=False,
+            )
+            new_state = dict(begun)
+            new_state["segment"] = ops.cast(segment, "float32")
+            if sticky:
+                new_state["segment_mass"] = state["segment_mass"] + (
+                    self._long_term.bin_mass(mu, sigma_sq)
+                )
+            return outputs, new_state
+
+        def end(new_state):
+            # The float32 segment casts back to the compute dtype exactly.
+            new_state.update(
+                self._end_segment(
+                    {k: new_state[k] for k in names},
+                    new_state["segment"],
+                    new_state.get("segment_mass"),
+                )
+            )
+            return new_state
+
+        return memory.decode_position(
+            position,
+            self.segment_length,
+            {k: state[k] for k in names + list(view_names)},
             begin,
-            lambda: (boundary, tuple(state[k] for k in view_names)),
+            advance,
+            end,
+            partial=("segment",) + (("segment_mass",) if sticky else ()),
         )
-        x = ops.cast(inputs, self.compute_dtype)
-        segment = ops.slice_update(
-            ops.cast(state["segment"], self.compute_dtype), [0, position, 0], x
-        )
-        context = self._context_of(begun)
-        if view_names:
-            context["ltm_view"] = view
-        outputs, _, mu, sigma_sq = self._attend(
-            x, segment, position, context, training=False, regularize=False,
-        )
-        new_state = dict(begun)
-        new_state.update(zip(view_names, view))
-        new_state["segment"] = ops.cast(segment, "float32")
-        mass = None
-        if "segment_mass" in state:
-            mass = state["segment_mass"] + self._long_term.bin_mass(mu, sigma_sq)
-            new_state["segment_mass"] = mass
-
-        def finish():
-            ended = dict(new_state)
-            ended.update(self._end_segment(begun, segment, mass))
-            ended["segment"] = ops.zeros_like(new_state["segment"])
-            if mass is not None:
-                ended["segment_mass"] = ops.zeros_like(mass)
-            return ended
-
-        new_state = ops.cond(
-            ops.equal(position, length - 1), finish, lambda: new_state
-        )
-        return outputs, new_state
 
     def _feedforward(self, x, attention_output, training):
         """Dropout and residual around the attention, then the feed-forward

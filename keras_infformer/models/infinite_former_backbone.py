@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_infformer import memory
 from keras_infformer import utils
+from keras_infformer.layers import memory_settings
 from keras_infformer.layers.infinite_former_decoder import InfiniteFormerDecoder
 
 
@@ -86,6 +87,21 @@ class InfiniteFormerBackbone(_backbone_base()):
      - [Martins et al., 2022](https://arxiv.org/abs/2109.00301)
     """
 
+    # The settings passed on to every block as they are.
+    BLOCK_SETTINGS = (
+        ("use_long_term_memory",)
+        + tuple(memory_settings.LONG_TERM_MEMORY)
+        + ("zero_memory_output",)
+        + tuple(memory_settings.COMPRESSIVE_MEMORY)
+        + ("dropout", "normalize_first")
+    )
+    # Every setting of the config, in order (also properties of the task
+    # models over this backbone).
+    SETTINGS = (
+        "vocabulary_size", "segment_length", "batch_size", "num_layers",
+        "hidden_dim", "num_heads", "intermediate_dim", "memory_length",
+    ) + BLOCK_SETTINGS + ("tie_weights",)
+
     def __init__(
         self,
         vocabulary_size,
@@ -125,6 +141,8 @@ class InfiniteFormerBackbone(_backbone_base()):
         hidden_dim = utils.check_positive_int(hidden_dim, "hidden_dim")
         intermediate_dim = intermediate_dim or 4 * hidden_dim
         memory_length = memory_length or segment_length
+        basis_widths = tuple(basis_widths)
+        settings = memory_settings.collect(locals(), self.SETTINGS)
 
         # === Layers ===
         token_embedding = keras.layers.ReversibleEmbedding(
@@ -140,24 +158,7 @@ class InfiniteFormerBackbone(_backbone_base()):
                 intermediate_dim=intermediate_dim,
                 num_heads=num_heads,
                 memory_length=memory_length,
-                use_long_term_memory=use_long_term_memory,
-                num_basis=num_basis,
-                basis_widths=basis_widths,
-                ridge_penalty=ridge_penalty,
-                tau=tau,
-                num_samples=num_samples,
-                sticky_memories=sticky_memories,
-                sticky_mode=sticky_mode,
-                num_bins=num_bins,
-                sticky_uniform_share=sticky_uniform_share,
-                sigma_0=sigma_0,
-                kl_weight=kl_weight,
-                zero_memory_output=zero_memory_output,
-                compressed_memory_length=compressed_memory_length,
-                compression_rate=compression_rate,
-                reconstruction_weight=reconstruction_weight,
-                dropout=dropout,
-                normalize_first=normalize_first,
+                **memory_settings.collect(settings, self.BLOCK_SETTINGS),
                 dtype=dtype,
                 name=f"decoder_layer_{i}",
             )
@@ -185,33 +186,7 @@ class InfiniteFormerBackbone(_backbone_base()):
         )
 
         # === Config ===
-        self.vocabulary_size = vocabulary_size
-        self.segment_length = segment_length
-        self.batch_size = batch_size
-        self.num_layers = num_layers
-        self.hidden_dim = hidden_dim
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.memory_length = memory_length
-        self.use_long_term_memory = use_long_term_memory
-        self.num_basis = num_basis
-        self.basis_widths = tuple(basis_widths)
-        self.ridge_penalty = ridge_penalty
-        self.tau = tau
-        self.num_samples = num_samples
-        self.sticky_memories = sticky_memories
-        self.sticky_mode = sticky_mode
-        self.num_bins = num_bins
-        self.sticky_uniform_share = sticky_uniform_share
-        self.sigma_0 = sigma_0
-        self.kl_weight = kl_weight
-        self.zero_memory_output = zero_memory_output
-        self.compressed_memory_length = compressed_memory_length
-        self.compression_rate = compression_rate
-        self.reconstruction_weight = reconstruction_weight
-        self.dropout = dropout
-        self.normalize_first = normalize_first
-        self.tie_weights = tie_weights
+        memory_settings.assign(self, settings)
         self.token_embedding = token_embedding
         self.decoder_blocks = blocks
         self.final_norm = final_norm
@@ -363,35 +338,5 @@ class InfiniteFormerBackbone(_backbone_base()):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "vocabulary_size": self.vocabulary_size,
-                "segment_length": self.segment_length,
-                "batch_size": self.batch_size,
-                "num_layers": self.num_layers,
-                "hidden_dim": self.hidden_dim,
-                "num_heads": self.num_heads,
-                "intermediate_dim": self.intermediate_dim,
-                "memory_length": self.memory_length,
-                "use_long_term_memory": self.use_long_term_memory,
-                "num_basis": self.num_basis,
-                "basis_widths": self.basis_widths,
-                "ridge_penalty": self.ridge_penalty,
-                "tau": self.tau,
-                "num_samples": self.num_samples,
-                "sticky_memories": self.sticky_memories,
-                "sticky_mode": self.sticky_mode,
-                "num_bins": self.num_bins,
-                "sticky_uniform_share": self.sticky_uniform_share,
-                "sigma_0": self.sigma_0,
-                "kl_weight": self.kl_weight,
-                "zero_memory_output": self.zero_memory_output,
-                "compressed_memory_length": self.compressed_memory_length,
-                "compression_rate": self.compression_rate,
-                "reconstruction_weight": self.reconstruction_weight,
-                "dropout": self.dropout,
-                "normalize_first": self.normalize_first,
-                "tie_weights": self.tie_weights,
-            }
-        )
+        config.update(memory_settings.config(self, self.SETTINGS))
         return config

@@ -3,6 +3,7 @@ import numpy as np
 from keras import ops
 
 from keras_infformer import memory
+from keras_infformer.layers import memory_settings
 from keras_infformer.models import stream_guards
 from keras_infformer.models.infinite_former_backbone import InfiniteFormerBackbone
 from keras_infformer.models.infinite_former_causal_lm_preprocessor import (
@@ -12,6 +13,11 @@ from keras_infformer.models.streaming_causal_lm import StreamingCausalLM
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
+@memory_settings.forward_attributes(
+    # The backbone's settings and parts read as the model's.
+    "backbone",
+    InfiniteFormerBackbone.SETTINGS + ("token_embedding", "decoder_blocks", "final_norm"),
+)
 class InfiniteFormerCausalLM(StreamingCausalLM):
     """An ∞-former language model: training on streams and `generate()`.
 
@@ -150,29 +156,3 @@ class InfiniteFormerCausalLM(StreamingCausalLM):
         hidden, state = self.backbone.decode(token_ids, state)
         logits = self.backbone.token_embedding(hidden, reverse=True)
         return logits[:, 0], state
-
-
-_BACKBONE_ATTRIBUTES = frozenset(
-    [
-        "vocabulary_size", "segment_length", "batch_size", "num_layers",
-        "hidden_dim", "num_heads", "intermediate_dim", "memory_length",
-        "use_long_term_memory", "num_basis", "basis_widths", "ridge_penalty",
-        "tau", "num_samples", "sticky_memories", "sticky_mode", "num_bins", "sticky_uniform_share",
-        "sigma_0", "kl_weight", "zero_memory_output", "compressed_memory_length", "compression_rate",
-        "reconstruction_weight", "dropout", "normalize_first", "tie_weights",
-        "token_embedding", "decoder_blocks", "final_norm",
-    ]
-)
-
-
-def _backbone_setting(name):
-    return property(
-        lambda self: getattr(self.backbone, name),
-        doc=f"The backbone's `{name}`.",
-    )
-
-
-# The backbone's settings read as the model's (segment_length, batch_size,
-# vocabulary_size, decoder_blocks, ...).
-for _name in _BACKBONE_ATTRIBUTES:
-    setattr(InfiniteFormerCausalLM, _name, _backbone_setting(_name))

@@ -3,17 +3,6 @@ import keras
 from keras_infformer.models.infinite_former_backbone import InfiniteFormerBackbone
 from keras_infformer.models.infinite_former_causal_lm import InfiniteFormerCausalLM
 
-# The backbone's settings, accepted here as keyword arguments.
-_SETTINGS = (
-    "vocabulary_size", "segment_length", "batch_size", "num_layers",
-    "hidden_dim", "num_heads", "intermediate_dim", "memory_length",
-    "use_long_term_memory", "num_basis", "basis_widths", "ridge_penalty",
-    "tau", "num_samples", "sticky_memories", "sticky_mode", "num_bins", "sticky_uniform_share",
-    "sigma_0", "kl_weight", "zero_memory_output", "compressed_memory_length", "compression_rate",
-    "reconstruction_weight", "dropout", "normalize_first", "tie_weights",
-)
-
-
 @keras.saving.register_keras_serializable(package="keras_infformer")
 class InfiniteFormerLM(InfiniteFormerCausalLM):
     """A causal language model of stacked ∞-former decoder blocks, from flat settings.
@@ -91,7 +80,7 @@ class InfiniteFormerLM(InfiniteFormerCausalLM):
         name=None,
         **kwargs,
     ):
-        settings = {k: kwargs.pop(k) for k in list(kwargs) if k in _SETTINGS}
+        settings = {k: kwargs.pop(k) for k in list(kwargs) if k in InfiniteFormerBackbone.SETTINGS}
         backbone = InfiniteFormerBackbone(
             vocabulary_size=vocabulary_size,
             segment_length=segment_length,
@@ -104,7 +93,7 @@ class InfiniteFormerLM(InfiniteFormerCausalLM):
 
     def get_config(self):
         backbone = self.backbone.get_config()
-        config = {k: backbone[k] for k in _SETTINGS}
+        config = {k: backbone[k] for k in InfiniteFormerBackbone.SETTINGS}
         config.update(
             {
                 "name": self.name,

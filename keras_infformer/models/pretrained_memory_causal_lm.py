@@ -7,6 +7,7 @@ from keras import ops
 from keras_infformer import memory
 from keras_infformer import utils
 from keras_infformer.data import text as text_utils
+from keras_infformer.layers import memory_settings
 from keras_infformer.layers.continuous_memory_attention import ContinuousMemoryAttention
 from keras_infformer.models import stream_guards
 from keras_infformer.models.streaming_causal_lm import StreamingCausalLM
@@ -69,6 +70,7 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
     """
 
     wiring_cls = None
+    LONG_TERM_SETTINGS = tuple(memory_settings.PRETRAINED_LONG_TERM_MEMORY)
 
     def __init__(
         self,
@@ -108,6 +110,9 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
                 f"`finetune` must be one of {_FINETUNE}. Received: finetune={finetune!r}"
             )
         num_samples = num_basis if num_samples is None else num_samples
+        settings = memory_settings.check_long_term_memory(
+            memory_settings.collect(locals(), self.LONG_TERM_SETTINGS)
+        )
 
         # === Layers ===
         self.backbone = backbone
@@ -118,17 +123,7 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
                 key_dim=wiring.head_dim,
                 output_dim=wiring.hidden_dim,
                 project_query=False,
-                num_basis=num_basis,
-                basis_widths=basis_widths,
-                ridge_penalty=ridge_penalty,
-                tau=tau,
-                num_samples=num_samples,
-                sticky_memories=sticky_memories,
-                sticky_mode=sticky_mode,
-                num_bins=num_bins,
-                sticky_uniform_share=sticky_uniform_share,
-                sigma_0=sigma_0,
-                kl_weight=kl_weight,
+                **settings,
                 zero_output=True,
                 stateful=True,
                 dtype=backbone.dtype_policy,
@@ -170,17 +165,7 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
         self.segment_length = segment_length
         self.batch_size = batch_size
         self.vocabulary_size = wiring.vocabulary_size
-        self.num_basis = int(num_basis)
-        self.basis_widths = tuple(float(w) for w in basis_widths)
-        self.ridge_penalty = ridge_penalty
-        self.tau = tau
-        self.num_samples = int(num_samples)
-        self.sticky_memories = bool(sticky_memories)
-        self.sticky_mode = sticky_mode
-        self.num_bins = num_bins
-        self.sticky_uniform_share = sticky_uniform_share
-        self.sigma_0 = sigma_0
-        self.kl_weight = kl_weight
+        memory_settings.assign(self, settings)
         self.set_finetune(finetune)
 
     @classmethod
@@ -359,53 +344,51 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
             lambda layer: dict(layer.state_spec(), **self._decode_extras(layer, None)),
         )
         position = ops.cast(state["position"][0], "int32")
-        last = self.segment_length - 1
         x = self._wiring.embed(token_ids, position, training=False)
         new_state = {}
         for i, layer in enumerate(self.memory_layers):
-            own = nested[self._prefix(i)]
-            boundary = {k: own[k] for k in layer.state_spec()}
-            begun = ops.cond(
-                ops.equal(position, 0),
-                lambda layer=layer, boundary=boundary: layer.absorb_pending(
-                    layer.read_state(boundary)
-                ),
-                lambda boundary=boundary: boundary,
-            )
-            seen = {}
+            names = list(layer.state_spec())
+            sticky = layer.sticky_memories
 
-            def read(inputs, query, layer=layer, begun=begun, seen=seen):
-                outputs, seen["mu"], seen["sigma_sq"] = layer.read(
-                    begun, query, regularize=False
-                )
-                seen["inputs"] = inputs
-                return outputs
+            def begin(own, layer=layer, names=names):
+                begun = dict(own)
+                begun.update(layer.begin_segment({k: own[k] for k in names}))
+                return begun
 
-            x, cache = self._wiring.decode_layer(i, x, own["cache"], position, read)
-            segment = ops.slice_update(
-                own["segment"], [0, position, 0], ops.cast(seen["inputs"], "float32")
-            )
-            layer_state = dict(begun, cache=ops.cast(cache, "float32"), segment=segment)
-            if layer.sticky_memories:
-                layer_state["segment_mass"] = own["segment_mass"] + layer._sampler.bin_mass(
-                    seen["mu"], seen["sigma_sq"]
-                )
+            def advance(begun, i=i, layer=layer, sticky=sticky):
+                seen = {}
 
-            def finish(layer=layer, layer_state=layer_state):
-                ended = dict(layer_state)
-                ended["pending"] = layer_state["segment"]
-                ended["pending_filled"] = ops.ones_like(layer_state["pending_filled"])
-                if layer.sticky_memories:
-                    ended["density"] = layer._sampler.normalize_mass(
-                        layer_state["segment_mass"]
+                def read(inputs, query):
+                    outputs, seen["mu"], seen["sigma_sq"] = layer.read(
+                        begun, query, regularize=False
                     )
-                    ended["segment_mass"] = ops.zeros_like(layer_state["segment_mass"])
-                ended["cache"] = ops.zeros_like(layer_state["cache"])
-                ended["segment"] = ops.zeros_like(layer_state["segment"])
-                return ended
+                    seen["inputs"] = inputs
+                    return outputs
 
-            new_state[self._prefix(i)] = ops.cond(
-                ops.equal(position, last), finish, lambda s=layer_state: s
+                y, cache = self._wiring.decode_layer(i, x, begun["cache"], position, read)
+                layer_state = dict(begun, cache=ops.cast(cache, "float32"))
+                layer_state["segment"] = ops.slice_update(
+                    begun["segment"], [0, position, 0], ops.cast(seen["inputs"], "float32")
+                )
+                if sticky:
+                    layer_state["segment_mass"] = begun["segment_mass"] + layer.bin_mass(
+                        seen["mu"], seen["sigma_sq"]
+                    )
+                return y, layer_state
+
+            def end(layer_state, layer=layer):
+                return layer.end_segment(
+                    layer_state, layer_state["segment"], layer_state.get("segment_mass")
+                )
+
+            x, new_state[self._prefix(i)] = memory.decode_position(
+                position,
+                self.segment_length,
+                nested[self._prefix(i)],
+                begin,
+                advance,
+                end,
+                partial=("cache", "segment") + (("segment_mass",) if sticky else ()),
             )
         logits = self._wiring.logits(x)
         new_state = memory.flatten_state(new_state)
@@ -467,17 +450,7 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
             {
                 "segment_length": self.segment_length,
                 "batch_size": self.batch_size,
-                "num_basis": self.num_basis,
-                "basis_widths": self.basis_widths,
-                "ridge_penalty": self.ridge_penalty,
-                "tau": self.tau,
-                "num_samples": self.num_samples,
-                "sticky_memories": self.sticky_memories,
-                "sticky_mode": self.sticky_mode,
-                "num_bins": self.num_bins,
-                "sticky_uniform_share": self.sticky_uniform_share,
-                "sigma_0": self.sigma_0,
-                "kl_weight": self.kl_weight,
+                **memory_settings.config(self, self.LONG_TERM_SETTINGS),
                 "finetune": self.finetune,
             }
         )
