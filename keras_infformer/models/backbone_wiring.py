@@ -36,13 +36,8 @@ Qwen3) share `keras_infformer.models.rotary_wiring.RotaryDecoderWiring`,
 where a family is a few overrides; docs/new_decoder.md is the recipe.
 """
 
+import keras_hub
 from keras import ops
-
-
-def _keras_hub():
-    import keras_hub
-
-    return keras_hub
 
 
 class BackboneWiring:
@@ -107,7 +102,7 @@ class GPT2Wiring(BackboneWiring):
     """
 
     def __init__(self, backbone):
-        self.backbone_cls = _keras_hub().models.GPT2Backbone
+        self.backbone_cls = keras_hub.models.GPT2Backbone
         super().__init__(backbone)
         self.num_layers = int(backbone.num_layers)
         self.hidden_dim = int(backbone.hidden_dim)

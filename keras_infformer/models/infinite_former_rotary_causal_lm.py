@@ -3,17 +3,12 @@
 import os
 
 import keras
+import keras_hub
 
 from keras_infformer.models.pretrained_memory_causal_lm import PretrainedMemoryCausalLM
 from keras_infformer.models.rotary_wiring import GemmaWiring
 from keras_infformer.models.rotary_wiring import LlamaWiring
 from keras_infformer.models.rotary_wiring import Qwen3Wiring
-
-
-def _keras_hub():
-    import keras_hub
-
-    return keras_hub
 
 
 def _share_presets(own, family_cls):
@@ -34,26 +29,26 @@ def _share_presets(own, family_cls):
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
-class InfiniteFormerLlamaBackbone(_keras_hub().models.LlamaBackbone):
+class InfiniteFormerLlamaBackbone(keras_hub.models.LlamaBackbone):
     """A `keras_hub.models.LlamaBackbone` under a name of its own (the
     `backbone_cls` of `InfiniteFormerLlamaCausalLM`)."""
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
-class InfiniteFormerGemmaBackbone(_keras_hub().models.GemmaBackbone):
+class InfiniteFormerGemmaBackbone(keras_hub.models.GemmaBackbone):
     """A `keras_hub.models.GemmaBackbone` under a name of its own (the
     `backbone_cls` of `InfiniteFormerGemmaCausalLM`)."""
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
-class InfiniteFormerQwen3Backbone(_keras_hub().models.Qwen3Backbone):
+class InfiniteFormerQwen3Backbone(keras_hub.models.Qwen3Backbone):
     """A `keras_hub.models.Qwen3Backbone` under a name of its own (the
     `backbone_cls` of `InfiniteFormerQwen3CausalLM`)."""
 
 
-_share_presets(InfiniteFormerLlamaBackbone, _keras_hub().models.LlamaBackbone)
-_share_presets(InfiniteFormerGemmaBackbone, _keras_hub().models.GemmaBackbone)
-_share_presets(InfiniteFormerQwen3Backbone, _keras_hub().models.Qwen3Backbone)
+_share_presets(InfiniteFormerLlamaBackbone, keras_hub.models.LlamaBackbone)
+_share_presets(InfiniteFormerGemmaBackbone, keras_hub.models.GemmaBackbone)
+_share_presets(InfiniteFormerQwen3Backbone, keras_hub.models.Qwen3Backbone)
 
 
 class _RotaryFamilyCausalLM(PretrainedMemoryCausalLM):
@@ -73,7 +68,7 @@ class _RotaryFamilyCausalLM(PretrainedMemoryCausalLM):
         from keras_hub.src.utils import preset_utils
 
         family = cls.wiring_cls.family
-        family_backbone = getattr(_keras_hub().models, cls.wiring_cls.backbone_class_name)
+        family_backbone = getattr(keras_hub.models, cls.wiring_cls.backbone_class_name)
         loader = preset_utils.get_preset_loader(preset)
         backbone_cls = loader.check_backbone_class()
         if not issubclass(backbone_cls, family_backbone):
@@ -162,7 +157,7 @@ class InfiniteFormerLlamaCausalLM(_RotaryFamilyCausalLM):
     """
 
     backbone_cls = InfiniteFormerLlamaBackbone
-    preprocessor_cls = _keras_hub().models.LlamaCausalLMPreprocessor
+    preprocessor_cls = keras_hub.models.LlamaCausalLMPreprocessor
     wiring_cls = LlamaWiring
 
 
@@ -203,7 +198,7 @@ class InfiniteFormerGemmaCausalLM(_RotaryFamilyCausalLM):
     """
 
     backbone_cls = InfiniteFormerGemmaBackbone
-    preprocessor_cls = _keras_hub().models.GemmaCausalLMPreprocessor
+    preprocessor_cls = keras_hub.models.GemmaCausalLMPreprocessor
     wiring_cls = GemmaWiring
 
 
@@ -240,7 +235,7 @@ class InfiniteFormerQwen3CausalLM(_RotaryFamilyCausalLM):
     """
 
     backbone_cls = InfiniteFormerQwen3Backbone
-    preprocessor_cls = _keras_hub().models.Qwen3CausalLMPreprocessor
+    preprocessor_cls = keras_hub.models.Qwen3CausalLMPreprocessor
     wiring_cls = Qwen3Wiring
 
 

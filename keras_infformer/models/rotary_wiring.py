@@ -53,18 +53,13 @@ with a message naming the keras-hub version the names were taken from
 (`KERAS_HUB_VERSION`) if one has moved.
 """
 
+import keras_hub
 from keras import ops
 
 from keras_infformer.models.backbone_wiring import BackboneWiring
 
 # The keras-hub version whose layer attributes the wirings below name.
 KERAS_HUB_VERSION = "0.32.0"
-
-
-def _keras_hub():
-    import keras_hub
-
-    return keras_hub
 
 
 def keras_hub_part(owner, name):
@@ -77,7 +72,7 @@ def keras_hub_part(owner, name):
     try:
         return getattr(owner, name)
     except AttributeError:
-        installed = getattr(_keras_hub(), "__version__", "unknown")
+        installed = getattr(keras_hub, "__version__", "unknown")
         raise RuntimeError(
             f"keras_infformer runs keras-hub decoder layers part by part and "
             f"needs `{type(owner).__name__}.{name}`, which keras-hub "
@@ -132,7 +127,7 @@ class RotaryDecoderWiring(BackboneWiring):
     backbone_class_name = None
 
     def __init__(self, backbone):
-        self.backbone_cls = getattr(_keras_hub().models, self.backbone_class_name)
+        self.backbone_cls = getattr(keras_hub.models, self.backbone_class_name)
         super().__init__(backbone)
         self.num_layers = int(backbone.num_layers)
         self.hidden_dim = int(backbone.hidden_dim)

@@ -10,6 +10,7 @@ writing that contract only.
 """
 
 import keras
+import keras_hub
 import numpy as np
 from keras import ops
 
@@ -19,13 +20,7 @@ from keras_infformer import metrics
 from keras_infformer.models import stream_guards
 
 
-def _keras_hub():
-    import keras_hub
-
-    return keras_hub
-
-
-class StreamingCausalLM(_keras_hub().models.CausalLM):
+class StreamingCausalLM(keras_hub.models.CausalLM):
     """Base of the causal LMs with memory: streams in, `generate()` out.
 
     Not used directly. A subclass is a `keras_hub.models.CausalLM` whose
@@ -81,7 +76,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
             and _is_auto(optimizer) and _is_auto(loss) and _is_auto(weighted_metrics)
             and not kwargs
         ):
-            self.sampler = _keras_hub().samplers.get(sampler)
+            self.sampler = keras_hub.samplers.get(sampler)
             self.generate_function = None  # Compiled for the old sampler.
             return
         if optimizer == "auto":
@@ -102,7 +97,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
     def _check_sampler_argument(sampler):
         try:
             valid = isinstance(
-                _keras_hub().samplers.get(sampler), _keras_hub().samplers.Sampler
+                keras_hub.samplers.get(sampler), keras_hub.samplers.Sampler
             )
         except (ValueError, TypeError):
             valid = False
@@ -120,7 +115,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         sampler = getattr(self, "sampler", None)
         if config and sampler is not None:
             config = dict(config)
-            config["sampler"] = _keras_hub().samplers.serialize(sampler)
+            config["sampler"] = keras_hub.samplers.serialize(sampler)
         return config
 
     def compile_from_config(self, config):
@@ -131,7 +126,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         sampler = config.pop("sampler", None)
         config = keras.saving.deserialize_keras_object(config)
         if sampler is not None:
-            config["sampler"] = _keras_hub().samplers.deserialize(sampler)
+            config["sampler"] = keras_hub.samplers.deserialize(sampler)
         self.compile(**config)
         if self.built:
             self.optimizer.build(self.trainable_variables)
@@ -242,7 +237,6 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
     # -- generation ----------------------------------------------------------
 
     def _check_sampler(self):
-        keras_hub = _keras_hub()
         sampler = self.sampler
         if type(sampler).__call__ is not keras_hub.samplers.Sampler.__call__:
             raise ValueError(
