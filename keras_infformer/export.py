@@ -62,6 +62,8 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
+from keras_infformer import compat
+
 # Inputs and outputs of `serving_default` besides the state.
 _RESERVED_NAMES = ("token_ids", "reset", "logits")
 # The optional members that add the `decode_state`/`decode_step` signatures.
@@ -846,8 +848,7 @@ def _write_saved_model_in_tensorflow_process(model, path, options):
     the modules of the model's classes, so custom registered classes load too.
     """
     modules = {"keras_infformer"}
-    layers = getattr(model, "_flatten_layers", None)
-    for layer in layers(include_self=True, recursive=True) if layers else [model]:
+    for layer in compat.flatten_layers(model, include_self=True):
         module = type(layer).__module__
         if module != "__main__" and module.split(".")[0] != "keras":
             modules.add(module)

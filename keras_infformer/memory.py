@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_infformer import compat
 from keras_infformer import distribution
 from keras_infformer import utils
 
@@ -518,7 +519,7 @@ def stateful_layers(model):
     """Every layer inside `model` that keeps memory in variables."""
     return [
         layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
+        for layer in compat.flatten_layers(model)
         if getattr(layer, "stateful", False) and callable(getattr(layer, "reset_state", None))
     ]
 

@@ -5,19 +5,11 @@ import os
 import keras
 import keras_hub
 
+from keras_infformer import compat
 from keras_infformer.models.pretrained_memory_causal_lm import PretrainedMemoryCausalLM
 from keras_infformer.models.rotary_wiring import GemmaWiring
 from keras_infformer.models.rotary_wiring import LlamaWiring
 from keras_infformer.models.rotary_wiring import Qwen3Wiring
-
-
-def _share_presets(own, family_cls):
-    """The family's built-in presets are listed by our backbone class too."""
-    from keras_hub.src.utils import preset_utils
-
-    presets = preset_utils.BUILTIN_PRESETS_FOR_BACKBONE
-    if family_cls in presets:
-        presets.setdefault(own, presets[family_cls])
 
 
 # Each family's backbone under a name of our own, as
@@ -46,9 +38,10 @@ class InfiniteFormerQwen3Backbone(keras_hub.models.Qwen3Backbone):
     `backbone_cls` of `InfiniteFormerQwen3CausalLM`)."""
 
 
-_share_presets(InfiniteFormerLlamaBackbone, keras_hub.models.LlamaBackbone)
-_share_presets(InfiniteFormerGemmaBackbone, keras_hub.models.GemmaBackbone)
-_share_presets(InfiniteFormerQwen3Backbone, keras_hub.models.Qwen3Backbone)
+# The family's built-in presets are listed by our backbone classes too.
+compat.share_builtin_presets(InfiniteFormerLlamaBackbone, keras_hub.models.LlamaBackbone)
+compat.share_builtin_presets(InfiniteFormerGemmaBackbone, keras_hub.models.GemmaBackbone)
+compat.share_builtin_presets(InfiniteFormerQwen3Backbone, keras_hub.models.Qwen3Backbone)
 
 
 class _RotaryFamilyCausalLM(PretrainedMemoryCausalLM):
@@ -65,11 +58,9 @@ class _RotaryFamilyCausalLM(PretrainedMemoryCausalLM):
         (keras-hub's own `CausalLM.from_preset` of a plain preset of the
         family gives keras-hub's task: this class is only chosen here.)
         """
-        from keras_hub.src.utils import preset_utils
-
         family = cls.wiring_cls.family
         family_backbone = getattr(keras_hub.models, cls.wiring_cls.backbone_class_name)
-        loader = preset_utils.get_preset_loader(preset)
+        loader = compat.preset_loader(preset)
         backbone_cls = loader.check_backbone_class()
         if not issubclass(backbone_cls, family_backbone):
             raise ValueError(
@@ -84,7 +75,7 @@ class _RotaryFamilyCausalLM(PretrainedMemoryCausalLM):
             and isinstance(preset, str)
             and os.path.isdir(preset)
             and not os.path.exists(
-                os.path.join(preset, preset_utils.TOKENIZER_CONFIG_FILE)
+                os.path.join(preset, compat.preset_tokenizer_file())
             )
         ):
             kwargs["preprocessor"] = None

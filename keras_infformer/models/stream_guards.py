@@ -63,6 +63,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_infformer import compat
 from keras_infformer import distribution
 from keras_infformer import memory
 from keras_infformer import utils
@@ -664,46 +665,6 @@ def refusals_as_errors():
 
 # -- JAX: keep the variables when a step fails -------------------------------------
 
-# The state a JAX step function receives, group by group (Keras' JAX trainer).
-_JAX_STATE_LAYOUT = {
-    "train_function": (
-        "trainable_variables", "non_trainable_variables",
-        "optimizer_variables", "metrics_variables",
-    ),
-    "test_function": (
-        "trainable_variables", "non_trainable_variables", "metrics_variables",
-    ),
-    "predict_function": ("trainable_variables", "non_trainable_variables"),
-}
-
-
-def _variables_of(model, group):
-    if group == "optimizer_variables":
-        return model.optimizer.variables
-    return getattr(model, group)
-
-
-def _is_deleted(value):
-    is_deleted = getattr(value, "is_deleted", None)
-    return value is None or (callable(is_deleted) and is_deleted())
-
-
-def restore_jax_state(model, groups, state):
-    """Put the values of a JAX step's input `state` back into `model`.
-
-    `groups` names the lists of `state` (see `_JAX_STATE_LAYOUT`). Values
-    already donated to a step that ran (deleted buffers) are skipped. Also
-    drops Keras' pending `_jax_state`, so that the trainer's clean-up does
-    not overwrite the restored values with those of an earlier call.
-    """
-    for group, values in zip(groups, state):
-        for variable, value in zip(_variables_of(model, group), values):
-            if not _is_deleted(value):
-                variable.assign(value)
-    model._jax_state = None
-    model._jax_state_synced = True
-
-
 def guard_step_function(model, attribute):
     """Wrap `model.<attribute>` (JAX `train_function` / `test_function` /
     `predict_function`) so that when it raises, the variables hold the
@@ -714,26 +675,24 @@ def guard_step_function(model, attribute):
     from the result of the last step that succeeded; when the *first* step
     raises there is no such result, and the model is left without variables.
     The step function receives the whole state as its first argument, so the
-    wrapper puts that back. A no-op on other backends, for a function not
-    made yet, or one already wrapped. Call it right after Keras'
-    `make_*_function`.
+    wrapper puts that back (`compat.restore_jax_step_state`). A no-op on
+    other backends, for a function not made yet, or one already wrapped.
+    Call it right after Keras' `make_*_function`.
     """
-    if keras.backend.backend() != "jax" or attribute not in _JAX_STATE_LAYOUT:
+    if keras.backend.backend() != "jax" or attribute not in compat.JAX_STEP_STATE:
         return
-    function = getattr(model, attribute, None)
-    if function is None or getattr(function, "_restores_variables", False):
-        return
-    groups = _JAX_STATE_LAYOUT[attribute]
 
-    def guarded(state, iterator):
-        try:
-            return function(state, iterator)
-        except BaseException:
-            restore_jax_state(model, groups, state)
-            raise
+    def wrap(function):
+        def guarded(state, iterator):
+            try:
+                return function(state, iterator)
+            except BaseException:
+                compat.restore_jax_step_state(model, attribute, state)
+                raise
 
-    guarded._restores_variables = True
-    setattr(model, attribute, guarded)
+        return guarded
+
+    compat.wrap_step_function(model, attribute, wrap)
 
 
 # -- inside compiled functions ---------------------------------------------------------

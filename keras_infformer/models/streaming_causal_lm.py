@@ -14,13 +14,14 @@ import keras_hub
 import numpy as np
 from keras import ops
 
+from keras_infformer import compat
 from keras_infformer import distribution
 from keras_infformer import memory
 from keras_infformer import metrics
 from keras_infformer.models import stream_guards
 
 
-class StreamingCausalLM(keras_hub.models.CausalLM):
+class StreamingCausalLM(compat.SymbolicBuildBatch, keras_hub.models.CausalLM):
     """Base of the causal LMs with memory: streams in, `generate()` out.
 
     Not used directly. A subclass is a `keras_hub.models.CausalLM` whose
@@ -166,7 +167,7 @@ class StreamingCausalLM(keras_hub.models.CausalLM):
             return keras.Model.fit(self, x, y, batch_size, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, *args, **kwargs):
-        if not kwargs.get("_use_cached_eval_dataset"):  # (Else fit's, checked.)
+        if not compat.is_fit_validation(kwargs):  # (Else fit's, checked.)
             x, batch_size = stream_guards.check_data(self, x, batch_size)
             self._check_targets(x, y)
         with stream_guards.refusals_as_errors():
@@ -223,15 +224,11 @@ class StreamingCausalLM(keras_hub.models.CausalLM):
         inputs = stream_guards.check_call_inputs(self, inputs)
         return super().call(inputs, training=training, mask=mask)
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    def symbolic_build_batch(self, iterator):
         # TensorFlow trainer with a tf.distribute strategy only: Keras would
         # average the first batch over the replicas to build symbolically,
         # which fails on the bool `reset`; replica 0's part builds the same.
-        if iterator is not None and data_batch is None:
-            data_batch = distribution.first_replica_batch(self, iterator)
-            if data_batch is not None:
-                iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        return distribution.first_replica_batch(self, iterator)
 
 
     # -- generation ----------------------------------------------------------
