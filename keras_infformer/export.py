@@ -63,6 +63,7 @@ import keras
 import numpy as np
 
 from keras_infformer import compat
+from keras_infformer import validation
 
 # Inputs and outputs of `serving_default` besides the state.
 _RESERVED_NAMES = ("token_ids", "reset", "logits")
@@ -454,14 +455,7 @@ def _serving_function(model, tf, jit_compile):
 
 
 def _token_checks(token_ids, vocabulary_size, tf):
-    return [
-        tf.debugging.assert_non_negative(token_ids, message="token_ids must be >= 0"),
-        tf.debugging.assert_less(
-            token_ids,
-            tf.constant(vocabulary_size, tf.int32),
-            message=f"token_ids must be < vocabulary_size={vocabulary_size}",
-        ),
-    ]
+    return [validation.tf_assert("token_ids", token_ids, vocabulary_size)]
 
 
 def _checked_state(inputs, state_signature, batch, reset, checks, tf):

@@ -18,6 +18,7 @@ from keras import ops
 from keras_infformer import compat
 from keras_infformer import distribution
 from keras_infformer import utils
+from keras_infformer import validation
 
 # -- state names ----------------------------------------------------------------
 
@@ -160,13 +161,7 @@ def check_reset(reset, batch_size=None):
         )
     flags = utils.concrete_value(reset)
     if flags is not None:
-        bad = ~np.isin(flags, (0, 1))
-        if bad.any():
-            raise ValueError(
-                "`reset` must hold booleans or the numbers 0 and 1 (1 = the "
-                f"row starts a new document). Received: reset={flags.tolist()} "
-                f"(e.g. {flags[bad][0]!r})"
-            )
+        validation.check_values("reset", flags)
     return reset
 
 

@@ -67,6 +67,7 @@ from keras_infformer import compat
 from keras_infformer import distribution
 from keras_infformer import memory
 from keras_infformer import utils
+from keras_infformer import validation
 
 # -- the checks of one batch ------------------------------------------------------
 
@@ -116,17 +117,8 @@ def check_token_ids(token_ids, vocabulary_size, segment_length, batch_size=None)
             f"token_ids.shape={shape}"
         )
     tokens = utils.concrete_value(token_ids)
-    if tokens is None or not tokens.size:
-        return
-    bad = (tokens < 0) | (tokens >= vocabulary_size)
-    if bad.any():
-        row, position = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            "`token_ids` must lie in [0, vocabulary_size="
-            f"{vocabulary_size}). Received a token id {tokens[row, position]} "
-            f"(row {row}, position {position}; {int(bad.sum())} id(s) out of "
-            "range in all)."
-        )
+    if tokens is not None:
+        validation.check_values("token_ids", tokens, vocabulary_size)
 
 
 def check_targets(targets, vocabulary_size, token_ids=None, name="y", values=True):
@@ -171,17 +163,8 @@ def check_targets(targets, vocabulary_size, token_ids=None, name="y", values=Tru
     if not values:
         return
     values = utils.concrete_value(targets)
-    if values is None or not values.size:
-        return
-    bad = (values < 0) | (values >= vocabulary_size)
-    if bad.any():
-        index = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"`{name}` (the next-token targets) must lie in [0, "
-            f"vocabulary_size={vocabulary_size}). Received a target "
-            f"{values[index]} at index {index} ({int(bad.sum())} target(s) "
-            "out of range in all)."
-        )
+    if values is not None:
+        validation.check_values("targets", values, vocabulary_size, name=name)
 
 
 def _targets_of(element):
@@ -309,8 +292,6 @@ class BatchChecker:
                 raise TypeError(checker.prefix() + str(error)) from None
             prefix = checker.prefix()
             rows = tf.shape(token_ids)[0]
-            bad = tf.logical_or(token_ids < 0, token_ids >= checker.vocabulary_size)
-            first_bad = tf.boolean_mask(token_ids, bad)[:1]
             checks = [
                 tf.debugging.Assert(
                     tf.logical_and(
@@ -334,13 +315,8 @@ class BatchChecker:
                         tf.shape(token_ids),
                     ],
                 ),
-                tf.debugging.Assert(
-                    tf.logical_not(tf.reduce_any(bad)),
-                    [
-                        prefix + "`token_ids` must lie in [0, vocabulary_size="
-                        f"{checker.vocabulary_size}). Received a token id",
-                        first_bad,
-                    ],
+                validation.tf_assert(
+                    "token_ids", token_ids, checker.vocabulary_size, prefix=prefix
                 ),
             ]
             reset = inputs.get("reset")
@@ -357,18 +333,7 @@ class BatchChecker:
                     )
                 )
                 if flags is not None:
-                    checks.append(
-                        tf.debugging.Assert(
-                            tf.reduce_all(
-                                tf.logical_or(tf.equal(flags, 0.0), tf.equal(flags, 1.0))
-                            ),
-                            [
-                                prefix + "`reset` must hold booleans or the "
-                                "numbers 0 and 1. Received: reset=",
-                                flags,
-                            ],
-                        )
-                    )
+                    checks.append(validation.tf_assert("reset", flags, prefix=prefix))
             targets = _targets_of(structure)
             if targets is not None:
                 try:
@@ -377,18 +342,9 @@ class BatchChecker:
                     )
                 except ValueError as error:
                     raise ValueError(checker.prefix() + str(error)) from None
-                bad_target = tf.logical_or(
-                    targets < 0, targets >= checker.vocabulary_size
-                )
                 checks.append(
-                    tf.debugging.Assert(
-                        tf.logical_not(tf.reduce_any(bad_target)),
-                        [
-                            prefix + "`y` (the next-token targets) must lie in "
-                            f"[0, vocabulary_size={checker.vocabulary_size}). "
-                            "Received a target",
-                            tf.boolean_mask(targets, bad_target)[:1],
-                        ],
+                    validation.tf_assert(
+                        "targets", targets, checker.vocabulary_size, prefix=prefix
                     )
                 )
             with tf.control_dependencies(checks):
