@@ -8,7 +8,7 @@ BACKENDS := tensorflow jax torch
 $(STAMP): pyproject.toml .ci/constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c .ci/constraints.txt -e ".[tensorflow,jax,torch,hub,test]"
+	$(PY) -m pip install -q -c .ci/constraints.txt -e ".[tensorflow,jax,torch,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -96,9 +96,9 @@ def parse_args(argv=None):
 
 def full_attention_classes():
     import keras
+    import keras_hub
     from keras import ops
 
-    from keras_infformer.layers.infinite_former_decoder import _rotary_embedding_class
     from keras_infformer.memory import flatten_state
     from keras_infformer.memory import state_name
 
@@ -130,7 +130,7 @@ def full_attention_classes():
                 layer.build(shape)
             self.o = keras.layers.EinsumDense("bthk,hkd->btd", (None, d), name="attention_output", **dense)
             self.o.build((None, None, h, self.head_dim))
-            self.rotary = _rotary_embedding_class()(name="rotary_embedding", **dense)
+            self.rotary = keras_hub.layers.RotaryEmbedding(name="rotary_embedding", **dense)
             self.ff_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="feedforward_norm", **dense)
             self.ff_norm.build(shape)
             self.ff1 = keras.layers.Dense(self.intermediate_dim, activation="relu", name="ff1", **dense)

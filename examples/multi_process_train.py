@@ -309,10 +309,11 @@ def _local_rows_match(model, start, stop):
     start:stop of the gathered memory."""
     import numpy as np
 
+    from keras_infformer import compat
     from keras_infformer import distribution
     from keras_infformer.memory import MemoryLayer
 
-    for layer in model._flatten_layers():
+    for layer in compat.flatten_layers(model, include_self=True):
         if not isinstance(layer, MemoryLayer) or not layer.stateful:
             continue
         gathered = layer.get_state()

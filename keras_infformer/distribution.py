@@ -52,6 +52,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_infformer import compat
+
 _MEMORY_ATTRIBUTE = "_keras_infformer_memory"
 
 # The state names of every memory layer built so far, with their rank,
@@ -366,7 +368,7 @@ def add_memory_variable(layer, shape, name, initializer="zeros", autocast=False)
                 synchronization="on_read",
                 aggregation="only_first_replica",
             )
-        layer._track_variable(variable)
+        compat.track_variable(layer, variable)
     setattr(variable, _MEMORY_ATTRIBUTE, True)
     return variable
 
@@ -486,8 +488,7 @@ def assign_memory(variable, value):
 
 def save_own_variables(layer, store):
     """`Layer.save_own_variables`, with every row of the memory variables."""
-    all_vars = layer._trainable_variables + layer._non_trainable_variables
-    for i, v in enumerate(all_vars):
+    for i, v in enumerate(compat.own_variables(layer)):
         if _replica_parts(v) is not None or _is_cross_process(v):
             store[f"{i}"] = ops.convert_to_numpy(read_memory(v))
         else:
@@ -496,9 +497,8 @@ def save_own_variables(layer, store):
 
 def load_own_variables(layer, store):
     """`Layer.load_own_variables`, splitting the memory rows over replicas."""
-    layer._check_load_own_variables(store)
-    all_vars = layer._trainable_variables + layer._non_trainable_variables
-    for i, v in enumerate(all_vars):
+    compat.check_load_own_variables(layer, store)
+    for i, v in enumerate(compat.own_variables(layer)):
         if is_memory_variable(v):
             assign_memory(v, np.asarray(store[f"{i}"]))
         else:
@@ -593,7 +593,7 @@ def step_logs(logs):
 def first_replica_batch(model, iterator):
     """The first batch of a TF epoch iterator as replica 0 receives it.
 
-    For `InfiniteFormerLM._maybe_symbolic_build` (TensorFlow with a
+    For `StreamingCausalLM.symbolic_build_batch` (TensorFlow with a
     strategy only, else `None`): Keras builds the model symbolically from
     the first distributed batch averaged over the replicas, which
     tf.distribute cannot do for the bool `reset` input; replica 0's part has
@@ -601,7 +601,7 @@ def first_replica_batch(model, iterator):
     """
     if keras.backend.backend() != "tensorflow":
         return None
-    strategy = getattr(model, "_distribute_strategy", None)
+    strategy = compat.tf_distribute_strategy(model)
     if strategy is None:
         return None
     import tensorflow as tf
@@ -699,7 +699,7 @@ class _MemoryLayoutMap(keras.distribution.LayoutMap):
 
     def __getitem__(self, key):
         user = super().__getitem__(key)
-        if key in self._layout_map:  # An exact user rule wins, as in LayoutMap.
+        if key in list(self):  # An exact user rule wins, as in LayoutMap.
             return user
         ranks = [
             rank

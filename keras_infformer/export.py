@@ -62,6 +62,9 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
+from keras_infformer import compat
+from keras_infformer import validation
+
 # Inputs and outputs of `serving_default` besides the state.
 _RESERVED_NAMES = ("token_ids", "reset", "logits")
 # The optional members that add the `decode_state`/`decode_step` signatures.
@@ -452,14 +455,7 @@ def _serving_function(model, tf, jit_compile):
 
 
 def _token_checks(token_ids, vocabulary_size, tf):
-    return [
-        tf.debugging.assert_non_negative(token_ids, message="token_ids must be >= 0"),
-        tf.debugging.assert_less(
-            token_ids,
-            tf.constant(vocabulary_size, tf.int32),
-            message=f"token_ids must be < vocabulary_size={vocabulary_size}",
-        ),
-    ]
+    return [validation.tf_assert("token_ids", token_ids, vocabulary_size)]
 
 
 def _checked_state(inputs, state_signature, batch, reset, checks, tf):
@@ -846,8 +842,7 @@ def _write_saved_model_in_tensorflow_process(model, path, options):
     the modules of the model's classes, so custom registered classes load too.
     """
     modules = {"keras_infformer"}
-    layers = getattr(model, "_flatten_layers", None)
-    for layer in layers(include_self=True, recursive=True) if layers else [model]:
+    for layer in compat.flatten_layers(model, include_self=True):
         module = type(layer).__module__
         if module != "__main__" and module.split(".")[0] != "keras":
             modules.add(module)

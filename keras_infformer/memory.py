@@ -15,8 +15,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_infformer import compat
 from keras_infformer import distribution
 from keras_infformer import utils
+from keras_infformer import validation
 
 # -- state names ----------------------------------------------------------------
 
@@ -159,13 +161,7 @@ def check_reset(reset, batch_size=None):
         )
     flags = utils.concrete_value(reset)
     if flags is not None:
-        bad = ~np.isin(flags, (0, 1))
-        if bad.any():
-            raise ValueError(
-                "`reset` must hold booleans or the numbers 0 and 1 (1 = the "
-                f"row starts a new document). Received: reset={flags.tolist()} "
-                f"(e.g. {flags[bad][0]!r})"
-            )
+        validation.check_values("reset", flags)
     return reset
 
 
@@ -550,7 +546,7 @@ def stateful_layers(model):
     """Every layer inside `model` that keeps memory in variables."""
     return [
         layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
+        for layer in compat.flatten_layers(model)
         if getattr(layer, "stateful", False) and callable(getattr(layer, "reset_state", None))
     ]
 

@@ -10,6 +10,7 @@ sum of the weights instead.
 import math
 
 import keras
+import keras_hub
 from keras import ops
 
 from keras_infformer import distribution
@@ -186,8 +187,6 @@ def language_model_metrics():
     Accuracy, perplexity (`keras_hub.metrics.Perplexity`) and bits per token,
     all over real tokens only (pass them as `weighted_metrics`).
     """
-    import keras_hub
-
     return [
         keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
         keras_hub.metrics.Perplexity(from_logits=True, name="perplexity"),

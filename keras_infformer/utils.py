@@ -7,6 +7,8 @@ import numpy as np
 import keras
 from keras import ops
 
+from keras_infformer import compat
+
 
 def constant(array, dtype="float32"):
     """A backend tensor for a NumPy constant, safe to reuse across traces."""
@@ -72,22 +74,13 @@ def seeded_initializer(initializer, seed, name):
     return initializer.__class__.from_config(config)
 
 
-def _in_symbolic_scope():
-    # Keras has no public name for this; shape inference runs inside it.
-    try:
-        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-    except ImportError:  # pragma: no cover - a Keras that moved it
-        return False
-    return in_symbolic_scope()
-
-
 def concrete_value(x):
     """`x` as a NumPy array when it holds data now, else `None` (traced)."""
     if x is None or isinstance(x, keras.KerasTensor):
         return None
     if isinstance(x, (np.ndarray, np.generic, int, float, bool)):
         return np.asarray(x)
-    if _in_symbolic_scope():
+    if compat.in_symbolic_scope():
         # Keras is only inferring shapes: PyTorch's fallback fills the
         # tensors with uninitialised memory, which is no data to check.
         return None

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from keras_infformer import distribution
+from keras_infformer import utils
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -17,34 +18,17 @@ _MAX_PASSES = 8
 
 
 def _check_positive_int(name, value):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-        value, (int, np.integer)
-    ):
-        raise TypeError(
-            f"`{name}` must be a positive integer. Received: "
-            f"{name}={value!r} (of type {type(value).__name__})"
-        )
-    if value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value}"
-        )
-    return int(value)
+    return utils.check_positive_int(value, name)
 
 
 def _check_token_id(name, value):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-        value, (int, np.integer)
-    ):
-        raise TypeError(
-            f"`{name}` must be a non-negative integer token id. Received: "
-            f"{name}={value!r} (of type {type(value).__name__})"
-        )
-    if value < 0 or value > _INT32_MAX:
+    value = utils.check_positive_int(value, name, minimum=0)
+    if value > _INT32_MAX:
         raise ValueError(
             f"`{name}` must be a non-negative int32 token id. Received: "
             f"{name}={value}"
         )
-    return int(value)
+    return value
 
 
 def _as_token_array(tokens, name):

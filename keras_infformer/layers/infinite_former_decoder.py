@@ -1,4 +1,5 @@
 import keras
+import keras_hub
 from keras import ops
 
 from keras_infformer import memory
@@ -7,17 +8,6 @@ from keras_infformer.layers import memory_settings
 from keras_infformer.layers.compressive_memory import CompressiveMemory
 from keras_infformer.layers.long_term_memory import VIEW_NAMES
 from keras_infformer.layers.long_term_memory import LongTermMemory
-
-
-def _rotary_embedding_class():
-    try:
-        import keras_hub
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "InfiniteFormerDecoder uses keras_hub.layers.RotaryEmbedding. "
-            "Install it with `pip install keras-infformer[hub]`."
-        ) from e
-    return keras_hub.layers.RotaryEmbedding
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
@@ -296,7 +286,7 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
             **dense("attention_output"),
         )
         self._attention_output_dense.build((batch_size, None, self.num_heads, head_dim))
-        self._rotary = _rotary_embedding_class()(
+        self._rotary = keras_hub.layers.RotaryEmbedding(
             max_wavelength=self.rotary_max_wavelength, dtype=self.dtype_policy,
             name="rotary_embedding",
         )

@@ -36,13 +36,10 @@ Qwen3) share `keras_infformer.models.rotary_wiring.RotaryDecoderWiring`,
 where a family is a few overrides; docs/new_decoder.md is the recipe.
 """
 
+import keras_hub
 from keras import ops
 
-
-def _keras_hub():
-    import keras_hub
-
-    return keras_hub
+from keras_infformer import compat
 
 
 class BackboneWiring:
@@ -101,13 +98,14 @@ class GPT2Wiring(BackboneWiring):
     differently scaled signals.
 
     keras-hub has no public hook inside a decoder layer, so this wiring
-    calls the layer's own sublayers and two of its private helpers
-    (`_compute_self_attention_mask`, `_compute_attention`); it is tested
-    against `GPT2CausalLM` with keras-hub 0.32 (pinned in .ci/constraints.txt).
+    calls the layer's own sublayers, its causal mask and its attention
+    through `keras_infformer.compat` (private names; the attention's
+    projections are public); it is tested against `GPT2CausalLM` with
+    keras-hub 0.32 (pinned in .ci/constraints.txt).
     """
 
     def __init__(self, backbone):
-        self.backbone_cls = _keras_hub().models.GPT2Backbone
+        self.backbone_cls = keras_hub.models.GPT2Backbone
         super().__init__(backbone)
         self.num_layers = int(backbone.num_layers)
         self.hidden_dim = int(backbone.hidden_dim)
@@ -125,23 +123,17 @@ class GPT2Wiring(BackboneWiring):
 
     def layer(self, index, x, read, training=None):
         block = self.backbone.transformer_layers[index]
-        attention = block._self_attention_layer
-        h = block._self_attention_layer_norm(x)
-        query = attention._query_dense(h)
-        key = attention._key_dense(h)
-        value = attention._value_dense(h)
-        mask = block._compute_self_attention_mask(
-            decoder_sequence=x,
-            decoder_padding_mask=None,
-            decoder_attention_mask=None,
-            use_causal_mask=True,
-            self_attention_cache=None,
-            self_attention_cache_update_index=None,
+        parts = compat.transformer_decoder_parts(block)
+        attention = parts["attention"]
+        h = parts["attention_norm"](x)
+        query = attention.query_dense(h)
+        key = attention.key_dense(h)
+        value = attention.value_dense(h)
+        mask = compat.transformer_decoder_causal_mask(block, x)
+        attended = compat.multi_head_attention(
+            attention, query, key, value, mask, training=training
         )
-        attended, _ = attention._compute_attention(
-            query=query, key=key, value=value, attention_mask=mask, training=training
-        )
-        return self._finish(block, x, attended, read(h, query), training)
+        return self._finish(parts, x, attended, read(h, query), training)
 
     def cache_shape(self, length):
         # keras-hub's own layout: (2, length, heads, head_dim), keys first.
@@ -149,42 +141,36 @@ class GPT2Wiring(BackboneWiring):
 
     def decode_layer(self, index, x, cache, position, read):
         block = self.backbone.transformer_layers[index]
-        attention = block._self_attention_layer
-        h = block._self_attention_layer_norm(x)
-        query = attention._query_dense(h)
+        parts = compat.transformer_decoder_parts(block)
+        attention = parts["attention"]
+        h = parts["attention_norm"](x)
+        query = attention.query_dense(h)
         start = [0, position, 0, 0]
         key = ops.slice_update(
-            ops.cast(cache[:, 0], query.dtype), start, attention._key_dense(h)
+            ops.cast(cache[:, 0], query.dtype), start, attention.key_dense(h)
         )
         value = ops.slice_update(
-            ops.cast(cache[:, 1], query.dtype), start, attention._value_dense(h)
+            ops.cast(cache[:, 1], query.dtype), start, attention.value_dense(h)
         )
         cache = ops.stack((key, value), axis=1)
-        mask = block._compute_self_attention_mask(
-            decoder_sequence=x,
-            decoder_padding_mask=None,
-            decoder_attention_mask=None,
-            use_causal_mask=True,
-            self_attention_cache=cache,
-            self_attention_cache_update_index=position,
+        mask = compat.transformer_decoder_causal_mask(block, x, cache, position)
+        attended = compat.multi_head_attention(
+            attention, query, key, value, mask, training=False
         )
-        attended, _ = attention._compute_attention(
-            query=query, key=key, value=value, attention_mask=mask, training=False
-        )
-        return self._finish(block, x, attended, read(h, query), False), cache
+        return self._finish(parts, x, attended, read(h, query), False), cache
 
-    def _finish(self, block, x, attended, memory_output, training):
-        attention_output = block._self_attention_layer._output_dense(attended)
+    def _finish(self, parts, x, attended, memory_output, training):
+        attention_output = parts["attention"].output_dense(attended)
         # The paper's sum: short-term attention plus the memory read.
         attention_output = attention_output + ops.cast(
             memory_output, attention_output.dtype
         )
-        x = block._self_attention_dropout(attention_output, training=training) + x
+        x = parts["attention_dropout"](attention_output, training=training) + x
         residual = x
-        h = block._feedforward_layer_norm(x)
-        h = block._feedforward_intermediate_dense(h)
-        h = block._feedforward_output_dense(h)
-        h = block._feedforward_dropout(h, training=training)
+        h = parts["ffn_norm"](x)
+        h = parts["up"](h)
+        h = parts["down"](h)
+        h = parts["ffn_dropout"](h, training=training)
         return h + residual
 
     def logits(self, hidden):

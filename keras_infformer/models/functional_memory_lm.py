@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_infformer import compat
 from keras_infformer import memory
 from keras_infformer.models import stream_guards
 from keras_infformer.models.streaming_causal_lm import StreamingCausalLM
@@ -24,7 +25,7 @@ def _memory_layers(model):
     for layer in memory.stateful_layers(model):
         if not isinstance(layer, memory.MemoryLayer) or not layer._state_variables:
             continue
-        if any(layer in list(other._flatten_layers(include_self=False)) for other in found):
+        if any(layer in compat.flatten_layers(other) for other in found):
             continue
         found.append(layer)
     return found

@@ -1,4 +1,5 @@
 import keras
+import keras_hub
 from keras import ops
 
 from keras_infformer import memory
@@ -7,19 +8,8 @@ from keras_infformer.layers import memory_settings
 from keras_infformer.layers.infinite_former_decoder import InfiniteFormerDecoder
 
 
-def _backbone_base():
-    try:
-        import keras_hub
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "The keras_infformer models build on keras-hub. Install it with "
-            "`pip install keras-infformer[hub]`."
-        ) from e
-    return keras_hub.models.Backbone
-
-
 @keras.saving.register_keras_serializable(package="keras_infformer")
-class InfiniteFormerBackbone(_backbone_base()):
+class InfiniteFormerBackbone(keras_hub.models.Backbone):
     """The ∞-former decoder stack: token ids and resets to hidden states.
 
     A `keras_hub.models.Backbone` (a functional model) of a token embedding,

@@ -1,28 +1,9 @@
 import keras
+import keras_hub
 import numpy as np
 
 from keras_infformer.data import text as text_utils
 from keras_infformer.data.streaming import StreamingDataset
-
-
-def _keras_hub():
-    try:
-        import keras_hub
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "InfiniteFormerCausalLMPreprocessor needs keras-hub. Install it "
-            "with `pip install keras-infformer[hub]`."
-        ) from e
-    return keras_hub
-
-
-def _preprocessor_base():
-    try:
-        import keras_hub
-
-        return keras_hub.models.Preprocessor
-    except ImportError:  # pragma: no cover - depends on the install
-        return keras.layers.Layer
 
 
 def _check_texts(texts):
@@ -36,7 +17,7 @@ def _check_texts(texts):
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
-class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
+class InfiniteFormerCausalLMPreprocessor(keras_hub.models.Preprocessor):
     """Text to token streams for an `InfiniteFormerCausalLM`, and back.
 
     Holds a keras-hub tokenizer (`keras_hub.tokenizers.ByteTokenizer` by
@@ -86,7 +67,7 @@ class InfiniteFormerCausalLMPreprocessor(_preprocessor_base()):
         super().__init__(**kwargs)
         self.sequence_length = sequence_length
         if tokenizer is None:
-            tokenizer = _keras_hub().tokenizers.ByteTokenizer(lowercase=False)
+            tokenizer = keras_hub.tokenizers.ByteTokenizer(lowercase=False)
         if not callable(tokenizer) or not hasattr(tokenizer, "detokenize"):
             raise TypeError(
                 "`tokenizer` must be a keras-hub tokenizer (callable, with "

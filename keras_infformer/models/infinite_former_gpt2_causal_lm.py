@@ -1,17 +1,13 @@
 import keras
+import keras_hub
 
+from keras_infformer import compat
 from keras_infformer.models.backbone_wiring import GPT2Wiring
 from keras_infformer.models.pretrained_memory_causal_lm import PretrainedMemoryCausalLM
 
 
-def _keras_hub():
-    import keras_hub
-
-    return keras_hub
-
-
 @keras.saving.register_keras_serializable(package="keras_infformer")
-class InfiniteFormerGPT2Backbone(_keras_hub().models.GPT2Backbone):
+class InfiniteFormerGPT2Backbone(keras_hub.models.GPT2Backbone):
     """A `keras_hub.models.GPT2Backbone` under a name of its own.
 
     The `backbone_cls` of `InfiniteFormerGPT2CausalLM`. keras-hub's
@@ -26,16 +22,7 @@ class InfiniteFormerGPT2Backbone(_keras_hub().models.GPT2Backbone):
 
 
 # Built-in GPT-2 presets listed by `InfiniteFormerGPT2CausalLM.presets` too.
-def _share_gpt2_presets():
-    from keras_hub.src.utils import preset_utils
-
-    presets = preset_utils.BUILTIN_PRESETS_FOR_BACKBONE
-    gpt2 = _keras_hub().models.GPT2Backbone
-    if gpt2 in presets:
-        presets.setdefault(InfiniteFormerGPT2Backbone, presets[gpt2])
-
-
-_share_gpt2_presets()
+compat.share_builtin_presets(InfiniteFormerGPT2Backbone, keras_hub.models.GPT2Backbone)
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
@@ -111,7 +98,7 @@ class InfiniteFormerGPT2CausalLM(PretrainedMemoryCausalLM):
 
     # Not `GPT2Backbone` itself: see `InfiniteFormerGPT2Backbone`.
     backbone_cls = InfiniteFormerGPT2Backbone
-    preprocessor_cls = _keras_hub().models.GPT2CausalLMPreprocessor
+    preprocessor_cls = keras_hub.models.GPT2CausalLMPreprocessor
     wiring_cls = GPT2Wiring
 
     @classmethod
@@ -125,11 +112,9 @@ class InfiniteFormerGPT2CausalLM(PretrainedMemoryCausalLM):
         (keras-hub's `CausalLM.from_preset` of any GPT-2 preset gives
         `keras_hub.models.GPT2CausalLM`: this class is only chosen here.)
         """
-        from keras_hub.src.utils import preset_utils
-
-        loader = preset_utils.get_preset_loader(preset)
+        loader = compat.preset_loader(preset)
         backbone_cls = loader.check_backbone_class()
-        if not issubclass(backbone_cls, _keras_hub().models.GPT2Backbone):
+        if not issubclass(backbone_cls, keras_hub.models.GPT2Backbone):
             raise ValueError(
                 f"{cls.__name__}.from_preset() needs a GPT-2 preset (a "
                 f"GPT2Backbone). Received: preset={preset!r}, whose backbone "

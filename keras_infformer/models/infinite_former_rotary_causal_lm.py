@@ -3,26 +3,13 @@
 import os
 
 import keras
+import keras_hub
 
+from keras_infformer import compat
 from keras_infformer.models.pretrained_memory_causal_lm import PretrainedMemoryCausalLM
 from keras_infformer.models.rotary_wiring import GemmaWiring
 from keras_infformer.models.rotary_wiring import LlamaWiring
 from keras_infformer.models.rotary_wiring import Qwen3Wiring
-
-
-def _keras_hub():
-    import keras_hub
-
-    return keras_hub
-
-
-def _share_presets(own, family_cls):
-    """The family's built-in presets are listed by our backbone class too."""
-    from keras_hub.src.utils import preset_utils
-
-    presets = preset_utils.BUILTIN_PRESETS_FOR_BACKBONE
-    if family_cls in presets:
-        presets.setdefault(own, presets[family_cls])
 
 
 # Each family's backbone under a name of our own, as
@@ -34,26 +21,27 @@ def _share_presets(own, family_cls):
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
-class InfiniteFormerLlamaBackbone(_keras_hub().models.LlamaBackbone):
+class InfiniteFormerLlamaBackbone(keras_hub.models.LlamaBackbone):
     """A `keras_hub.models.LlamaBackbone` under a name of its own (the
     `backbone_cls` of `InfiniteFormerLlamaCausalLM`)."""
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
-class InfiniteFormerGemmaBackbone(_keras_hub().models.GemmaBackbone):
+class InfiniteFormerGemmaBackbone(keras_hub.models.GemmaBackbone):
     """A `keras_hub.models.GemmaBackbone` under a name of its own (the
     `backbone_cls` of `InfiniteFormerGemmaCausalLM`)."""
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
-class InfiniteFormerQwen3Backbone(_keras_hub().models.Qwen3Backbone):
+class InfiniteFormerQwen3Backbone(keras_hub.models.Qwen3Backbone):
     """A `keras_hub.models.Qwen3Backbone` under a name of its own (the
     `backbone_cls` of `InfiniteFormerQwen3CausalLM`)."""
 
 
-_share_presets(InfiniteFormerLlamaBackbone, _keras_hub().models.LlamaBackbone)
-_share_presets(InfiniteFormerGemmaBackbone, _keras_hub().models.GemmaBackbone)
-_share_presets(InfiniteFormerQwen3Backbone, _keras_hub().models.Qwen3Backbone)
+# The family's built-in presets are listed by our backbone classes too.
+compat.share_builtin_presets(InfiniteFormerLlamaBackbone, keras_hub.models.LlamaBackbone)
+compat.share_builtin_presets(InfiniteFormerGemmaBackbone, keras_hub.models.GemmaBackbone)
+compat.share_builtin_presets(InfiniteFormerQwen3Backbone, keras_hub.models.Qwen3Backbone)
 
 
 class _RotaryFamilyCausalLM(PretrainedMemoryCausalLM):
@@ -70,11 +58,9 @@ class _RotaryFamilyCausalLM(PretrainedMemoryCausalLM):
         (keras-hub's own `CausalLM.from_preset` of a plain preset of the
         family gives keras-hub's task: this class is only chosen here.)
         """
-        from keras_hub.src.utils import preset_utils
-
         family = cls.wiring_cls.family
-        family_backbone = getattr(_keras_hub().models, cls.wiring_cls.backbone_class_name)
-        loader = preset_utils.get_preset_loader(preset)
+        family_backbone = getattr(keras_hub.models, cls.wiring_cls.backbone_class_name)
+        loader = compat.preset_loader(preset)
         backbone_cls = loader.check_backbone_class()
         if not issubclass(backbone_cls, family_backbone):
             raise ValueError(
@@ -89,7 +75,7 @@ class _RotaryFamilyCausalLM(PretrainedMemoryCausalLM):
             and isinstance(preset, str)
             and os.path.isdir(preset)
             and not os.path.exists(
-                os.path.join(preset, preset_utils.TOKENIZER_CONFIG_FILE)
+                os.path.join(preset, compat.preset_tokenizer_file())
             )
         ):
             kwargs["preprocessor"] = None
@@ -162,7 +148,7 @@ class InfiniteFormerLlamaCausalLM(_RotaryFamilyCausalLM):
     """
 
     backbone_cls = InfiniteFormerLlamaBackbone
-    preprocessor_cls = _keras_hub().models.LlamaCausalLMPreprocessor
+    preprocessor_cls = keras_hub.models.LlamaCausalLMPreprocessor
     wiring_cls = LlamaWiring
 
 
@@ -203,7 +189,7 @@ class InfiniteFormerGemmaCausalLM(_RotaryFamilyCausalLM):
     """
 
     backbone_cls = InfiniteFormerGemmaBackbone
-    preprocessor_cls = _keras_hub().models.GemmaCausalLMPreprocessor
+    preprocessor_cls = keras_hub.models.GemmaCausalLMPreprocessor
     wiring_cls = GemmaWiring
 
 
@@ -240,7 +226,7 @@ class InfiniteFormerQwen3CausalLM(_RotaryFamilyCausalLM):
     """
 
     backbone_cls = InfiniteFormerQwen3Backbone
-    preprocessor_cls = _keras_hub().models.Qwen3CausalLMPreprocessor
+    preprocessor_cls = keras_hub.models.Qwen3CausalLMPreprocessor
     wiring_cls = Qwen3Wiring
 
 

@@ -46,47 +46,21 @@ its short-term keys are): the memory's keys, learned from zero output,
 see the same scale in every layer.
 
 **Private keras-hub attributes.** keras-hub offers no hook inside a decoder
-layer, and Llama's and Qwen3's layers keep their parts under private names
-(`_self_attention_layer`, `_query_dense`, ...). Every such name is looked
-up once, when the wiring is made, through `keras_hub_part()`, which fails
-with a message naming the keras-hub version the names were taken from
-(`KERAS_HUB_VERSION`) if one has moved.
+layer, and Llama's and Qwen3's layers keep their parts under private names.
+Those names live in `keras_infformer.compat` (`llama_decoder_parts`,
+`qwen3_query_norm`); every part is looked up once, when the wiring is made,
+through `compat.keras_hub_part()`, which fails with a message naming the
+keras-hub version the names were taken from (`compat.KERAS_HUB_VERSION`)
+if one has moved.
 """
 
+import keras_hub
 from keras import ops
 
+from keras_infformer import compat
+from keras_infformer.compat import KERAS_HUB_VERSION  # noqa: F401 (public here before)
+from keras_infformer.compat import keras_hub_part  # noqa: F401 (public here before)
 from keras_infformer.models.backbone_wiring import BackboneWiring
-
-# The keras-hub version whose layer attributes the wirings below name.
-KERAS_HUB_VERSION = "0.32.0"
-
-
-def _keras_hub():
-    import keras_hub
-
-    return keras_hub
-
-
-def keras_hub_part(owner, name):
-    """`getattr(owner, name)` for a keras-hub layer attribute we rely on.
-
-    Raises a `RuntimeError` naming the attribute, the installed keras-hub
-    version and `KERAS_HUB_VERSION` if the attribute is missing (a
-    keras-hub release renamed or moved it).
-    """
-    try:
-        return getattr(owner, name)
-    except AttributeError:
-        installed = getattr(_keras_hub(), "__version__", "unknown")
-        raise RuntimeError(
-            f"keras_infformer runs keras-hub decoder layers part by part and "
-            f"needs `{type(owner).__name__}.{name}`, which keras-hub "
-            f"{installed} does not have. The wirings in "
-            f"keras_infformer.models.rotary_wiring were written against "
-            f"keras-hub {KERAS_HUB_VERSION}: install that version, or update "
-            f"the wiring's part names."
-        ) from None
-
 
 def causal_mask(batch_size, query_length, key_length, start=0):
     """Boolean `(batch_size, query_length, key_length)`: query `i` (at
@@ -106,7 +80,7 @@ class RotaryDecoderWiring(BackboneWiring):
     See the module docstring for the layer's maths and the memory's query.
     A family subclass sets `family` and `backbone_class_name` (the
     `keras_hub.models` class it takes) and implements `_resolve(block)`:
-    the layer's parts by role, found with `keras_hub_part()`:
+    the layer's parts by role (private names through `keras_infformer.compat`):
 
     - `"attention_norm"`, `"attention"`, `"ffn_norm"`, `"gate"`, `"up"`,
       `"down"`: required;
@@ -132,7 +106,7 @@ class RotaryDecoderWiring(BackboneWiring):
     backbone_class_name = None
 
     def __init__(self, backbone):
-        self.backbone_cls = getattr(_keras_hub().models, self.backbone_class_name)
+        self.backbone_cls = getattr(keras_hub.models, self.backbone_class_name)
         super().__init__(backbone)
         self.num_layers = int(backbone.num_layers)
         self.hidden_dim = int(backbone.hidden_dim)
@@ -217,25 +191,6 @@ class RotaryDecoderWiring(BackboneWiring):
         return self.backbone.token_embedding(hidden, reverse=True)
 
 
-def _llama_style_parts(block):
-    """Parts of a Llama-style decoder layer (Llama, Qwen3): private names."""
-    attention = keras_hub_part(block, "_self_attention_layer")
-    return {
-        "attention_norm": keras_hub_part(block, "_self_attention_layernorm"),
-        "attention": attention,
-        "query": keras_hub_part(attention, "_query_dense"),
-        "post_attention_norm": None,
-        "attention_dropout": keras_hub_part(block, "_self_attention_dropout"),
-        "ffn_norm": keras_hub_part(block, "_feedforward_layernorm"),
-        "gate": keras_hub_part(block, "_feedforward_gate_dense"),
-        "up": keras_hub_part(block, "_feedforward_intermediate_dense"),
-        "down": keras_hub_part(block, "_feedforward_output_dense"),
-        "post_ffn_norm": None,
-        "activation": keras_hub_part(block, "activation"),
-        "compute_dtype": block.compute_dtype,
-    }
-
-
 class LlamaWiring(RotaryDecoderWiring):
     """`keras_hub.models.LlamaBackbone`: Llama 2/3 (and Llama-style) decoders.
 
@@ -243,7 +198,7 @@ class LlamaWiring(RotaryDecoderWiring):
     included: it is the attention layer's own), grouped-query attention, a
     SiLU-gated feed-forward block; tied or untied output embedding (the
     `ReversibleEmbedding`'s own). The memory reads with the layer's query
-    heads as projected by `_query_dense`, without rotary positions, memory
+    heads as projected by its query projection, without rotary positions, memory
     keys/values per query head (module docstring: why).
     """
 
@@ -254,7 +209,7 @@ class LlamaWiring(RotaryDecoderWiring):
         return int(backbone.hidden_dim) // int(backbone.num_query_heads)
 
     def _resolve(self, block):
-        return _llama_style_parts(block)
+        return compat.llama_decoder_parts(block)
 
 
 class Qwen3Wiring(RotaryDecoderWiring):
@@ -272,8 +227,8 @@ class Qwen3Wiring(RotaryDecoderWiring):
     backbone_class_name = "Qwen3Backbone"
 
     def _resolve(self, block):
-        parts = _llama_style_parts(block)
-        parts["query_norm"] = keras_hub_part(parts["attention"], "_query_dense_layer_norm")
+        parts = compat.llama_decoder_parts(block)
+        parts["query_norm"] = compat.qwen3_query_norm(parts["attention"])
         return parts
 
     def _memory_query(self, parts, h):

@@ -63,9 +63,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_infformer import compat
 from keras_infformer import distribution
 from keras_infformer import memory
 from keras_infformer import utils
+from keras_infformer import validation
 
 # -- the checks of one batch ------------------------------------------------------
 
@@ -115,17 +117,8 @@ def check_token_ids(token_ids, vocabulary_size, segment_length, batch_size=None)
             f"token_ids.shape={shape}"
         )
     tokens = utils.concrete_value(token_ids)
-    if tokens is None or not tokens.size:
-        return
-    bad = (tokens < 0) | (tokens >= vocabulary_size)
-    if bad.any():
-        row, position = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            "`token_ids` must lie in [0, vocabulary_size="
-            f"{vocabulary_size}). Received a token id {tokens[row, position]} "
-            f"(row {row}, position {position}; {int(bad.sum())} id(s) out of "
-            "range in all)."
-        )
+    if tokens is not None:
+        validation.check_values("token_ids", tokens, vocabulary_size)
 
 
 def check_targets(targets, vocabulary_size, token_ids=None, name="y", values=True):
@@ -170,17 +163,8 @@ def check_targets(targets, vocabulary_size, token_ids=None, name="y", values=Tru
     if not values:
         return
     values = utils.concrete_value(targets)
-    if values is None or not values.size:
-        return
-    bad = (values < 0) | (values >= vocabulary_size)
-    if bad.any():
-        index = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"`{name}` (the next-token targets) must lie in [0, "
-            f"vocabulary_size={vocabulary_size}). Received a target "
-            f"{values[index]} at index {index} ({int(bad.sum())} target(s) "
-            "out of range in all)."
-        )
+    if values is not None:
+        validation.check_values("targets", values, vocabulary_size, name=name)
 
 
 def _targets_of(element):
@@ -308,8 +292,6 @@ class BatchChecker:
                 raise TypeError(checker.prefix() + str(error)) from None
             prefix = checker.prefix()
             rows = tf.shape(token_ids)[0]
-            bad = tf.logical_or(token_ids < 0, token_ids >= checker.vocabulary_size)
-            first_bad = tf.boolean_mask(token_ids, bad)[:1]
             checks = [
                 tf.debugging.Assert(
                     tf.logical_and(
@@ -333,13 +315,8 @@ class BatchChecker:
                         tf.shape(token_ids),
                     ],
                 ),
-                tf.debugging.Assert(
-                    tf.logical_not(tf.reduce_any(bad)),
-                    [
-                        prefix + "`token_ids` must lie in [0, vocabulary_size="
-                        f"{checker.vocabulary_size}). Received a token id",
-                        first_bad,
-                    ],
+                validation.tf_assert(
+                    "token_ids", token_ids, checker.vocabulary_size, prefix=prefix
                 ),
             ]
             reset = inputs.get("reset")
@@ -356,18 +333,7 @@ class BatchChecker:
                     )
                 )
                 if flags is not None:
-                    checks.append(
-                        tf.debugging.Assert(
-                            tf.reduce_all(
-                                tf.logical_or(tf.equal(flags, 0.0), tf.equal(flags, 1.0))
-                            ),
-                            [
-                                prefix + "`reset` must hold booleans or the "
-                                "numbers 0 and 1. Received: reset=",
-                                flags,
-                            ],
-                        )
-                    )
+                    checks.append(validation.tf_assert("reset", flags, prefix=prefix))
             targets = _targets_of(structure)
             if targets is not None:
                 try:
@@ -376,18 +342,9 @@ class BatchChecker:
                     )
                 except ValueError as error:
                     raise ValueError(checker.prefix() + str(error)) from None
-                bad_target = tf.logical_or(
-                    targets < 0, targets >= checker.vocabulary_size
-                )
                 checks.append(
-                    tf.debugging.Assert(
-                        tf.logical_not(tf.reduce_any(bad_target)),
-                        [
-                            prefix + "`y` (the next-token targets) must lie in "
-                            f"[0, vocabulary_size={checker.vocabulary_size}). "
-                            "Received a target",
-                            tf.boolean_mask(targets, bad_target)[:1],
-                        ],
+                    validation.tf_assert(
+                        "targets", targets, checker.vocabulary_size, prefix=prefix
                     )
                 )
             with tf.control_dependencies(checks):
@@ -664,46 +621,6 @@ def refusals_as_errors():
 
 # -- JAX: keep the variables when a step fails -------------------------------------
 
-# The state a JAX step function receives, group by group (Keras' JAX trainer).
-_JAX_STATE_LAYOUT = {
-    "train_function": (
-        "trainable_variables", "non_trainable_variables",
-        "optimizer_variables", "metrics_variables",
-    ),
-    "test_function": (
-        "trainable_variables", "non_trainable_variables", "metrics_variables",
-    ),
-    "predict_function": ("trainable_variables", "non_trainable_variables"),
-}
-
-
-def _variables_of(model, group):
-    if group == "optimizer_variables":
-        return model.optimizer.variables
-    return getattr(model, group)
-
-
-def _is_deleted(value):
-    is_deleted = getattr(value, "is_deleted", None)
-    return value is None or (callable(is_deleted) and is_deleted())
-
-
-def restore_jax_state(model, groups, state):
-    """Put the values of a JAX step's input `state` back into `model`.
-
-    `groups` names the lists of `state` (see `_JAX_STATE_LAYOUT`). Values
-    already donated to a step that ran (deleted buffers) are skipped. Also
-    drops Keras' pending `_jax_state`, so that the trainer's clean-up does
-    not overwrite the restored values with those of an earlier call.
-    """
-    for group, values in zip(groups, state):
-        for variable, value in zip(_variables_of(model, group), values):
-            if not _is_deleted(value):
-                variable.assign(value)
-    model._jax_state = None
-    model._jax_state_synced = True
-
-
 def guard_step_function(model, attribute):
     """Wrap `model.<attribute>` (JAX `train_function` / `test_function` /
     `predict_function`) so that when it raises, the variables hold the
@@ -714,26 +631,24 @@ def guard_step_function(model, attribute):
     from the result of the last step that succeeded; when the *first* step
     raises there is no such result, and the model is left without variables.
     The step function receives the whole state as its first argument, so the
-    wrapper puts that back. A no-op on other backends, for a function not
-    made yet, or one already wrapped. Call it right after Keras'
-    `make_*_function`.
+    wrapper puts that back (`compat.restore_jax_step_state`). A no-op on
+    other backends, for a function not made yet, or one already wrapped.
+    Call it right after Keras' `make_*_function`.
     """
-    if keras.backend.backend() != "jax" or attribute not in _JAX_STATE_LAYOUT:
+    if keras.backend.backend() != "jax" or attribute not in compat.JAX_STEP_STATE:
         return
-    function = getattr(model, attribute, None)
-    if function is None or getattr(function, "_restores_variables", False):
-        return
-    groups = _JAX_STATE_LAYOUT[attribute]
 
-    def guarded(state, iterator):
-        try:
-            return function(state, iterator)
-        except BaseException:
-            restore_jax_state(model, groups, state)
-            raise
+    def wrap(function):
+        def guarded(state, iterator):
+            try:
+                return function(state, iterator)
+            except BaseException:
+                compat.restore_jax_step_state(model, attribute, state)
+                raise
 
-    guarded._restores_variables = True
-    setattr(model, attribute, guarded)
+        return guarded
+
+    compat.wrap_step_function(model, attribute, wrap)
 
 
 # -- inside compiled functions ---------------------------------------------------------

@@ -10,22 +10,18 @@ writing that contract only.
 """
 
 import keras
+import keras_hub
 import numpy as np
 from keras import ops
 
+from keras_infformer import compat
 from keras_infformer import distribution
 from keras_infformer import memory
 from keras_infformer import metrics
 from keras_infformer.models import stream_guards
 
 
-def _keras_hub():
-    import keras_hub
-
-    return keras_hub
-
-
-class StreamingCausalLM(_keras_hub().models.CausalLM):
+class StreamingCausalLM(compat.SymbolicBuildBatch, keras_hub.models.CausalLM):
     """Base of the causal LMs with memory: streams in, `generate()` out.
 
     Not used directly. A subclass is a `keras_hub.models.CausalLM` whose
@@ -81,7 +77,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
             and _is_auto(optimizer) and _is_auto(loss) and _is_auto(weighted_metrics)
             and not kwargs
         ):
-            self.sampler = _keras_hub().samplers.get(sampler)
+            self.sampler = keras_hub.samplers.get(sampler)
             self.generate_function = None  # Compiled for the old sampler.
             return
         if optimizer == "auto":
@@ -102,7 +98,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
     def _check_sampler_argument(sampler):
         try:
             valid = isinstance(
-                _keras_hub().samplers.get(sampler), _keras_hub().samplers.Sampler
+                keras_hub.samplers.get(sampler), keras_hub.samplers.Sampler
             )
         except (ValueError, TypeError):
             valid = False
@@ -120,7 +116,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         sampler = getattr(self, "sampler", None)
         if config and sampler is not None:
             config = dict(config)
-            config["sampler"] = _keras_hub().samplers.serialize(sampler)
+            config["sampler"] = keras_hub.samplers.serialize(sampler)
         return config
 
     def compile_from_config(self, config):
@@ -131,7 +127,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         sampler = config.pop("sampler", None)
         config = keras.saving.deserialize_keras_object(config)
         if sampler is not None:
-            config["sampler"] = _keras_hub().samplers.deserialize(sampler)
+            config["sampler"] = keras_hub.samplers.deserialize(sampler)
         self.compile(**config)
         if self.built:
             self.optimizer.build(self.trainable_variables)
@@ -171,7 +167,7 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
             return keras.Model.fit(self, x, y, batch_size, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, *args, **kwargs):
-        if not kwargs.get("_use_cached_eval_dataset"):  # (Else fit's, checked.)
+        if not compat.is_fit_validation(kwargs):  # (Else fit's, checked.)
             x, batch_size = stream_guards.check_data(self, x, batch_size)
             self._check_targets(x, y)
         with stream_guards.refusals_as_errors():
@@ -228,21 +224,16 @@ class StreamingCausalLM(_keras_hub().models.CausalLM):
         inputs = stream_guards.check_call_inputs(self, inputs)
         return super().call(inputs, training=training, mask=mask)
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    def symbolic_build_batch(self, iterator):
         # TensorFlow trainer with a tf.distribute strategy only: Keras would
         # average the first batch over the replicas to build symbolically,
         # which fails on the bool `reset`; replica 0's part builds the same.
-        if iterator is not None and data_batch is None:
-            data_batch = distribution.first_replica_batch(self, iterator)
-            if data_batch is not None:
-                iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        return distribution.first_replica_batch(self, iterator)
 
 
     # -- generation ----------------------------------------------------------
 
     def _check_sampler(self):
-        keras_hub = _keras_hub()
         sampler = self.sampler
         if type(sampler).__call__ is not keras_hub.samplers.Sampler.__call__:
             raise ValueError(
