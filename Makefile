@@ -19,7 +19,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@status=0; for b in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$b"; \
-	  KERAS_BACKEND=$$b $(PY) -m pytest -q tests || status=1; \
+	  KERAS_BACKEND=$$b $(PY) -m pytest -q -n 2 --dist loadfile tests || status=1; \
 	done; exit $$status
 
 bench: $(STAMP)
