@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BACKENDS := tensorflow jax torch
 
-.PHONY: install demo test bench bench-text bench-text-gpt2 bench-text-quick gpu-check clean
+.PHONY: install demo test lint bench bench-text bench-text-gpt2 bench-text-quick gpu-check clean
 
 $(STAMP): pyproject.toml .ci/constraints.txt
 	python3 -m venv $(VENV)
@@ -16,11 +16,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	KERAS_BACKEND=jax $(PY) examples/demo.py
 
-test: $(STAMP)
+test: $(STAMP) lint
 	@status=0; for b in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$b"; \
 	  KERAS_BACKEND=$$b $(PY) -m pytest -q -n 2 --dist loadfile tests || status=1; \
 	done; exit $$status
+
+# ruff (pyproject.toml [tool.ruff]): lint rules and the formatter, the tree clean.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	KERAS_BACKEND=jax $(PY) benchmarks/run_all.py --short

@@ -51,9 +51,7 @@ def add_common_arguments(parser, default_backend=None):
         help="Keras backend (default: $KERAS_BACKEND, else jax). Sets "
         "KERAS_BACKEND before Keras is imported.",
     )
-    parser.add_argument(
-        "--out", default=None, help="output JSON path (the PNG goes next to it)"
-    )
+    parser.add_argument("--out", default=None, help="output JSON path (the PNG goes next to it)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--torch-threads",
@@ -101,16 +99,13 @@ def configure_host_malloc(mode):
         m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
         ok = all(
             libc.mallopt(param, value)
-            for param, value in (
-                (m_mmap_max, 0), (m_trim_threshold, 1 << 30), (m_arena_max, 1)
-            )
+            for param, value in ((m_mmap_max, 0), (m_trim_threshold, 1 << 30), (m_arena_max, 1))
         )
     except (OSError, AttributeError):  # pragma: no cover - not glibc
         ok = False
     if not ok:
         return {"mode": "glibc", "note": "mallopt unavailable: defaults kept"}
-    return {"mode": "heap", "M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": 1 << 30,
-            "M_ARENA_MAX": 1}
+    return {"mode": "heap", "M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": 1 << 30, "M_ARENA_MAX": 1}
 
 
 def select_backend(requested=None, torch_threads=None):
@@ -200,9 +195,7 @@ def grad_fn(loss_fn, jit=True):
 def _detach(tree):
     import keras
 
-    return keras.tree.map_structure(
-        lambda x: x.detach() if hasattr(x, "detach") else x, tree
-    )
+    return keras.tree.map_structure(lambda x: x.detach() if hasattr(x, "detach") else x, tree)
 
 
 def block(tree):
@@ -242,7 +235,13 @@ def stateless(layer, method):
 
 
 def interleaved_timing(
-    cases, rounds, warmup=1, budget_s=None, min_rounds=3, seed=0, inner=1,
+    cases,
+    rounds,
+    warmup=1,
+    budget_s=None,
+    min_rounds=3,
+    seed=0,
+    inner=1,
     inner_target_s=0.05,
 ):
     """Time every case once per round, cases alternating within a round.
@@ -447,6 +446,7 @@ def write_json(path, obj):
 
 def print_table(rows, columns, title=None):
     """Print a list of dicts as an aligned text table."""
+
     def fmt(v):
         if v is None:
             return "-"

@@ -44,31 +44,74 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
 K = 1024
-_MODEL = dict(batch=1, length=512, dim=64, heads=2, ffn=256, num_basis=256,
-              num_samples=256, vocab=256, lm_layers=2)
+_MODEL = dict(
+    batch=1,
+    length=512,
+    dim=64,
+    heads=2,
+    ffn=256,
+    num_basis=256,
+    num_samples=256,
+    vocab=256,
+    lm_layers=2,
+)
 # The paper's sorting block (d 300, 6 heads, L = STM = 1024, N = M = 512),
 # batch 1: where the LTM overhead over Transformer-XL is also measured.
-PAPER = dict(batch=1, length=1024, dim=300, heads=6, ffn=1200, num_basis=512,
-             num_samples=512, vocab=256, lm_layers=1)
+PAPER = dict(
+    batch=1,
+    length=1024,
+    dim=300,
+    heads=6,
+    ffn=1200,
+    num_basis=512,
+    num_samples=512,
+    vocab=256,
+    lm_layers=1,
+)
 CONFIGS = {
     "full": dict(
-        _MODEL, contexts=[K, 10 * K, 100 * K, 1024 * K],
+        _MODEL,
+        contexts=[K, 10 * K, 100 * K, 1024 * K],
         full_contexts=[K // 2, K, 2 * K, 4 * K, 10 * K, 100 * K, 1024 * K],
-        lm_stream_max=10 * K, rounds=11, budget=90.0, full_rounds=3,
-        full_budget=60.0, paper_rounds=5, paper_budget=40.0,
+        lm_stream_max=10 * K,
+        rounds=11,
+        budget=90.0,
+        full_rounds=3,
+        full_budget=60.0,
+        paper_rounds=5,
+        paper_budget=40.0,
     ),
     "short": dict(
-        _MODEL, contexts=[K, 10 * K, 100 * K],
+        _MODEL,
+        contexts=[K, 10 * K, 100 * K],
         full_contexts=[K // 2, K, 2 * K, 4 * K, 10 * K],
-        lm_stream_max=10 * K, rounds=9, budget=40.0, full_rounds=5,
-        full_budget=20.0, paper_rounds=5, paper_budget=20.0,
+        lm_stream_max=10 * K,
+        rounds=9,
+        budget=40.0,
+        full_rounds=5,
+        full_budget=20.0,
+        paper_rounds=5,
+        paper_budget=20.0,
     ),
     "tiny": dict(
-        batch=1, length=16, dim=16, heads=2, ffn=32, num_basis=8,
-        num_samples=8, vocab=32, lm_layers=2,
-        contexts=[64, 256], full_contexts=[16, 64, 128, 256],
-        lm_stream_max=128, rounds=3, budget=5.0, full_rounds=2, full_budget=5.0,
-        paper_rounds=2, paper_budget=5.0,
+        batch=1,
+        length=16,
+        dim=16,
+        heads=2,
+        ffn=32,
+        num_basis=8,
+        num_samples=8,
+        vocab=32,
+        lm_layers=2,
+        contexts=[64, 256],
+        full_contexts=[16, 64, 128, 256],
+        lm_stream_max=128,
+        rounds=3,
+        budget=5.0,
+        full_rounds=2,
+        full_budget=5.0,
+        paper_rounds=2,
+        paper_budget=5.0,
     ),
 }
 SYSTEMS = ("infformer_uniform", "infformer_sticky", "transformer_xl", "compressive")
@@ -79,14 +122,22 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     _common.add_common_arguments(parser)
     parser.add_argument("--memory-limit-gb", type=float, default=6.0)
-    parser.add_argument("--time-limit", type=float, default=None,
-                        help="seconds per full-attention step before it stops")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="seconds per full-attention step before it stops",
+    )
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--systems", default=",".join(SYSTEMS + (FULL,)),
-                        help="comma-separated subset of the systems")
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS + (FULL,)),
+        help="comma-separated subset of the systems",
+    )
     parser.add_argument("--units", default="layer,lm", help="layer, lm or both")
-    parser.add_argument("--no-paper", action="store_true",
-                        help="skip the paper-size overhead measurement")
+    parser.add_argument(
+        "--no-paper", action="store_true", help="skip the paper-size overhead measurement"
+    )
     _common.add_host_malloc_argument(parser)
     return parser.parse_args(argv)
 
@@ -99,8 +150,7 @@ def full_attention_classes():
     import keras_hub
     from keras import ops
 
-    from keras_infformer.memory import flatten_state
-    from keras_infformer.memory import state_name
+    from keras_infformer.memory import flatten_state, state_name
 
     class FullAttentionDecoder(keras.layers.Layer):
         """The ∞-former block without memories, attending over all the past.
@@ -121,19 +171,33 @@ def full_attention_classes():
             self.head_dim = d // h
             dense = dict(dtype=self.dtype_policy)
             shape = (None, None, d)
-            self.norm = keras.layers.LayerNormalization(epsilon=1e-5, name="attention_norm", **dense)
+            self.norm = keras.layers.LayerNormalization(
+                epsilon=1e-5, name="attention_norm", **dense
+            )
             self.norm.build(shape)
-            self.q = keras.layers.EinsumDense("btd,dhk->bthk", (None, h, self.head_dim), name="query", **dense)
-            self.k = keras.layers.EinsumDense("btd,dhk->bthk", (None, h, self.head_dim), name="key", **dense)
-            self.v = keras.layers.EinsumDense("btd,dhk->bthk", (None, h, self.head_dim), name="value", **dense)
+            self.q = keras.layers.EinsumDense(
+                "btd,dhk->bthk", (None, h, self.head_dim), name="query", **dense
+            )
+            self.k = keras.layers.EinsumDense(
+                "btd,dhk->bthk", (None, h, self.head_dim), name="key", **dense
+            )
+            self.v = keras.layers.EinsumDense(
+                "btd,dhk->bthk", (None, h, self.head_dim), name="value", **dense
+            )
             for layer in (self.q, self.k, self.v):
                 layer.build(shape)
-            self.o = keras.layers.EinsumDense("bthk,hkd->btd", (None, d), name="attention_output", **dense)
+            self.o = keras.layers.EinsumDense(
+                "bthk,hkd->btd", (None, d), name="attention_output", **dense
+            )
             self.o.build((None, None, h, self.head_dim))
             self.rotary = keras_hub.layers.RotaryEmbedding(name="rotary_embedding", **dense)
-            self.ff_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="feedforward_norm", **dense)
+            self.ff_norm = keras.layers.LayerNormalization(
+                epsilon=1e-5, name="feedforward_norm", **dense
+            )
             self.ff_norm.build(shape)
-            self.ff1 = keras.layers.Dense(self.intermediate_dim, activation="relu", name="ff1", **dense)
+            self.ff1 = keras.layers.Dense(
+                self.intermediate_dim, activation="relu", name="ff1", **dense
+            )
             self.ff1.build(shape)
             self.ff2 = keras.layers.Dense(d, name="ff2", **dense)
             self.ff2.build((None, None, self.intermediate_dim))
@@ -193,10 +257,14 @@ def full_attention_classes():
     class FullAttentionLM(keras.layers.Layer):
         """Embedding, `num_layers` full-attention blocks, final norm, tied output."""
 
-        def __init__(self, vocabulary_size, num_layers, hidden_dim, num_heads, intermediate_dim, **kwargs):
+        def __init__(
+            self, vocabulary_size, num_layers, hidden_dim, num_heads, intermediate_dim, **kwargs
+        ):
             super().__init__(**kwargs)
             self.embedding = keras.layers.ReversibleEmbedding(
-                vocabulary_size, hidden_dim, tie_weights=True,
+                vocabulary_size,
+                hidden_dim,
+                tie_weights=True,
                 embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
                 name="token_embedding",
             )
@@ -216,10 +284,12 @@ def full_attention_classes():
             self.built = True
 
         def get_initial_state(self, batch, capacity=0):
-            return flatten_state({
-                state_name("layer", i): block.get_initial_state(batch, capacity)
-                for i, block in enumerate(self.blocks)
-            })
+            return flatten_state(
+                {
+                    state_name("layer", i): block.get_initial_state(batch, capacity)
+                    for i, block in enumerate(self.blocks)
+                }
+            )
 
         def _run(self, tokens, state, fn):
             x = self.embedding(tokens)
@@ -271,7 +341,8 @@ class Runner:
         rng = np.random.default_rng(seed)
         b, L, d = cfg["batch"], cfg["length"], cfg["dim"]
         common = dict(
-            num_heads=cfg["heads"], intermediate_dim=cfg["ffn"],
+            num_heads=cfg["heads"],
+            intermediate_dim=cfg["ffn"],
         )
         if system == FULL:
             Decoder, LM = full_attention_classes()
@@ -279,16 +350,28 @@ class Runner:
                 module = Decoder(cfg["ffn"], cfg["heads"], name="full_attention_block")
                 module.build((b, L, d))
             else:
-                module = LM(cfg["vocab"], cfg["lm_layers"], d, cfg["heads"], cfg["ffn"], name="full_attention_lm")
+                module = LM(
+                    cfg["vocab"],
+                    cfg["lm_layers"],
+                    d,
+                    cfg["heads"],
+                    cfg["ffn"],
+                    name="full_attention_lm",
+                )
                 module.build((b, L))
             step = lambda inp, state, training: module.step(inp, state)  # noqa: E731
         elif unit == "layer":
             from keras_infformer.layers import InfiniteFormerDecoder
 
             module = InfiniteFormerDecoder(
-                memory_length=L, num_basis=cfg["num_basis"], num_samples=cfg["num_samples"],
-                dropout=0.0, stateful=False, name=f"{system}_block",
-                **common, **system_kwargs(system, cfg),
+                memory_length=L,
+                num_basis=cfg["num_basis"],
+                num_samples=cfg["num_samples"],
+                dropout=0.0,
+                stateful=False,
+                name=f"{system}_block",
+                **common,
+                **system_kwargs(system, cfg),
             )
             module.build((b, L, d))
 
@@ -298,10 +381,18 @@ class Runner:
             from keras_infformer.models import InfiniteFormerLM
 
             module = InfiniteFormerLM(
-                vocabulary_size=cfg["vocab"], segment_length=L, batch_size=b,
-                num_layers=cfg["lm_layers"], hidden_dim=d, memory_length=L,
-                num_basis=cfg["num_basis"], num_samples=cfg["num_samples"],
-                dropout=0.0, name=f"{system}_lm", **common, **system_kwargs(system, cfg),
+                vocabulary_size=cfg["vocab"],
+                segment_length=L,
+                batch_size=b,
+                num_layers=cfg["lm_layers"],
+                hidden_dim=d,
+                memory_length=L,
+                num_basis=cfg["num_basis"],
+                num_samples=cfg["num_samples"],
+                dropout=0.0,
+                name=f"{system}_lm",
+                **common,
+                **system_kwargs(system, cfg),
             )
 
             def step(inp, state, training):
@@ -325,10 +416,16 @@ class Runner:
             return full
 
         if unit == "layer":
-            self.inputs = [ops.convert_to_tensor(rng.standard_normal((b, L, d)).astype("float32")) for _ in range(4)]
+            self.inputs = [
+                ops.convert_to_tensor(rng.standard_normal((b, L, d)).astype("float32"))
+                for _ in range(4)
+            ]
             target = None
         else:
-            self.inputs = [ops.convert_to_tensor(rng.integers(0, cfg["vocab"], (b, L)).astype("int32")) for _ in range(4)]
+            self.inputs = [
+                ops.convert_to_tensor(rng.integers(0, cfg["vocab"], (b, L)).astype("int32"))
+                for _ in range(4)
+            ]
             target = ops.convert_to_tensor(rng.integers(0, cfg["vocab"], (b, L)).astype("int32"))
 
         def infer(params, state, inp):
@@ -353,15 +450,18 @@ class Runner:
         self.train = _common.grad_fn(loss)
         self._pure = pure
         if system == FULL:
+
             def stream(params, state, inp, length):
                 def f(inp, state, training):
                     return module.stream_step(inp, state, length)
+
                 p2, pure2, _ = _common.stateless(module, f)
                 (out, new_state), _ = pure2(params, inp, state, False)
                 return out, new_state
 
             self.stream = _common.compile_fn(stream)
             if unit == "layer":
+
                 def project(params, inp, start):
                     p3, pure3, _ = _common.stateless(module, lambda x, s: module.project(x, s))
                     return pure3(params, inp, start)[0]
@@ -397,14 +497,11 @@ class Runner:
 
 
 def all_finite(tree):
+    import keras
     import numpy as np
     from keras import ops
 
-    import keras
-
-    return bool(
-        all(np.isfinite(ops.convert_to_numpy(x)).all() for x in keras.tree.flatten(tree))
-    )
+    return bool(all(np.isfinite(ops.convert_to_numpy(x)).all() for x in keras.tree.flatten(tree)))
 
 
 def ltm_max_abs(state):
@@ -412,8 +509,11 @@ def ltm_max_abs(state):
     import numpy as np
     from keras import ops
 
-    values = [float(np.abs(ops.convert_to_numpy(v)).max()) for k, v in state.items()
-              if k.endswith("ltm_coefficients")]
+    values = [
+        float(np.abs(ops.convert_to_numpy(v)).max())
+        for k, v in state.items()
+        if k.endswith("ltm_coefficients")
+    ]
     return max(values) if values else None
 
 
@@ -477,7 +577,8 @@ def full_cache(runner, total, stream_max):
         keys, values = [], []
         for i in range(total // L):
             k, v = runner.project(
-                runner.params, runner.inputs[i % len(runner.inputs)],
+                runner.params,
+                runner.inputs[i % len(runner.inputs)],
                 ops.convert_to_tensor(np.int32(i * L)),
             )
             keys.append(k)
@@ -490,7 +591,9 @@ def full_cache(runner, total, stream_max):
         state = runner.initial_state(capacity=total)
         for i in range(total // L):
             _, state = runner.stream(
-                runner.params, state, runner.inputs[i % len(runner.inputs)],
+                runner.params,
+                state,
+                runner.inputs[i % len(runner.inputs)],
                 ops.convert_to_tensor(np.int32(i * L)),
             )
         return _common.block(state), "streamed"
@@ -508,7 +611,6 @@ def full_cache(runner, total, stream_max):
 
 def abstract_like(tree):
     import jax
-
     import keras
 
     return keras.tree.map_structure(lambda x: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype), tree)
@@ -531,8 +633,10 @@ def measure_full(unit, cfg, seed, time_limit, mem_limit, records, memory, cases_
         infer, train, mem_i, mem_t = runner.prepare(abstract_like(state0) if is_jax else state0)
         need = (mem_t or {}).get("peak_bytes") or full_memory_estimate(cfg, unit, T)
         if need > mem_limit:
-            stopped = (f"memory: one train step needs {need / 2**30:.1f} GiB of "
-                       f"buffers > limit {mem_limit / 2**30:.1f} GiB")
+            stopped = (
+                f"memory: one train step needs {need / 2**30:.1f} GiB of "
+                f"buffers > limit {mem_limit / 2**30:.1f} GiB"
+            )
             rec["stopped"] = stopped
             rec["train_needed_bytes"] = need
             if mem_i:
@@ -543,11 +647,13 @@ def measure_full(unit, cfg, seed, time_limit, mem_limit, records, memory, cases_
         state, how = full_cache(runner, T, cfg["lm_stream_max"])
         memory[(FULL, unit, "infer", T)] = mem_i
         memory[(FULL, unit, "train", T)] = mem_t
-        rec.update({
-            "rss_mb": _common.rss_bytes() / 2**20,
-            "state_bytes": _common.tree_bytes(state),
-            "cache": how,
-        })
+        rec.update(
+            {
+                "rss_mb": _common.rss_bytes() / 2**20,
+                "state_bytes": _common.tree_bytes(state),
+                "cache": how,
+            }
+        )
         cases = cases_small if T <= cfg["lm_stream_max"] else cases_large
         cases[(FULL, unit, T, "infer")] = call_i = runner.infer_call(infer, state)
         cases[(FULL, unit, T, "train")] = runner.train_call(train, state)
@@ -555,8 +661,10 @@ def measure_full(unit, cfg, seed, time_limit, mem_limit, records, memory, cases_
         t0 = time.perf_counter()
         call_i()
         t_one = time.perf_counter() - t0
-        print(f"full_attention {unit}: {T} tokens ready ({how}), one step {t_one * 1e3:.0f} ms",
-              flush=True)
+        print(
+            f"full_attention {unit}: {T} tokens ready ({how}), one step {t_one * 1e3:.0f} ms",
+            flush=True,
+        )
         if t_one > time_limit:
             stopped = f"time: one inference step took {t_one:.1f} s > limit {time_limit:.0f} s"
 
@@ -574,8 +682,9 @@ def paper_overhead(cfg, rounds, budget, seed, systems):
         cases[(system, "infer")] = r.infer_call(infer, state)
         cases[(system, "train")] = r.train_call(train, state)
         memory[system] = (mem_i, mem_t)
-    times = _common.interleaved_timing(cases, rounds=rounds, warmup=1, budget_s=budget,
-                                       seed=seed, inner=3, inner_target_s=0.3)
+    times = _common.interleaved_timing(
+        cases, rounds=rounds, warmup=1, budget_s=budget, seed=seed, inner=3, inner_target_s=0.3
+    )
     out = {"config": cfg, "systems": {}}
     for system in systems:
         entry = {}
@@ -585,8 +694,9 @@ def paper_overhead(cfg, rounds, budget, seed, systems):
             mem = memory[system][k]
             entry[f"{m}_peak_bytes"] = mem["peak_bytes"] if mem else None
             if "transformer_xl" in systems:
-                entry[f"{m}_overhead_vs_transformer_xl"] = _common.paired_ratio(
-                    times[(system, m)], times[("transformer_xl", m)]) - 1.0
+                entry[f"{m}_overhead_vs_transformer_xl"] = (
+                    _common.paired_ratio(times[(system, m)], times[("transformer_xl", m)]) - 1.0
+                )
         out["systems"][system] = entry
     return out
 
@@ -619,8 +729,11 @@ def run(args):
             memory[(system, unit, "train")] = mem_t
             snaps, info, stream = stream_fixed(runner, infer, cfg["contexts"])
             streams[(system, unit)] = stream
-            print(f"streamed {system:18s} {unit:5s} {stream['tokens']:>8d} tokens in "
-                  f"{time.perf_counter() - t0:6.1f} s", flush=True)
+            print(
+                f"streamed {system:18s} {unit:5s} {stream['tokens']:>8d} tokens in "
+                f"{time.perf_counter() - t0:6.1f} s",
+                flush=True,
+            )
             for T, state in snaps.items():
                 records[(system, unit, T)] = dict(info[T])
                 cases_a[(system, unit, T, "infer")] = runner.infer_call(infer, state)
@@ -628,36 +741,52 @@ def run(args):
             cases_b[(system, unit, first, "infer")] = runner.infer_call(infer, snaps[first])
             cases_b[(system, unit, first, "train")] = runner.train_call(train, snaps[first])
         if FULL in wanted:
-            measure_full(unit, cfg, args.seed, time_limit, mem_limit, records, memory,
-                         cases_b, cases_c)
+            measure_full(
+                unit, cfg, args.seed, time_limit, mem_limit, records, memory, cases_b, cases_c
+            )
 
     print(f"setup done in {time.perf_counter() - t_start:.0f} s; timing...", flush=True)
-    times_a = _common.interleaved_timing(cases_a, rounds=cfg["rounds"], warmup=1,
-                                         budget_s=cfg["budget"], seed=args.seed, inner=3)
+    times_a = _common.interleaved_timing(
+        cases_a, rounds=cfg["rounds"], warmup=1, budget_s=cfg["budget"], seed=args.seed, inner=3
+    )
     # Full attention up to `lm_stream_max` tokens, side by side with every
     # fixed-size system (the crossover comes from these rounds) ...
-    times_b = _common.interleaved_timing(cases_b, rounds=cfg["rounds"], warmup=0,
-                                         budget_s=cfg["budget"] / 2, seed=args.seed, inner=3)
+    times_b = _common.interleaved_timing(
+        cases_b, rounds=cfg["rounds"], warmup=0, budget_s=cfg["budget"] / 2, seed=args.seed, inner=3
+    )
     # ... and its slow long contexts, a few rounds.
-    times_b.update(_common.interleaved_timing(cases_c, rounds=cfg["full_rounds"], warmup=0,
-                                              budget_s=cfg["full_budget"], min_rounds=2,
-                                              seed=args.seed, inner=3))
-    result = summarise(cfg, mode, systems, units, records, times_a, times_b, streams,
-                       memory, time_limit, mem_limit)
+    times_b.update(
+        _common.interleaved_timing(
+            cases_c,
+            rounds=cfg["full_rounds"],
+            warmup=0,
+            budget_s=cfg["full_budget"],
+            min_rounds=2,
+            seed=args.seed,
+            inner=3,
+        )
+    )
+    result = summarise(
+        cfg, mode, systems, units, records, times_a, times_b, streams, memory, time_limit, mem_limit
+    )
     if not args.no_paper and systems:
         paper_cfg = dict(CONFIGS["tiny"]) if args.tiny else dict(PAPER)
         print("paper-size blocks...", flush=True)
         result["paper_size_blocks"] = paper_overhead(
-            paper_cfg, cfg["paper_rounds"], cfg["paper_budget"], args.seed, systems)
+            paper_cfg, cfg["paper_rounds"], cfg["paper_budget"], args.seed, systems
+        )
     return result
 
 
-def summarise(cfg, mode, systems, units, records, times_a, times_b, streams, memory,
-              time_limit, mem_limit):
+def summarise(
+    cfg, mode, systems, units, records, times_a, times_b, streams, memory, time_limit, mem_limit
+):
     rows = []
     first = cfg["contexts"][0]
     last = cfg["contexts"][-1]
-    for (system, unit, T), rec in sorted(records.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+    for (system, unit, T), rec in sorted(
+        records.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])
+    ):
         row = {"system": system, "unit": unit, "context": T}
         row.update(rec)
         for m in ("infer", "train"):
@@ -667,8 +796,14 @@ def summarise(cfg, mode, systems, units, records, times_a, times_b, streams, mem
                 row[f"{m}_ms"] = 1e3 * _common.median(ts)
                 row[f"{m}_rounds"] = len(ts)
             if system != FULL and key in times_a:
-                row[f"{m}_ratio_to_first"] = _common.paired_ratio(ts, times_a[(system, unit, first, m)])
-            mem = memory.get((system, unit, m)) if system != FULL else memory.get((system, unit, m, T))
+                row[f"{m}_ratio_to_first"] = _common.paired_ratio(
+                    ts, times_a[(system, unit, first, m)]
+                )
+            mem = (
+                memory.get((system, unit, m))
+                if system != FULL
+                else memory.get((system, unit, m, T))
+            )
             if mem:
                 row[f"{m}_peak_bytes"] = mem["peak_bytes"]
                 row[f"{m}_xla"] = mem
@@ -687,10 +822,14 @@ def summarise(cfg, mode, systems, units, records, times_a, times_b, streams, mem
                     "first_context": first,
                     "last_context": last,
                     "ratio_last_to_first": _common.paired_ratio(
-                        times_a[(system, unit, last, m)], times_a[(system, unit, first, m)]),
+                        times_a[(system, unit, last, m)], times_a[(system, unit, first, m)]
+                    ),
                     "max_ratio_any_context": max(
-                        _common.paired_ratio(times_a[(system, unit, T, m)], times_a[(system, unit, first, m)])
-                        for T in cfg["contexts"]),
+                        _common.paired_ratio(
+                            times_a[(system, unit, T, m)], times_a[(system, unit, first, m)]
+                        )
+                        for T in cfg["contexts"]
+                    ),
                     "peak_bytes": mem.get("peak_bytes"),
                     "state_bytes": sizes,
                     "peak_bytes_equal_at_all_contexts": len(sizes) == 1,
@@ -719,8 +858,9 @@ def summarise(cfg, mode, systems, units, records, times_a, times_b, streams, mem
                     continue
                 for m in ("infer", "train"):
                     ratios = [
-                        _common.paired_ratio(times_a[(system, unit, T, m)],
-                                             times_a[("transformer_xl", unit, T, m)])
+                        _common.paired_ratio(
+                            times_a[(system, unit, T, m)], times_a[("transformer_xl", unit, T, m)]
+                        )
                         for T in cfg["contexts"]
                     ]
                     overhead[f"{system}/{unit}/{m}"] = _common.median(ratios) - 1.0
@@ -729,8 +869,11 @@ def summarise(cfg, mode, systems, units, records, times_a, times_b, streams, mem
     crossover = {}
     for unit in units:
         for m in ("infer", "train"):
-            pts = [(r["context"], r[f"{m}_ms"]) for r in rows
-                   if r["system"] == FULL and r["unit"] == unit and f"{m}_ms" in r]
+            pts = [
+                (r["context"], r[f"{m}_ms"])
+                for r in rows
+                if r["system"] == FULL and r["unit"] == unit and f"{m}_ms" in r
+            ]
             for system in systems:
                 ts = times_b.get((system, unit, first, m))
                 if not ts or not pts:
@@ -757,39 +900,96 @@ def crossover_point(points, fixed_ms):
     (log-log interpolation between measured contexts)."""
     points = sorted(points)
     if points[0][1] >= fixed_ms:
-        return {"context": None, "below": points[0][0],
-                "note": f"full attention already dearer at {points[0][0]} tokens"}
+        return {
+            "context": None,
+            "below": points[0][0],
+            "note": f"full attention already dearer at {points[0][0]} tokens",
+        }
     for (t0, y0), (t1, y1) in zip(points, points[1:]):
         if y0 < fixed_ms <= y1:
             f = (math.log(fixed_ms) - math.log(y0)) / (math.log(y1) - math.log(y0))
-            return {"context": float(math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0)))),
-                    "between": [t0, t1]}
-    return {"context": None, "above": points[-1][0],
-            "note": "full attention still cheaper at the longest context measured"}
+            return {
+                "context": float(math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0)))),
+                "between": [t0, t1],
+            }
+    return {
+        "context": None,
+        "above": points[-1][0],
+        "note": "full attention still cheaper at the longest context measured",
+    }
 
 
 def print_results(result):
-    cols = ["system", "unit", "context", "infer_ms", "infer_ratio_to_first", "train_ms",
-            "train_ratio_to_first", "infer_peak_bytes", "state_bytes", "rss_mb", "ltm_max_abs"]
+    cols = [
+        "system",
+        "unit",
+        "context",
+        "infer_ms",
+        "infer_ratio_to_first",
+        "train_ms",
+        "train_ratio_to_first",
+        "infer_peak_bytes",
+        "state_bytes",
+        "rss_mb",
+        "ltm_max_abs",
+    ]
     _common.print_table(result["rows"], cols, title="per-segment cost after a stream of T tokens")
-    rows = [{"case": k, **{kk: vv for kk, vv in v.items() if not isinstance(vv, (list, dict))}}
-            for k, v in result["scaling"].items()]
-    _common.print_table(rows, ["case", "first_context", "last_context", "ratio_last_to_first", "max_ratio_any_context",
-                               "peak_bytes", "peak_bytes_equal_at_all_contexts"],
-                        title="t(last)/t(first)")
-    _common.print_table([{"case": k, "overhead": v} for k, v in result["ltm_overhead_vs_transformer_xl"].items()],
-                        ["case", "overhead"], title="per-segment overhead over Transformer-XL")
-    rows = [{"case": k, "crossover_context": v.get("context"), "fixed_ms": v.get("fixed_ms"),
-             "note": v.get("note", "")} for k, v in result["crossover"].items()]
-    _common.print_table(rows, ["case", "crossover_context", "fixed_ms", "note"],
-                        title="crossover: full attention dearer beyond")
+    rows = [
+        {"case": k, **{kk: vv for kk, vv in v.items() if not isinstance(vv, (list, dict))}}
+        for k, v in result["scaling"].items()
+    ]
+    _common.print_table(
+        rows,
+        [
+            "case",
+            "first_context",
+            "last_context",
+            "ratio_last_to_first",
+            "max_ratio_any_context",
+            "peak_bytes",
+            "peak_bytes_equal_at_all_contexts",
+        ],
+        title="t(last)/t(first)",
+    )
+    _common.print_table(
+        [{"case": k, "overhead": v} for k, v in result["ltm_overhead_vs_transformer_xl"].items()],
+        ["case", "overhead"],
+        title="per-segment overhead over Transformer-XL",
+    )
+    rows = [
+        {
+            "case": k,
+            "crossover_context": v.get("context"),
+            "fixed_ms": v.get("fixed_ms"),
+            "note": v.get("note", ""),
+        }
+        for k, v in result["crossover"].items()
+    ]
+    _common.print_table(
+        rows,
+        ["case", "crossover_context", "fixed_ms", "note"],
+        title="crossover: full attention dearer beyond",
+    )
     paper = result.get("paper_size_blocks")
     if paper:
         rows = [{"system": k, **v} for k, v in paper["systems"].items()]
-        _common.print_table(rows, ["system", "infer_ms", "infer_overhead_vs_transformer_xl", "train_ms",
-                                   "train_overhead_vs_transformer_xl", "infer_peak_bytes", "train_peak_bytes"],
-                            title="one block at size " + ", ".join(
-                                f"{k}={paper['config'][k]}" for k in ("dim", "heads", "length", "num_basis", "batch")))
+        _common.print_table(
+            rows,
+            [
+                "system",
+                "infer_ms",
+                "infer_overhead_vs_transformer_xl",
+                "train_ms",
+                "train_overhead_vs_transformer_xl",
+                "infer_peak_bytes",
+                "train_peak_bytes",
+            ],
+            title="one block at size "
+            + ", ".join(
+                f"{k}={paper['config'][k]}"
+                for k in ("dim", "heads", "length", "num_basis", "batch")
+            ),
+        )
 
 
 def main(argv=None):

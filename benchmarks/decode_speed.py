@@ -17,9 +17,8 @@ import argparse
 import os
 import platform
 import statistics
-import time
-
 import sys
+import time
 
 import numpy as np
 
@@ -28,12 +27,33 @@ import _common  # noqa: E402
 
 # Sizes per mode; any flag given on the command line wins.
 MODES = {
-    "full": dict(segment=64, hidden_dim=64, num_layers=2, num_basis=64, new_tokens=192,
-                 batches=[1, 8], repeats=5),
-    "short": dict(segment=64, hidden_dim=64, num_layers=2, num_basis=64, new_tokens=192,
-                  batches=[1, 8], repeats=3),
-    "tiny": dict(segment=8, hidden_dim=16, num_layers=1, num_basis=8, new_tokens=12,
-                 batches=[1, 2], repeats=1),
+    "full": dict(
+        segment=64,
+        hidden_dim=64,
+        num_layers=2,
+        num_basis=64,
+        new_tokens=192,
+        batches=[1, 8],
+        repeats=5,
+    ),
+    "short": dict(
+        segment=64,
+        hidden_dim=64,
+        num_layers=2,
+        num_basis=64,
+        new_tokens=192,
+        batches=[1, 8],
+        repeats=3,
+    ),
+    "tiny": dict(
+        segment=8,
+        hidden_dim=16,
+        num_layers=1,
+        num_basis=8,
+        new_tokens=12,
+        batches=[1, 2],
+        repeats=1,
+    ),
 }
 
 
@@ -73,9 +93,15 @@ def main(argv=None):
     import keras_infformer as kif
 
     settings = dict(
-        vocabulary_size=256, segment_length=args.segment, batch_size=1,
-        num_layers=args.num_layers, hidden_dim=args.hidden_dim, num_heads=4,
-        num_basis=args.num_basis, num_samples=args.num_basis, dropout=0.0,
+        vocabulary_size=256,
+        segment_length=args.segment,
+        batch_size=1,
+        num_layers=args.num_layers,
+        hidden_dim=args.hidden_dim,
+        num_heads=4,
+        num_basis=args.num_basis,
+        num_samples=args.num_basis,
+        dropout=0.0,
     )
     systems = {
         "infformer": dict(),
@@ -91,8 +117,10 @@ def main(argv=None):
             results[f"{name}/batch_{batch}"] = measure(
                 model, batch, 2 * args.segment, args.new_tokens, args.repeats
             )
-            print(f"{name:18s} batch {batch}: "
-                  f"{results[f'{name}/batch_{batch}']['tokens_per_second']:9.1f} tokens/s")
+            print(
+                f"{name:18s} batch {batch}: "
+                f"{results[f'{name}/batch_{batch}']['tokens_per_second']:9.1f} tokens/s"
+            )
     ratios = {}
     for batch in args.batches:
         xl = results[f"transformer_xl/batch_{batch}"]["tokens_per_second"]
@@ -107,8 +135,12 @@ def main(argv=None):
         "environment": _common.environment(),
         "backend": keras.backend.backend(),
         "machine": platform.processor() or platform.machine(),
-        "settings": {**settings, "new_tokens": args.new_tokens,
-                     "prompt_length": 2 * args.segment, "repeats": args.repeats},
+        "settings": {
+            **settings,
+            "new_tokens": args.new_tokens,
+            "prompt_length": 2 * args.segment,
+            "repeats": args.repeats,
+        },
         "results": results,
         "ratio_to_transformer_xl": ratios,
     }

@@ -38,21 +38,35 @@ sys.path.insert(0, HERE)
 import _common  # noqa: E402
 
 CONFIG = dict(
-    vocabulary_size=256, segment_length=32, batch_size=8, num_layers=2,
-    hidden_dim=64, num_heads=4, num_basis=64, num_samples=64, dropout=0.0,
+    vocabulary_size=256,
+    segment_length=32,
+    batch_size=8,
+    num_layers=2,
+    hidden_dim=64,
+    num_heads=4,
+    num_basis=64,
+    num_samples=64,
+    dropout=0.0,
 )
-CASES = [(1, "single"), (2, "layout_map"), (2, "data_parallel"),
-         (4, "layout_map"), (4, "data_parallel")]
+CASES = [
+    (1, "single"),
+    (2, "layout_map"),
+    (2, "data_parallel"),
+    (4, "layout_map"),
+    (4, "data_parallel"),
+]
 
 
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
-               "collective-permute")
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 
 def count_collectives(dump_dir):
     """Collective ops in the optimised HLO of the compiled training step."""
-    names = [n for n in os.listdir(dump_dir)
-             if "train_step" in n and n.endswith("after_optimizations.txt")]
+    names = [
+        n
+        for n in os.listdir(dump_dir)
+        if "train_step" in n and n.endswith("after_optimizations.txt")
+    ]
     if not names:
         return None
     with open(os.path.join(dump_dir, sorted(names)[-1])) as f:
@@ -101,16 +115,20 @@ def child(args):
         model.fit(dataset, epochs=1, shuffle=False, verbose=0)
         times.append((time.perf_counter() - start) / steps)
     stm = model.decoder_blocks[0]._state_variables["stm"].value
-    print(json.dumps({
-        "devices": args.devices,
-        "mode": args.mode,
-        "steps_per_epoch": steps,
-        "step_ms_median": 1000 * float(np.median(times)),
-        "step_ms_all": [1000 * t for t in times],
-        "memory_sharding": str(getattr(stm.sharding, "spec", stm.sharding)),
-        "memory_shard_rows": int(stm.addressable_shards[0].data.shape[0]),
-        "train_step_collectives": count_collectives(dump_dir),
-    }))
+    print(
+        json.dumps(
+            {
+                "devices": args.devices,
+                "mode": args.mode,
+                "steps_per_epoch": steps,
+                "step_ms_median": 1000 * float(np.median(times)),
+                "step_ms_all": [1000 * t for t in times],
+                "memory_sharding": str(getattr(stm.sharding, "spec", stm.sharding)),
+                "memory_shard_rows": int(stm.addressable_shards[0].data.shape[0]),
+                "train_step_collectives": count_collectives(dump_dir),
+            }
+        )
+    )
     shutil.rmtree(dump_dir, ignore_errors=True)
 
 
@@ -141,11 +159,25 @@ def main():
         for devices, mode in CASES if r % 2 == 0 else CASES[::-1]:
             env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
             proc = subprocess.run(
-                [sys.executable, os.path.abspath(__file__), "--child",
-                 "--devices", str(devices), "--mode", mode,
-                 "--steps", str(args.steps), "--repeats", str(args.repeats),
-                 "--seed", str(args.seed)],
-                env=env, capture_output=True, text=True, check=False,
+                [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    "--child",
+                    "--devices",
+                    str(devices),
+                    "--mode",
+                    mode,
+                    "--steps",
+                    str(args.steps),
+                    "--repeats",
+                    str(args.repeats),
+                    "--seed",
+                    str(args.seed),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if proc.returncode:
                 sys.exit(f"{devices} devices / {mode} failed:\n{proc.stderr[-3000:]}")
@@ -167,8 +199,17 @@ def main():
         row["min_vs_single"] = row["step_ms_min"] / rows[0]["step_ms_min"]
     _common.print_table(
         rows,
-        ["devices", "mode", "step_ms_median", "median_vs_single", "step_ms_min",
-         "min_vs_single", "memory_shard_rows", "all_gather", "all_reduce"],
+        [
+            "devices",
+            "mode",
+            "step_ms_median",
+            "median_vs_single",
+            "step_ms_min",
+            "min_vs_single",
+            "memory_shard_rows",
+            "all_gather",
+            "all_reduce",
+        ],
         title="Training step time, simulated host devices (JAX)",
     )
     _common.write_json(

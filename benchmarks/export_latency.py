@@ -26,8 +26,15 @@ import numpy as np
 import keras_infformer
 
 CONFIG = dict(
-    vocabulary_size=256, segment_length=64, batch_size=8, num_layers=2,
-    hidden_dim=64, num_heads=4, num_basis=64, num_samples=64, dropout=0.0,
+    vocabulary_size=256,
+    segment_length=64,
+    batch_size=8,
+    num_layers=2,
+    hidden_dim=64,
+    num_heads=4,
+    num_basis=64,
+    num_samples=64,
+    dropout=0.0,
 )
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "export_latency.json")
 
@@ -80,9 +87,7 @@ def time_decode(served, batch, tokens, warmup):
     import tensorflow as tf
 
     signatures = served.signatures
-    state = signatures["decode_state"](
-        **signatures["initial_state"](batch_size=tf.constant(batch))
-    )
+    state = signatures["decode_state"](**signatures["initial_state"](batch_size=tf.constant(batch)))
     token_ids = np.zeros((batch, 1), "int32")
     times = []
     for i in range(warmup + tokens):
@@ -115,9 +120,8 @@ def main():
             "total_bytes": folder_bytes(path),
             "saved_model_pb_bytes": os.path.getsize(os.path.join(path, "saved_model.pb")),
             "variables_bytes": folder_bytes(os.path.join(path, "variables")),
-            "trainable_float32_bytes": 4 * int(
-                sum(np.prod(v.shape) for v in model.trainable_weights)
-            ),
+            "trainable_float32_bytes": 4
+            * int(sum(np.prod(v.shape) for v in model.trainable_weights)),
         }
         start = time.perf_counter()
         served = tf.saved_model.load(path)
@@ -125,10 +129,7 @@ def main():
         latency = [time_stream(served, b, args.segments, args.warmup) for b in (1, 8)]
         # Whole segments pass a segment boundary every `segment_length`
         # tokens: time two segments' worth of single tokens.
-        decode = [
-            time_decode(served, b, 2 * CONFIG["segment_length"], args.warmup)
-            for b in (1, 8)
-        ]
+        decode = [time_decode(served, b, 2 * CONFIG["segment_length"], args.warmup) for b in (1, 8)]
 
     result = {
         "backend": backend,

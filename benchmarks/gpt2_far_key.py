@@ -39,8 +39,13 @@ def parse_args(argv=None):
     p.add_argument("--key-position", type=int, default=3)
     p.add_argument("--vocabulary-size", type=int, default=300)
     p.add_argument("--num-basis", type=int, default=32)
-    p.add_argument("--basis-widths", type=float, nargs="+", default=None,
-                   help="absolute widths (default: the model's, relative to N)")
+    p.add_argument(
+        "--basis-widths",
+        type=float,
+        nargs="+",
+        default=None,
+        help="absolute widths (default: the model's, relative to N)",
+    )
     p.add_argument("--sticky", type=int, default=1, help="sticky memories (1/0)")
     p.add_argument("--eval-rows", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -62,8 +67,7 @@ def batch(rng, rows, args):
     targets[:, -1] = keys
     weights = np.zeros(second.shape, "float32")
     weights[:, -1] = 1.0
-    return (first.astype("int32"), second.astype("int32"), targets.astype("int32"),
-            weights, keys)
+    return (first.astype("int32"), second.astype("int32"), targets.astype("int32"), weights, keys)
 
 
 def answer_loss(logits, keys):
@@ -87,14 +91,22 @@ def main(argv=None):
 
     keras.utils.set_random_seed(args.seed)
     backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=args.vocabulary_size, num_layers=2, num_heads=2,
-        hidden_dim=32, intermediate_dim=64,
-        max_sequence_length=args.segment_length, dropout=0.0,
+        vocabulary_size=args.vocabulary_size,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=args.segment_length,
+        dropout=0.0,
     )
     plain_backbone = keras_hub.models.GPT2Backbone.from_config(backbone.get_config())
     plain_backbone.set_weights(backbone.get_weights())
-    settings = dict(segment_length=args.segment_length, batch_size=args.batch_size,
-                    num_basis=args.num_basis, sticky_memories=bool(args.sticky))
+    settings = dict(
+        segment_length=args.segment_length,
+        batch_size=args.batch_size,
+        num_basis=args.num_basis,
+        sticky_memories=bool(args.sticky),
+    )
     if args.basis_widths:
         settings["basis_widths"] = tuple(args.basis_widths)
     model = InfiniteFormerGPT2CausalLM.from_backbone(backbone, **settings)
@@ -107,13 +119,16 @@ def main(argv=None):
 
     def evaluate():
         first, second, _, _, keys = batch(
-            np.random.default_rng(args.seed + 1000), args.eval_rows, args)
+            np.random.default_rng(args.seed + 1000), args.eval_rows, args
+        )
         state = model.get_initial_state(args.eval_rows)
         _, state = model.step(first, None, state)
         logits, _ = model.step(second, None, state)
         plain_logits = plain({"token_ids": second, "padding_mask": np.ones_like(second)})
-        return (answer_loss(keras.ops.convert_to_numpy(logits), keys),
-                answer_loss(keras.ops.convert_to_numpy(plain_logits), keys))
+        return (
+            answer_loss(keras.ops.convert_to_numpy(logits), keys),
+            answer_loss(keras.ops.convert_to_numpy(plain_logits), keys),
+        )
 
     before = evaluate()
     rng = np.random.default_rng(args.seed)
@@ -123,23 +138,32 @@ def main(argv=None):
         first, second, targets, weights, _ = batch(rng, args.batch_size, args)
         t0 = time.perf_counter()
         # Segment 0 enters the memory; segment 1 is trained on.
-        model.train_on_batch({"token_ids": first, "reset": reset},
-                             np.zeros_like(first), sample_weight=np.zeros(first.shape, "float32"))
-        model.train_on_batch({"token_ids": second, "reset": ~reset}, targets,
-                             sample_weight=weights)
+        model.train_on_batch(
+            {"token_ids": first, "reset": reset},
+            np.zeros_like(first),
+            sample_weight=np.zeros(first.shape, "float32"),
+        )
+        model.train_on_batch({"token_ids": second, "reset": ~reset}, targets, sample_weight=weights)
         times["memory"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        plain.train_on_batch({"token_ids": second, "padding_mask": np.ones_like(second)},
-                             targets, sample_weight=weights)
+        plain.train_on_batch(
+            {"token_ids": second, "padding_mask": np.ones_like(second)},
+            targets,
+            sample_weight=weights,
+        )
         times["plain"].append(time.perf_counter() - t0)
         if (step + 1) % 100 == 0:
-            print(f"step {step + 1}: answer loss memory / plain "
-                  f"{evaluate()[0]:.3f} / {evaluate()[1]:.3f}", flush=True)
+            print(
+                f"step {step + 1}: answer loss memory / plain "
+                f"{evaluate()[0]:.3f} / {evaluate()[1]:.3f}",
+                flush=True,
+            )
     after = evaluate()
     # How far fine-tuning moved each memory's output projection from zero.
     output_norms = [
         float(np.linalg.norm(keras.ops.convert_to_numpy(w)))
-        for layer in model.memory_layers for w in layer.trainable_weights
+        for layer in model.memory_layers
+        for w in layer.trainable_weights
         if "output" in w.path
     ]
     print("memory output kernel norms", output_norms)

@@ -59,10 +59,13 @@ def main():
 
     keras.utils.set_random_seed(0)
     backbone_settings = dict(
-        vocabulary_size=args.vocabulary_size, num_layers=args.num_layers,
-        num_heads=args.num_heads, hidden_dim=args.hidden_dim,
+        vocabulary_size=args.vocabulary_size,
+        num_layers=args.num_layers,
+        num_heads=args.num_heads,
+        hidden_dim=args.hidden_dim,
         intermediate_dim=4 * args.hidden_dim,
-        max_sequence_length=max(1024, args.segment), dropout=0.1,
+        max_sequence_length=max(1024, args.segment),
+        dropout=0.1,
     )
 
     def loss():
@@ -77,12 +80,12 @@ def main():
     for name, finetune in (("memory_all", "all"), ("memory_only", "memory")):
         model = kif.models.InfiniteFormerGPT2CausalLM.from_backbone(
             keras_hub.models.GPT2Backbone(**backbone_settings),
-            segment_length=args.segment, batch_size=args.batch,
-            num_basis=args.num_basis, finetune=finetune,
+            segment_length=args.segment,
+            batch_size=args.batch,
+            num_basis=args.num_basis,
+            finetune=finetune,
         )
-        model.compile(
-            optimizer=keras.optimizers.Adam(1e-4), loss=loss(), weighted_metrics=[]
-        )
+        model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss(), weighted_metrics=[])
         systems[name] = model
 
     rng = np.random.default_rng(0)
@@ -108,8 +111,10 @@ def main():
         for index in range(args.warmup):
             step(name, index)
         compile_seconds[name] = time.perf_counter() - start
-        print(f"{name:12s} warm-up ({args.warmup} steps, compiling): "
-              f"{compile_seconds[name]:.1f} s", flush=True)
+        print(
+            f"{name:12s} warm-up ({args.warmup} steps, compiling): {compile_seconds[name]:.1f} s",
+            flush=True,
+        )
 
     times = {name: [] for name in systems}
     losses = {name: [] for name in systems}
@@ -118,8 +123,10 @@ def main():
             seconds, loss_value = step(name, args.warmup + round_index)
             times[name].append(seconds)
             losses[name].append(loss_value)
-        print(f"round {round_index}: " + ", ".join(
-            f"{n} {times[n][-1]:.2f} s" for n in systems), flush=True)
+        print(
+            f"round {round_index}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in systems),
+            flush=True,
+        )
 
     results = {
         name: {
@@ -132,25 +139,31 @@ def main():
         for name in systems
     }
     ratios = {
-        name: statistics.median(
-            a / b for a, b in zip(times[name], times["gpt2"])
-        )
-        for name in systems if name != "gpt2"
+        name: statistics.median(a / b for a, b in zip(times[name], times["gpt2"]))
+        for name in systems
+        if name != "gpt2"
     }
     print(f"\n{'system':12s} {'median step':>12s} {'tokens/s':>10s} {'x GPT-2':>8s}")
     for name in systems:
         ratio = ratios.get(name, 1.0)
-        print(f"{name:12s} {results[name]['median_seconds']:11.3f}s "
-              f"{results[name]['tokens_per_second']:10.1f} {ratio:8.2f}")
+        print(
+            f"{name:12s} {results[name]['median_seconds']:11.3f}s "
+            f"{results[name]['tokens_per_second']:10.1f} {ratio:8.2f}"
+        )
     record = {
         "backend": keras.backend.backend(),
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "settings": {
-            **backbone_settings, "segment_length": args.segment, "batch_size": args.batch,
-            "num_basis": args.num_basis, "sticky_memories": True,
-            "rounds": args.rounds, "warmup_steps": args.warmup,
-            "optimizer": "Adam(1e-4)", "weights": "random",
+            **backbone_settings,
+            "segment_length": args.segment,
+            "batch_size": args.batch,
+            "num_basis": args.num_basis,
+            "sticky_memories": True,
+            "rounds": args.rounds,
+            "warmup_steps": args.warmup,
+            "optimizer": "Adam(1e-4)",
+            "weights": "random",
         },
         "results": results,
         "step_time_ratio_to_gpt2": ratios,

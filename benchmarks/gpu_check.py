@@ -72,26 +72,54 @@ PEAK_BF16_FLOPS = (
 # The paper's sorting run (DESIGN.md §1.6; benchmarks/context_scaling.py's
 # PAPER block), 3 layers, batch 8; byte vocabulary as the other benchmarks.
 PAPER_LM = dict(
-    vocabulary_size=256, segment_length=1024, batch_size=8, num_layers=3,
-    hidden_dim=300, num_heads=6, intermediate_dim=1200, memory_length=1024,
-    num_basis=512, num_samples=512, tau=0.75, sticky_memories=True,
-    sticky_mode="random", dropout=0.1,
+    vocabulary_size=256,
+    segment_length=1024,
+    batch_size=8,
+    num_layers=3,
+    hidden_dim=300,
+    num_heads=6,
+    intermediate_dim=1200,
+    memory_length=1024,
+    num_basis=512,
+    num_samples=512,
+    tau=0.75,
+    sticky_memories=True,
+    sticky_mode="random",
+    dropout=0.1,
 )
 GPT2_SMALL = dict(
-    vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768,
-    intermediate_dim=3072, max_sequence_length=1024, dropout=0.1,
+    vocabulary_size=50257,
+    num_layers=12,
+    num_heads=12,
+    hidden_dim=768,
+    intermediate_dim=3072,
+    max_sequence_length=1024,
+    dropout=0.1,
 )
 GPT2_MEMORY = dict(segment_length=512, batch_size=8, num_basis=512, num_samples=512)
 SCHEDULE = dict(warmup_steps=3, rounds=5, steps_per_round=20)
 
 QUICK_PAPER_LM = dict(
-    PAPER_LM, vocabulary_size=32, segment_length=16, batch_size=2, num_layers=1,
-    hidden_dim=16, num_heads=2, intermediate_dim=32, memory_length=16,
-    num_basis=8, num_samples=8,
+    PAPER_LM,
+    vocabulary_size=32,
+    segment_length=16,
+    batch_size=2,
+    num_layers=1,
+    hidden_dim=16,
+    num_heads=2,
+    intermediate_dim=32,
+    memory_length=16,
+    num_basis=8,
+    num_samples=8,
 )
 QUICK_GPT2 = dict(
-    GPT2_SMALL, vocabulary_size=300, num_layers=1, num_heads=2, hidden_dim=32,
-    intermediate_dim=64, max_sequence_length=32,
+    GPT2_SMALL,
+    vocabulary_size=300,
+    num_layers=1,
+    num_heads=2,
+    hidden_dim=32,
+    intermediate_dim=64,
+    max_sequence_length=32,
 )
 QUICK_GPT2_MEMORY = dict(segment_length=16, batch_size=2, num_basis=8, num_samples=8)
 QUICK_SCHEDULE = dict(warmup_steps=1, rounds=2, steps_per_round=3)
@@ -112,7 +140,9 @@ def nvidia_gpus():
     try:
         result = subprocess.run(
             ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired):
         return []
@@ -165,7 +195,9 @@ def _device(quick):
         import tensorflow as tf
 
         gpus = tf.config.list_physical_devices("GPU")
-        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name") if gpus else None
+        name = (
+            tf.config.experimental.get_device_details(gpus[0]).get("device_name") if gpus else None
+        )
     if quick:
         return "cpu", platform.processor() or platform.machine()
     if not gpus:
@@ -206,7 +238,9 @@ def _build_pair(pair, quick, jit_compile):
 
     def compile_(model):
         model.compile(
-            optimizer=keras.optimizers.Adam(1e-4), loss=loss(), weighted_metrics=[],
+            optimizer=keras.optimizers.Adam(1e-4),
+            loss=loss(),
+            weighted_metrics=[],
             jit_compile=jit_compile,
         )
 
@@ -214,7 +248,9 @@ def _build_pair(pair, quick, jit_compile):
     if pair == "paper_lm":
         settings = QUICK_PAPER_LM if quick else PAPER_LM
         batch, length, vocab = (
-            settings["batch_size"], settings["segment_length"], settings["vocabulary_size"]
+            settings["batch_size"],
+            settings["segment_length"],
+            settings["vocabulary_size"],
         )
         for name, overrides in (
             ("infformer_sticky", {}),
@@ -223,9 +259,7 @@ def _build_pair(pair, quick, jit_compile):
             keras.utils.set_random_seed(0)
             model = kif.models.InfiniteFormerLM(**dict(settings, **overrides))
             compile_(model)
-            ltm = None if overrides else (
-                settings["num_basis"], settings["num_samples"], length
-            )
+            ltm = None if overrides else (settings["num_basis"], settings["num_samples"], length)
             attended = settings["memory_length"] + (length + 1) / 2
             systems[name] = dict(model=model, ltm=ltm, attended=attended, inputs="reset")
         config = settings
@@ -236,7 +270,9 @@ def _build_pair(pair, quick, jit_compile):
         backbone_settings = QUICK_GPT2 if quick else GPT2_SMALL
         memory = QUICK_GPT2_MEMORY if quick else GPT2_MEMORY
         batch, length, vocab = (
-            memory["batch_size"], memory["segment_length"], backbone_settings["vocabulary_size"]
+            memory["batch_size"],
+            memory["segment_length"],
+            backbone_settings["vocabulary_size"],
         )
         keras.utils.set_random_seed(0)
         model = kif.models.InfiniteFormerGPT2CausalLM.from_backbone(
@@ -244,8 +280,10 @@ def _build_pair(pair, quick, jit_compile):
         )
         compile_(model)
         systems["gpt2_memory"] = dict(
-            model=model, ltm=(memory["num_basis"], memory["num_samples"], length),
-            attended=(length + 1) / 2, inputs="reset",
+            model=model,
+            ltm=(memory["num_basis"], memory["num_samples"], length),
+            attended=(length + 1) / 2,
+            inputs="reset",
         )
         keras.utils.set_random_seed(0)
         model = keras_hub.models.GPT2CausalLM(
@@ -323,16 +361,22 @@ def _run_pair(pair, quick, schedule, peak):
         start = time.perf_counter()
         fit(name, schedule["warmup_steps"], first=True)
         compile_seconds[name] = time.perf_counter() - start
-        print(f"  {pair}/{name}: compile + {schedule['warmup_steps']} steps "
-              f"{compile_seconds[name]:.1f} s", flush=True)
+        print(
+            f"  {pair}/{name}: compile + {schedule['warmup_steps']} steps "
+            f"{compile_seconds[name]:.1f} s",
+            flush=True,
+        )
     times = {name: [] for name in systems}
     losses = {}
     for round_index in range(schedule["rounds"]):
         for name in systems:
             seconds, losses[name] = fit(name, schedule["steps_per_round"])
             times[name].append(seconds)
-        print(f"  {pair} round {round_index}: " + ", ".join(
-            f"{n} {1000 * times[n][-1]:.1f} ms/step" for n in systems), flush=True)
+        print(
+            f"  {pair} round {round_index}: "
+            + ", ".join(f"{n} {1000 * times[n][-1]:.1f} ms/step" for n in systems),
+            flush=True,
+        )
 
     names = list(systems)
     baseline = names[-1]
@@ -359,7 +403,9 @@ def _run_pair(pair, quick, schedule, peak):
                 a / b for a, b in zip(times[name], times[baseline])
             )
     return dict(
-        config=info["config"], tokens_per_step=batch * length, baseline=baseline,
+        config=info["config"],
+        tokens_per_step=batch * length,
+        baseline=baseline,
         systems=results,
     )
 
@@ -372,10 +418,16 @@ def child(args):
     peak = None if kind == "cpu" else peak_flops(name)
     schedule = QUICK_SCHEDULE if args.quick else SCHEDULE
     result = dict(
-        backend=keras.backend.backend(), device_kind=kind, device_name=name,
+        backend=keras.backend.backend(),
+        device_kind=kind,
+        device_name=name,
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        peak_bf16_flops=peak, dtype_policy="mixed_bfloat16", jit_compile=True,
-        schedule=schedule, keras=keras.__version__, pairs={},
+        peak_bf16_flops=peak,
+        dtype_policy="mixed_bfloat16",
+        jit_compile=True,
+        schedule=schedule,
+        keras=keras.__version__,
+        pairs={},
     )
     for pair in args.pairs:
         print(f"{result['backend']}: {pair}", flush=True)
@@ -389,16 +441,24 @@ def child(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny shapes on the CPU: a smoke test, not a measurement")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny shapes on the CPU: a smoke test, not a measurement",
+    )
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
-    parser.add_argument("--pairs", nargs="+", default=["paper_lm", "gpt2_small"],
-                        choices=["paper_lm", "gpt2_small"])
-    parser.add_argument("--out", default=None,
-                        help=f"JSON path (default: {os.path.relpath(RESULTS, ROOT)}; "
-                        "with --quick a temporary file)")
-    parser.add_argument("--timeout", type=float, default=570.0,
-                        help="seconds allowed per backend process")
+    parser.add_argument(
+        "--pairs", nargs="+", default=["paper_lm", "gpt2_small"], choices=["paper_lm", "gpt2_small"]
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help=f"JSON path (default: {os.path.relpath(RESULTS, ROOT)}; "
+        "with --quick a temporary file)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=570.0, help="seconds allowed per backend process"
+    )
     parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -444,19 +504,32 @@ def main(argv=None):
             env["PYTHONPATH"] = os.pathsep.join(
                 [ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
             )
-            command = [sys.executable, os.path.abspath(__file__), "--child-out", child_out,
-                       "--pairs", *args.pairs] + (["--quick"] if args.quick else [])
+            command = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--child-out",
+                child_out,
+                "--pairs",
+                *args.pairs,
+            ] + (["--quick"] if args.quick else [])
             print(f"=== KERAS_BACKEND={backend}", flush=True)
             start = time.perf_counter()
             try:
                 result = subprocess.run(
-                    command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                    text=True, timeout=args.timeout,
+                    command,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    timeout=args.timeout,
                 )
                 output, returncode = result.stdout, result.returncode
             except subprocess.TimeoutExpired as error:
-                output = (error.stdout or b"").decode() if isinstance(error.stdout, bytes) else (
-                    error.stdout or "")
+                output = (
+                    (error.stdout or b"").decode()
+                    if isinstance(error.stdout, bytes)
+                    else (error.stdout or "")
+                )
                 returncode = None
             print(output, end="", flush=True)
             if returncode == 0 and os.path.exists(child_out):
@@ -476,8 +549,10 @@ def main(argv=None):
 
 
 def _print_table(record):
-    print(f"\n{'backend':10s} {'system':18s} {'step ms':>9s} {'tokens/s':>10s} "
-          f"{'x baseline':>10s} {'MFU':>6s}")
+    print(
+        f"\n{'backend':10s} {'system':18s} {'step ms':>9s} {'tokens/s':>10s} "
+        f"{'x baseline':>10s} {'MFU':>6s}"
+    )
     for backend, result in record["backends"].items():
         if "error" in result:
             print(f"{backend:10s} error: {result['error']}")
@@ -486,8 +561,10 @@ def _print_table(record):
             for name, r in pair["systems"].items():
                 ratio = next((v for k, v in r.items() if k.startswith("step_time_ratio")), 1.0)
                 mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-                print(f"{backend:10s} {name:18s} {1000 * r['median_step_s']:9.2f} "
-                      f"{r['tokens_per_s']:10.0f} {ratio:10.2f} {mfu:>6s}")
+                print(
+                    f"{backend:10s} {name:18s} {1000 * r['median_step_s']:9.2f} "
+                    f"{r['tokens_per_s']:10.0f} {ratio:10.2f} {mfu:>6s}"
+                )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ def parse_args(argv=None):
     )
     _common.add_host_malloc_argument(parser)
     parser.add_argument(
-        "--reset", action="store_true",
+        "--reset",
+        action="store_true",
         help="start a fresh JSON (drop the entries of other backends)",
     )
     return parser.parse_args(argv)
@@ -66,8 +67,7 @@ def build_cases(size, jit, seed):
     import numpy as np
     from keras import ops
 
-    from keras_infformer.layers import ContinuousLTM
-    from keras_infformer.layers import GaussianAttention
+    from keras_infformer.layers import ContinuousLTM, GaussianAttention
 
     rng = np.random.default_rng(seed)
     b, L, N, M, e, h = (
@@ -129,7 +129,7 @@ def build_cases(size, jit, seed):
     }
     cases = {}
     for name, (fn, args) in fns.items():
-        cases[name] = (lambda fn=fn, args=args: _common.block(fn(*args)))
+        cases[name] = lambda fn=fn, args=args: _common.block(fn(*args))
     return cases
 
 

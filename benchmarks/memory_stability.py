@@ -33,15 +33,51 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
 CONFIGS = {
-    "full": dict(batch=1, length=512, dim=64, heads=2, ffn=256, num_basis=256,
-                 num_samples=256, vocab=256, layers=2, tokens=1024 * 1024,
-                 sticky_tokens=1024 * 1024, stateful_tokens=100 * 1024, every=32),
-    "short": dict(batch=1, length=512, dim=64, heads=2, ffn=256, num_basis=256,
-                  num_samples=256, vocab=256, layers=2, tokens=100 * 1024,
-                  sticky_tokens=100 * 1024, stateful_tokens=20 * 1024, every=10),
-    "tiny": dict(batch=1, length=16, dim=16, heads=2, ffn=32, num_basis=8,
-                 num_samples=8, vocab=32, layers=2, tokens=1024,
-                 sticky_tokens=1024, stateful_tokens=256, every=8),
+    "full": dict(
+        batch=1,
+        length=512,
+        dim=64,
+        heads=2,
+        ffn=256,
+        num_basis=256,
+        num_samples=256,
+        vocab=256,
+        layers=2,
+        tokens=1024 * 1024,
+        sticky_tokens=1024 * 1024,
+        stateful_tokens=100 * 1024,
+        every=32,
+    ),
+    "short": dict(
+        batch=1,
+        length=512,
+        dim=64,
+        heads=2,
+        ffn=256,
+        num_basis=256,
+        num_samples=256,
+        vocab=256,
+        layers=2,
+        tokens=100 * 1024,
+        sticky_tokens=100 * 1024,
+        stateful_tokens=20 * 1024,
+        every=10,
+    ),
+    "tiny": dict(
+        batch=1,
+        length=16,
+        dim=16,
+        heads=2,
+        ffn=32,
+        num_basis=8,
+        num_samples=8,
+        vocab=32,
+        layers=2,
+        tokens=1024,
+        sticky_tokens=1024,
+        stateful_tokens=256,
+        every=8,
+    ),
 }
 # The memory is "bounded" if its largest coefficient grows less than this
 # factor from the end of warm-up to the end of the stream.
@@ -62,11 +98,15 @@ def parse_args(argv=None):
     _common.add_common_arguments(parser)
     parser.add_argument("--tokens", type=int, default=None, help="stream length")
     parser.add_argument("--every", type=int, default=None, help="segments between checks")
-    parser.add_argument("--runs", default=",".join(r[0] for r in RUNS),
-                        help="comma-separated subset of the runs")
-    parser.add_argument("--in-process", action="store_true",
-                        help="all runs in this process (default: one fresh "
-                        "process per run, for clean RSS readings)")
+    parser.add_argument(
+        "--runs", default=",".join(r[0] for r in RUNS), help="comma-separated subset of the runs"
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="all runs in this process (default: one fresh "
+        "process per run, for clean RSS readings)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-tokens", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
@@ -80,11 +120,18 @@ def build_model(cfg, dtype, sticky, seed):
 
     keras.utils.set_random_seed(seed)
     return InfiniteFormerLM(
-        vocabulary_size=cfg["vocab"], segment_length=cfg["length"],
-        batch_size=cfg["batch"], num_layers=cfg["layers"], hidden_dim=cfg["dim"],
-        num_heads=cfg["heads"], intermediate_dim=cfg["ffn"],
-        num_basis=cfg["num_basis"], num_samples=cfg["num_samples"],
-        sticky_memories=sticky, dropout=0.0, dtype=dtype,
+        vocabulary_size=cfg["vocab"],
+        segment_length=cfg["length"],
+        batch_size=cfg["batch"],
+        num_layers=cfg["layers"],
+        hidden_dim=cfg["dim"],
+        num_heads=cfg["heads"],
+        intermediate_dim=cfg["ffn"],
+        num_basis=cfg["num_basis"],
+        num_samples=cfg["num_samples"],
+        sticky_memories=sticky,
+        dropout=0.0,
+        dtype=dtype,
     )
 
 
@@ -92,19 +139,25 @@ def ltm_max_abs(state):
     import numpy as np
     from keras import ops
 
-    values = [np.abs(ops.convert_to_numpy(v)).max() for k, v in state.items()
-              if k.endswith("ltm_coefficients")]
+    values = [
+        np.abs(ops.convert_to_numpy(v)).max()
+        for k, v in state.items()
+        if k.endswith("ltm_coefficients")
+    ]
     return float(max(values)) if values else 0.0
 
 
 def finite(tree):
+    import keras
     import numpy as np
     from keras import ops
 
-    import keras
-
-    return bool(all(np.isfinite(ops.convert_to_numpy(ops.cast(x, "float32"))).all()
-                    for x in keras.tree.flatten(tree)))
+    return bool(
+        all(
+            np.isfinite(ops.convert_to_numpy(ops.cast(x, "float32"))).all()
+            for x in keras.tree.flatten(tree)
+        )
+    )
 
 
 def stream(cfg, dtype, sticky, path, tokens, every, seed):
@@ -114,12 +167,15 @@ def stream(cfg, dtype, sticky, path, tokens, every, seed):
     model = build_model(cfg, dtype, sticky, seed)
     rng = np.random.default_rng(seed)
     b, L = cfg["batch"], cfg["length"]
-    pool = [ops.convert_to_tensor(rng.integers(0, cfg["vocab"], (b, L)).astype("int32"))
-            for _ in range(8)]
+    pool = [
+        ops.convert_to_tensor(rng.integers(0, cfg["vocab"], (b, L)).astype("int32"))
+        for _ in range(8)
+    ]
     reset = ops.convert_to_tensor(np.zeros((b,), dtype=bool))
     if path == "step":
         params, pure, _ = _common.stateless(
-            model, lambda tok, state: model.step(tok, reset, state, training=False))
+            model, lambda tok, state: model.step(tok, reset, state, training=False)
+        )
 
         def step_fn(params, state, tok):
             return pure(params, tok, state)[0]
@@ -164,13 +220,15 @@ def stream(cfg, dtype, sticky, path, tokens, every, seed):
             rss = _common.rss_bytes() / 2**20
             if i + 1 >= warm and rss_warm is None:
                 rss_warm = rss
-            trace.append({
-                "tokens": (i + 1) * L,
-                "rss_mb": rss,
-                "ltm_max_abs": ltm_max_abs(s),
-                "finite": ok,
-                "step_ms": 1e3 * _common.median(window),
-            })
+            trace.append(
+                {
+                    "tokens": (i + 1) * L,
+                    "rss_mb": rss,
+                    "ltm_max_abs": ltm_max_abs(s),
+                    "finite": ok,
+                    "step_ms": 1e3 * _common.median(window),
+                }
+            )
             window = []
     wall = time.perf_counter() - t_start
     post = [t for t in trace if t["tokens"] >= warm * L]
@@ -183,15 +241,23 @@ def stream(cfg, dtype, sticky, path, tokens, every, seed):
         ys = np.array([t["rss_mb"] for t in post], dtype=float)
         slope = float(np.polyfit(xs, ys, 1)[0]) * 1e6  # MiB per 1M tokens
     tenth = max(1, len(after) // 10)
-    drift = (_common.median([t["step_ms"] for t in after[-tenth:]])
-             / _common.median([t["step_ms"] for t in after[:tenth]])) if after else float("nan")
+    drift = (
+        (
+            _common.median([t["step_ms"] for t in after[-tenth:]])
+            / _common.median([t["step_ms"] for t in after[:tenth]])
+        )
+        if after
+        else float("nan")
+    )
     tolerance = max(16.0, 0.01 * rss_warm)
     ltm_warm = next(t["ltm_max_abs"] for t in trace if t["tokens"] >= warm * L)
     ltm_growth = trace[-1]["ltm_max_abs"] / max(ltm_warm, 1e-30)
     return {
         "dtype_policy": dtype,
         "sticky_memories": sticky,
-        "path": "compiled explicit-state step" if path == "step" else "stateful model, predict_on_batch",
+        "path": "compiled explicit-state step"
+        if path == "step"
+        else "stateful model, predict_on_batch",
         "tokens": steps * L,
         "segments": steps,
         "warmup_segments": warm,
@@ -222,10 +288,22 @@ def run_isolated(args, name, tokens, every):
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "run.json")
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name,
-               "--worker-tokens", str(tokens), "--every", str(every),
-               "--seed", str(args.seed), "--worker-out", out,
-               "--torch-threads", str(args.torch_threads)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            name,
+            "--worker-tokens",
+            str(tokens),
+            "--every",
+            str(every),
+            "--seed",
+            str(args.seed),
+            "--worker-out",
+            out,
+            "--torch-threads",
+            str(args.torch_threads),
+        ]
         if args.tiny:
             cmd.append("--tiny")
         elif args.short:
@@ -241,7 +319,7 @@ def worker(args):
 
     mode = "tiny" if args.tiny else "short" if args.short else "full"
     cfg = dict(CONFIGS[mode])
-    (_, dtype, sticky, path), = [r for r in RUNS if r[0] == args.worker]
+    ((_, dtype, sticky, path),) = [r for r in RUNS if r[0] == args.worker]
     result = stream(cfg, dtype, sticky, path, args.worker_tokens, args.every, args.seed)
     with open(args.worker_out, "w") as f:
         json.dump(result, f)
@@ -276,14 +354,33 @@ def main(argv=None):
         else:
             runs[name] = run_isolated(args, name, n, every)
         r = runs[name]
-        print(f"{name:42s} {r['tokens']:>8d} tokens {r['wall_s']:6.1f} s  RSS growth "
-              f"{r['rss_growth_mb']:+.1f} MiB  finite={r['all_finite']}", flush=True)
-    rows = [{"run": k, **{kk: vv for kk, vv in v.items() if kk != "trace"}} for k, v in runs.items()]
-    _common.print_table(rows, ["run", "tokens", "tokens_per_s", "rss_after_warmup_mb", "rss_end_mb",
-                               "rss_growth_mb", "rss_slope_mb_per_1m_tokens", "no_memory_growth",
-                               "all_finite", "ltm_max_abs_end", "ltm_growth", "ltm_bounded",
-                               "step_time_drift"],
-                        title=f"memory stability, backend {backend}")
+        print(
+            f"{name:42s} {r['tokens']:>8d} tokens {r['wall_s']:6.1f} s  RSS growth "
+            f"{r['rss_growth_mb']:+.1f} MiB  finite={r['all_finite']}",
+            flush=True,
+        )
+    rows = [
+        {"run": k, **{kk: vv for kk, vv in v.items() if kk != "trace"}} for k, v in runs.items()
+    ]
+    _common.print_table(
+        rows,
+        [
+            "run",
+            "tokens",
+            "tokens_per_s",
+            "rss_after_warmup_mb",
+            "rss_end_mb",
+            "rss_growth_mb",
+            "rss_slope_mb_per_1m_tokens",
+            "no_memory_growth",
+            "all_finite",
+            "ltm_max_abs_end",
+            "ltm_growth",
+            "ltm_bounded",
+            "step_time_drift",
+        ],
+        title=f"memory stability, backend {backend}",
+    )
     result = {
         "benchmark": "memory_stability",
         "mode": mode,
@@ -291,8 +388,9 @@ def main(argv=None):
         "method": __doc__.split("\n\n", 1)[1],
         "environment": _common.environment(),
         "wall_s": time.perf_counter() - t0,
-        "all_pass": all(r["no_memory_growth"] and r["all_finite"] and r["ltm_bounded"]
-                        for r in runs.values()),
+        "all_pass": all(
+            r["no_memory_growth"] and r["all_finite"] and r["ltm_bounded"] for r in runs.values()
+        ),
         "runs": runs,
     }
     path = _common.output_path(args, "memory_stability")

@@ -51,11 +51,32 @@ def run(backend, num_processes, args, out):
     env.pop("XLA_FLAGS", None)
     procs = [
         subprocess.Popen(
-            [sys.executable, SCRIPT, "--backend", backend, "--process-id", str(rank),
-             "--num-processes", str(num_processes), "--coordinator", f"127.0.0.1:{port}",
-             "--out", out, "--epochs", str(args.epochs), "--documents", str(args.documents),
-             "--batch-size", str(args.batch_size), "--hidden-dim", str(args.hidden_dim)],
-            env=env, cwd=_common.REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                SCRIPT,
+                "--backend",
+                backend,
+                "--process-id",
+                str(rank),
+                "--num-processes",
+                str(num_processes),
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--out",
+                out,
+                "--epochs",
+                str(args.epochs),
+                "--documents",
+                str(args.documents),
+                "--batch-size",
+                str(args.batch_size),
+                "--hidden-dim",
+                str(args.hidden_dim),
+            ],
+            env=env,
+            cwd=_common.REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
         )
         for rank in range(num_processes)
@@ -89,29 +110,44 @@ def main(argv=None):
         steps = results[1]["num_steps"]
         for num_processes, result in results.items():
             later = result["step_times"][steps:]  # After the first epoch.
-            rows.append({
-                "backend": backend,
-                "processes": num_processes,
-                "rows_per_process": args.batch_size // num_processes,
-                "step_ms_median": 1000 * statistics.median(later),
-                "steps_timed": len(later),
-                "max_loss_diff_vs_1": max(
-                    abs(a - b) for a, b in zip(result["losses"], results[1]["losses"])
-                ),
-                "wall_s": result["wall_s"],
-            })
+            rows.append(
+                {
+                    "backend": backend,
+                    "processes": num_processes,
+                    "rows_per_process": args.batch_size // num_processes,
+                    "step_ms_median": 1000 * statistics.median(later),
+                    "steps_timed": len(later),
+                    "max_loss_diff_vs_1": max(
+                        abs(a - b) for a, b in zip(result["losses"], results[1]["losses"])
+                    ),
+                    "wall_s": result["wall_s"],
+                }
+            )
     for row in rows:
         one = next(r for r in rows if r["backend"] == row["backend"] and r["processes"] == 1)
         row["vs_1_process"] = row["step_ms_median"] / one["step_ms_median"]
-    _common.print_table(rows, ["backend", "processes", "rows_per_process", "step_ms_median",
-                               "vs_1_process", "max_loss_diff_vs_1", "wall_s"],
-                        title="Training step, 1 vs 2 processes on one machine")
-    _common.write_json(args.out, {
-        "benchmark": "multi_process_step_time",
-        "config": vars(args),
-        "environment": _common.environment(),
-        "rows": rows,
-    })
+    _common.print_table(
+        rows,
+        [
+            "backend",
+            "processes",
+            "rows_per_process",
+            "step_ms_median",
+            "vs_1_process",
+            "max_loss_diff_vs_1",
+            "wall_s",
+        ],
+        title="Training step, 1 vs 2 processes on one machine",
+    )
+    _common.write_json(
+        args.out,
+        {
+            "benchmark": "multi_process_step_time",
+            "config": vars(args),
+            "environment": _common.environment(),
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

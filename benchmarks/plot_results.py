@@ -26,6 +26,13 @@ COLORS = {
 }
 
 
+def _equal_or_stop(v):
+    """'yes' when the peak memory is equal at every context, else where it stopped."""
+    if v.get("peak_bytes_equal_at_all_contexts"):
+        return "yes"
+    return "stops at " + format(v["stopped_at"], ",") if v.get("stopped_at") else "–"
+
+
 def _load(path):
     with open(path) as f:
         return json.load(f)
@@ -41,36 +48,52 @@ def plot_context_scaling(path):
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     for i, unit in enumerate(("layer", "lm")):
         for j, (key, label) in enumerate(
-            (("infer_ms", "inference step (ms)"), ("train_ms", "train step, fwd+bwd (ms)"),
-             ("infer_peak_bytes", "peak memory of a step (MiB, XLA)"))
+            (
+                ("infer_ms", "inference step (ms)"),
+                ("train_ms", "train step, fwd+bwd (ms)"),
+                ("infer_peak_bytes", "peak memory of a step (MiB, XLA)"),
+            )
         ):
             ax = axes[i, j]
             for system, color in COLORS.items():
-                pts = [(r["context"], r[key]) for r in rows
-                       if r["system"] == system and r["unit"] == unit and r.get(key) is not None]
+                pts = [
+                    (r["context"], r[key])
+                    for r in rows
+                    if r["system"] == system and r["unit"] == unit and r.get(key) is not None
+                ]
                 if not pts and key.endswith("peak_bytes"):
-                    pts = [(r["context"], r["state_bytes"]) for r in rows
-                           if r["system"] == system and r["unit"] == unit and r.get("state_bytes")]
+                    pts = [
+                        (r["context"], r["state_bytes"])
+                        for r in rows
+                        if r["system"] == system and r["unit"] == unit and r.get("state_bytes")
+                    ]
                 if not pts:
                     continue
                 xs, ys = zip(*sorted(pts))
                 if key.endswith("bytes"):
                     ys = [y / 2**20 for y in ys]
                 ax.plot(xs, ys, "o-", color=color, label=system)
-                stop = [r for r in rows if r["system"] == system and r["unit"] == unit and "stopped" in r]
+                stop = [
+                    r
+                    for r in rows
+                    if r["system"] == system and r["unit"] == unit and "stopped" in r
+                ]
                 if stop:
                     ax.axvline(stop[0]["context"], color=color, ls=":", lw=1)
                     ax.annotate("stops", (stop[0]["context"], ys[-1]), color=color, fontsize=8)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("tokens absorbed before the step")
-            ax.set_title(f"{'one decoder layer' if unit == 'layer' else 'small LM'}: {label}", fontsize=10)
+            ax.set_title(
+                f"{'one decoder layer' if unit == 'layer' else 'small LM'}: {label}", fontsize=10
+            )
             ax.grid(True, which="both", alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     cfg = data.get("config", {})
     fig.suptitle(
         f"context scaling ({data.get('mode')}, {data.get('environment', {}).get('backend', '')}): "
-        f"d={cfg.get('dim')}, L={cfg.get('length')}, N=M={cfg.get('num_basis')}, batch {cfg.get('batch')}",
+        f"d={cfg.get('dim')}, L={cfg.get('length')}, N=M={cfg.get('num_basis')}, "
+        f"batch {cfg.get('batch')}",
     )
     fig.tight_layout()
     fig.savefig(_png(path), dpi=110)
@@ -84,7 +107,10 @@ def plot_layer_throughput(path):
     for backend, entry in sorted(data.get("backends", {}).items()):
         for r in entry["results"]:
             entries.append((backend, r))
-    sizes = sorted({r["size"] for _, r in entries}, key=lambda s: ("tiny", "small", "paper").index(s) if s in ("tiny", "small", "paper") else 9)
+    sizes = sorted(
+        {r["size"] for _, r in entries},
+        key=lambda s: ("tiny", "small", "paper").index(s) if s in ("tiny", "small", "paper") else 9,
+    )
     ops_ = ["ltm_absorb", "ltm_absorb_sticky", "gaussian_attention"]
     fig, axes = plt.subplots(1, len(sizes), figsize=(7 * len(sizes), 4.5), squeeze=False)
     for ax, size in zip(axes[0], sizes):
@@ -93,7 +119,11 @@ def plot_layer_throughput(path):
         for g, (backend, mode) in enumerate(groups):
             ys = []
             for op in ops_:
-                match = [r for b, r in entries if b == backend and r["mode"] == mode and r["size"] == size and r["op"] == op]
+                match = [
+                    r
+                    for b, r in entries
+                    if b == backend and r["mode"] == mode and r["size"] == size and r["op"] == op
+                ]
                 ys.append(match[0]["ratio_to_floor"] if match else 0.0)
             xs = [k + g * width for k in range(len(ops_))]
             ax.bar(xs, ys, width, label=f"{backend} {mode}")
@@ -152,10 +182,14 @@ def markdown_summary(directory=RESULTS_DIR):
     if os.path.exists(path):
         d = _load(path)
         cfg = d["config"]
-        out.append(f"### Context scaling ({d['mode']} mode, {d['environment']['backend']}, "
-                   f"d={cfg['dim']}, L={cfg['length']}, N=M={cfg['num_basis']}, batch {cfg['batch']})\n")
-        out.append("| system | unit | step | t(1k) ms | t(last) ms | t(last)/t(1k) | max t(T)/t(1k) | "
-                   "peak MiB (XLA) | equal at all T |")
+        out.append(
+            f"### Context scaling ({d['mode']} mode, {d['environment']['backend']}, "
+            f"d={cfg['dim']}, L={cfg['length']}, N=M={cfg['num_basis']}, batch {cfg['batch']})\n"
+        )
+        out.append(
+            "| system | unit | step | t(1k) ms | t(last) ms | t(last)/t(1k) | max t(T)/t(1k) | "
+            "peak MiB (XLA) | equal at all T |"
+        )
         out.append("|---|---|---|---|---|---|---|---|---|")
         rows = {(r["system"], r["unit"], r["context"]): r for r in d["rows"]}
         for key, v in d["scaling"].items():
@@ -168,7 +202,8 @@ def markdown_summary(directory=RESULTS_DIR):
                 f"{_fmt(last.get(m + '_ms'))} (T={v['last_context']:,}) | "
                 f"{_fmt(v['ratio_last_to_first'])} | {_fmt(v.get('max_ratio_any_context'))} | "
                 f"{_fmt(peak / 2**20 if peak else None)} | "
-                f"{'yes' if v.get('peak_bytes_equal_at_all_contexts') else ('stops at ' + format(v['stopped_at'], ',') if v.get('stopped_at') else '–')} |")
+                f"{_equal_or_stop(v)} |"
+            )
         out.append("\n| overhead over Transformer-XL (same block) | value |")
         out.append("|---|---|")
         for k, v in d["ltm_overhead_vs_transformer_xl"].items():
@@ -179,41 +214,56 @@ def markdown_summary(directory=RESULTS_DIR):
                 if system == "transformer_xl":
                     continue
                 for m in ("infer", "train"):
-                    out.append(f"| {system}/paper-size block/{m} | "
-                               f"{e[m + '_overhead_vs_transformer_xl']:+.1%} |")
-        out.append("\n| crossover (full attention dearer beyond) | context (tokens) | fixed-size step (ms) |")
+                    out.append(
+                        f"| {system}/paper-size block/{m} | "
+                        f"{e[m + '_overhead_vs_transformer_xl']:+.1%} |"
+                    )
+        out.append(
+            "\n| crossover (full attention dearer beyond) | context (tokens) "
+            "| fixed-size step (ms) |"
+        )
         out.append("|---|---|---|")
         for k, v in d["crossover"].items():
             ctx = v.get("context")
-            out.append(f"| {k} | {_fmt(ctx, 4) if ctx else v.get('note')} | {_fmt(v.get('fixed_ms'))} |")
+            out.append(
+                f"| {k} | {_fmt(ctx, 4) if ctx else v.get('note')} | {_fmt(v.get('fixed_ms'))} |"
+            )
     path = os.path.join(directory, "layer_throughput.json")
     if os.path.exists(path):
         d = _load(path)
         out.append("\n### Layer throughput (time / matmul floor)\n")
-        out.append("| backend | mode | size | ltm_absorb | ltm_absorb_sticky | gaussian_attention |")
+        out.append(
+            "| backend | mode | size | ltm_absorb | ltm_absorb_sticky | gaussian_attention |"
+        )
         out.append("|---|---|---|---|---|---|")
         for backend, entry in sorted(d["backends"].items()):
             keyed = {}
             for r in entry["results"]:
                 keyed.setdefault((r["mode"], r["size"]), {})[r["op"]] = r
             for (mode, size), ops_ in sorted(keyed.items()):
-                cells = [f"{_fmt(ops_[o]['ratio_to_floor'])} ({_fmt(ops_[o]['time_ms'])} ms)"
-                         if o in ops_ else "–"
-                         for o in ("ltm_absorb", "ltm_absorb_sticky", "gaussian_attention")]
+                cells = [
+                    f"{_fmt(ops_[o]['ratio_to_floor'])} ({_fmt(ops_[o]['time_ms'])} ms)"
+                    if o in ops_
+                    else "–"
+                    for o in ("ltm_absorb", "ltm_absorb_sticky", "gaussian_attention")
+                ]
                 out.append(f"| {backend} | {mode} | {size} | " + " | ".join(cells) + " |")
     path = os.path.join(directory, "memory_stability.json")
     if os.path.exists(path):
         d = _load(path)
         out.append(f"\n### Memory stability ({d['mode']} mode)\n")
-        out.append("| run | tokens | RSS growth MiB | RSS slope MiB/1M tok | finite | "
-                   "max abs LTM coef (warm-up → end) | bounded | tokens/s |")
+        out.append(
+            "| run | tokens | RSS growth MiB | RSS slope MiB/1M tok | finite | "
+            "max abs LTM coef (warm-up → end) | bounded | tokens/s |"
+        )
         out.append("|---|---|---|---|---|---|---|---|")
         for name, r in d["runs"].items():
             out.append(
                 f"| {name} | {r['tokens']:,} | {r['rss_growth_mb']:+.1f} | "
                 f"{r['rss_slope_mb_per_1m_tokens']:+.1f} | {r['all_finite']} | "
                 f"{_fmt(r.get('ltm_max_abs_after_warmup'))} → {_fmt(r['ltm_max_abs_end'])} | "
-                f"{r.get('ltm_bounded')} | {r['tokens_per_s']:,.0f} |")
+                f"{r.get('ltm_bounded')} | {r['tokens_per_s']:,.0f} |"
+            )
     return "\n".join(out)
 
 

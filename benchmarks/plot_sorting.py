@@ -36,9 +36,13 @@ def main(argv=None):
     parser.add_argument("--results", default=default_results)
     parser.add_argument("--output", default=None, help="PNG path (default: next to the JSON).")
     default_extra = os.path.join(here, "results", "sorting_seed1.json")
-    parser.add_argument("--extra-seeds", nargs="*", default=None,
-                        help="Results JSONs of other seeds (hollow markers; default: "
-                        "results/sorting_seed1.json when plotting the default results).")
+    parser.add_argument(
+        "--extra-seeds",
+        nargs="*",
+        default=None,
+        help="Results JSONs of other seeds (hollow markers; default: "
+        "results/sorting_seed1.json when plotting the default results).",
+    )
     args = parser.parse_args(argv)
     if args.extra_seeds is None:
         use_default = args.results == default_results and os.path.exists(default_extra)
@@ -52,25 +56,39 @@ def main(argv=None):
     output = args.output or os.path.splitext(args.results)[0] + ".png"
     fig, ax = plt.subplots(figsize=(8, 4))
     for model in sorted({r["model"] for r in runs}):
-        points = sorted(
-            (r["sequence_length"], r["accuracy"]) for r in runs if r["model"] == model
-        )
+        points = sorted((r["sequence_length"], r["accuracy"]) for r in runs if r["model"] == model)
         xs, ys = zip(*points)
         (line,) = ax.plot(xs, ys, marker="o", label=LABELS.get(model, model))
         others = [(r["sequence_length"], r["accuracy"]) for r in extra if r["model"] == model]
         if others:
             ox, oy = zip(*others)
-            ax.plot(ox, oy, linestyle="none", marker="o", markerfacecolor="none",
-                    markeredgecolor=line.get_color(), markersize=8)
+            ax.plot(
+                ox,
+                oy,
+                linestyle="none",
+                marker="o",
+                markerfacecolor="none",
+                markeredgecolor=line.get_color(),
+                markersize=8,
+            )
     if extra:
-        ax.plot([], [], linestyle="none", marker="o", markerfacecolor="none",
-                markeredgecolor="gray", label=_seed_label(extra, "other seeds"))
+        ax.plot(
+            [],
+            [],
+            linestyle="none",
+            marker="o",
+            markerfacecolor="none",
+            markeredgecolor="gray",
+            label=_seed_label(extra, "other seeds"),
+        )
     ax.axhline(1 / 20, color="gray", linestyle=":", label="chance (1/20)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sequence length (tokens)")
     ax.set_ylabel("sorting accuracy")
-    ax.set_title("Sorting by frequency, CPU-sized models, equal budget"
-                 + (f" (lines: {_seed_label(runs, 'one seed')})" if extra else ""))
+    ax.set_title(
+        "Sorting by frequency, CPU-sized models, equal budget"
+        + (f" (lines: {_seed_label(runs, 'one seed')})" if extra else "")
+    )
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -52,8 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--segments", type=int, default=3, help="zero-start segments")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--tiny", action="store_true",
-                   help="the test suite's shape (2 layers, width 32, 4/2 heads)")
+    p.add_argument(
+        "--tiny", action="store_true", help="the test suite's shape (2 layers, width 32, 4/2 heads)"
+    )
     p.add_argument("--out", default=RESULTS, help="JSON path ('' to skip)")
     args = p.parse_args(argv)
     if args.tiny:
@@ -68,10 +69,12 @@ def make_backbone(family, args):
     import keras_hub
 
     common = dict(
-        vocabulary_size=args.vocabulary_size, num_layers=args.num_layers,
+        vocabulary_size=args.vocabulary_size,
+        num_layers=args.num_layers,
         num_query_heads=args.num_query_heads,
         num_key_value_heads=args.num_key_value_heads,
-        hidden_dim=args.hidden_dim, intermediate_dim=args.intermediate_dim,
+        hidden_dim=args.hidden_dim,
+        intermediate_dim=args.intermediate_dim,
     )
     head_dim = args.hidden_dim // args.num_query_heads
     if family == "llama":
@@ -102,7 +105,9 @@ def zero_start(family, args):
     backbone = make_backbone(family, args)
     model_cls, task_cls = classes(family)
     model = model_cls.from_backbone(
-        backbone, segment_length=args.segment, batch_size=args.batch,
+        backbone,
+        segment_length=args.segment,
+        batch_size=args.batch,
         num_basis=args.num_basis,
     )
     reference = task_cls(backbone, preprocessor=None)
@@ -113,9 +118,11 @@ def zero_start(family, args):
         ids = rng.integers(0, args.vocabulary_size, (args.batch, args.segment)).astype("int32")
         ours, state = model.step(ids, None, state)
         theirs = reference({"token_ids": ids, "padding_mask": np.ones_like(ids)})
-        diffs.append(float(np.abs(
-            keras.ops.convert_to_numpy(ours) - keras.ops.convert_to_numpy(theirs)
-        ).max()))
+        diffs.append(
+            float(
+                np.abs(keras.ops.convert_to_numpy(ours) - keras.ops.convert_to_numpy(theirs)).max()
+            )
+        )
     return diffs
 
 
@@ -133,8 +140,11 @@ def step_times(family, args):
     systems["keras_hub"].compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss())
     for name, finetune in (("memory_all", "all"), ("memory_only", "memory")):
         model = model_cls.from_backbone(
-            make_backbone(family, args), segment_length=args.segment,
-            batch_size=args.batch, num_basis=args.num_basis, finetune=finetune,
+            make_backbone(family, args),
+            segment_length=args.segment,
+            batch_size=args.batch,
+            num_basis=args.num_basis,
+            finetune=finetune,
         )
         model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss(), weighted_metrics=[])
         systems[name] = model
@@ -168,7 +178,8 @@ def step_times(family, args):
         "median_seconds": {n: statistics.median(t) for n, t in times.items()},
         "ratio_to_keras_hub": {
             n: statistics.median(a / b for a, b in zip(times[n], times["keras_hub"]))
-            for n in systems if n != "keras_hub"
+            for n in systems
+            if n != "keras_hub"
         },
         "seconds": times,
         "warmup_seconds": warmup,
@@ -188,8 +199,11 @@ def main(argv=None):
         print(f"{family}: zero-start max |logit diff| per segment {diffs}", flush=True)
         timing = step_times(family, args)
         if timing:
-            print(f"{family}: median step {timing['median_seconds']}, "
-                  f"ratio {timing['ratio_to_keras_hub']}", flush=True)
+            print(
+                f"{family}: median step {timing['median_seconds']}, "
+                f"ratio {timing['ratio_to_keras_hub']}",
+                flush=True,
+            )
         record[family] = {"zero_start_max_abs_diff": diffs, "finetune_step": timing}
     entry = {
         "machine": platform.processor() or platform.machine(),

@@ -76,16 +76,29 @@ def run(family, seed, args):
     import keras_infformer as kif
 
     common = dict(
-        vocabulary_size=args.vocabulary_size, num_layers=2, num_query_heads=4,
-        num_key_value_heads=2, hidden_dim=32, intermediate_dim=64,
+        vocabulary_size=args.vocabulary_size,
+        num_layers=2,
+        num_query_heads=4,
+        num_key_value_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
     )
     backbone_cls, task_cls, model_cls = {
-        "llama": (keras_hub.models.LlamaBackbone, keras_hub.models.LlamaCausalLM,
-                  kif.models.InfiniteFormerLlamaCausalLM),
-        "gemma": (keras_hub.models.GemmaBackbone, keras_hub.models.GemmaCausalLM,
-                  kif.models.InfiniteFormerGemmaCausalLM),
-        "qwen3": (keras_hub.models.Qwen3Backbone, keras_hub.models.Qwen3CausalLM,
-                  kif.models.InfiniteFormerQwen3CausalLM),
+        "llama": (
+            keras_hub.models.LlamaBackbone,
+            keras_hub.models.LlamaCausalLM,
+            kif.models.InfiniteFormerLlamaCausalLM,
+        ),
+        "gemma": (
+            keras_hub.models.GemmaBackbone,
+            keras_hub.models.GemmaCausalLM,
+            kif.models.InfiniteFormerGemmaCausalLM,
+        ),
+        "qwen3": (
+            keras_hub.models.Qwen3Backbone,
+            keras_hub.models.Qwen3CausalLM,
+            kif.models.InfiniteFormerQwen3CausalLM,
+        ),
     }[family]
     if family != "llama":
         common["head_dim"] = 8
@@ -94,8 +107,12 @@ def run(family, seed, args):
     plain_backbone = backbone_cls.from_config(backbone.get_config())
     plain_backbone.set_weights(backbone.get_weights())
     model = model_cls.from_backbone(
-        backbone, segment_length=args.segment, batch_size=args.rows,
-        num_basis=args.num_basis, num_bins=16, sticky_memories=False,
+        backbone,
+        segment_length=args.segment,
+        batch_size=args.rows,
+        num_basis=args.num_basis,
+        num_bins=16,
+        sticky_memories=False,
     )
     plain = task_cls(plain_backbone, preprocessor=None)
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
@@ -109,13 +126,16 @@ def run(family, seed, args):
     for _ in range(args.steps):
         first, second, targets, weights, _ = recall_batch(rng, args.rows, args)
         model({"token_ids": first, "reset": reset})  # Into the memory.
-        model.train_on_batch({"token_ids": second, "reset": ~reset}, targets,
-                             sample_weight=weights)
-        plain.train_on_batch({"token_ids": second, "padding_mask": np.ones_like(second)},
-                             targets, sample_weight=weights)
+        model.train_on_batch({"token_ids": second, "reset": ~reset}, targets, sample_weight=weights)
+        plain.train_on_batch(
+            {"token_ids": second, "padding_mask": np.ones_like(second)},
+            targets,
+            sample_weight=weights,
+        )
     seconds = time.perf_counter() - start
     first, second, _, _, keys = recall_batch(
-        np.random.default_rng(seed + 1000), args.eval_rows, args)
+        np.random.default_rng(seed + 1000), args.eval_rows, args
+    )
     state = model.get_initial_state(args.eval_rows)
     _, state = model.step(first, None, state)
     with_memory, _ = model.step(second, None, state)
@@ -138,9 +158,12 @@ def main(argv=None):
         runs = {}
         for seed in args.seeds:
             runs[str(seed)] = run(family, seed, args)
-            print(f"{family} seed {seed}: answer loss memory "
-                  f"{runs[str(seed)]['memory']:.3f}, no memory "
-                  f"{runs[str(seed)]['no_memory']:.3f}", flush=True)
+            print(
+                f"{family} seed {seed}: answer loss memory "
+                f"{runs[str(seed)]['memory']:.3f}, no memory "
+                f"{runs[str(seed)]['no_memory']:.3f}",
+                flush=True,
+            )
         results[family] = {
             "seeds": runs,
             "median_memory": statistics.median(r["memory"] for r in runs.values()),

@@ -61,11 +61,19 @@ SYSTEMS = ("infformer", "infformer_sticky", "xl")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backend", choices=("jax", "tensorflow", "torch"), default=None,
-                   help="Keras backend (default: $KERAS_BACKEND, else jax)")
-    p.add_argument("--key", choices=("single", "segment"), default="single",
-                   help="one key token at a random position of the first "
-                   "segment (precise recall), or the key over the whole segment (gist)")
+    p.add_argument(
+        "--backend",
+        choices=("jax", "tensorflow", "torch"),
+        default=None,
+        help="Keras backend (default: $KERAS_BACKEND, else jax)",
+    )
+    p.add_argument(
+        "--key",
+        choices=("single", "segment"),
+        default="single",
+        help="one key token at a random position of the first "
+        "segment (precise recall), or the key over the whole segment (gist)",
+    )
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     p.add_argument("--steps", type=int, default=3000, help="training steps (segments)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -81,8 +89,9 @@ def parse_args(argv=None):
     p.add_argument("--num-samples", type=int, default=32)
     p.add_argument("--tau", type=float, default=0.75)
     p.add_argument("--learning-rate", type=float, default=3e-3)
-    p.add_argument("--eval-documents", type=int, default=16,
-                   help="evaluation documents per batch row")
+    p.add_argument(
+        "--eval-documents", type=int, default=16, help="evaluation documents per batch row"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=RESULTS, help="JSON path ('' to skip)")
     return p.parse_args(argv)
@@ -98,8 +107,9 @@ class RecallTask:
     K + 2 .. K + 1 + filler_vocabulary.
     """
 
-    def __init__(self, num_keys, filler_segments, segment_length, filler_vocabulary,
-                 key_mode="single"):
+    def __init__(
+        self, num_keys, filler_segments, segment_length, filler_vocabulary, key_mode="single"
+    ):
         if key_mode not in ("single", "segment"):
             raise ValueError(
                 f"`key_mode` must be 'single' or 'segment'. Received: key_mode={key_mode!r}"
@@ -124,12 +134,8 @@ class RecallTask:
         else:  # One key token at a random position, filler around it.
             key_segment = rng.integers(self.filler_low, self.vocabulary_size, size=L)
             key_segment[rng.integers(0, L)] = key
-        filler = rng.integers(
-            self.filler_low, self.vocabulary_size, size=self.filler_segments * L
-        )
-        tokens = np.concatenate(
-            [key_segment, filler, np.full(L, self.query)]
-        ).astype("int32")
+        filler = rng.integers(self.filler_low, self.vocabulary_size, size=self.filler_segments * L)
+        tokens = np.concatenate([key_segment, filler, np.full(L, self.query)]).astype("int32")
         targets = np.zeros_like(tokens)
         weights = np.zeros(tokens.shape, "float32")
         targets[-L:] = key
@@ -156,9 +162,7 @@ class RecallTask:
             resets = np.zeros(len(parts) * D, bool)
             resets[::D] = True
             s = offset * L
-            streams.append(
-                (tokens[s:], targets[s:], weights[s:], resets[offset:])
-            )
+            streams.append((tokens[s:], targets[s:], weights[s:], resets[offset:]))
             if offset:
                 # The cut document starts the row: its first segment resets.
                 streams[-1][3][0] = True
@@ -210,8 +214,11 @@ def build_models(args, task):
         # swings by +-0.2 between evaluations late in training.
         warmup = max(1, args.steps // 20)
         schedule = keras.optimizers.schedules.CosineDecay(
-            0.0, decay_steps=max(1, args.steps - warmup), alpha=0.05,
-            warmup_target=args.learning_rate, warmup_steps=warmup,
+            0.0,
+            decay_steps=max(1, args.steps - warmup),
+            alpha=0.05,
+            warmup_target=args.learning_rate,
+            warmup_steps=warmup,
         )
         model.compile(
             optimizer=keras.optimizers.Adam(schedule, global_clipnorm=1.0),
@@ -242,8 +249,8 @@ def main(argv=None):
     os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, REPO_ROOT)
-    import numpy as np
     import keras
+    import numpy as np
 
     if args.filler_segments < args.num_layers:
         print(
@@ -252,8 +259,11 @@ def main(argv=None):
             file=sys.stderr,
         )
     task = RecallTask(
-        args.num_keys, args.filler_segments, args.segment_length,
-        args.filler_vocabulary, args.key,
+        args.num_keys,
+        args.filler_segments,
+        args.segment_length,
+        args.filler_vocabulary,
+        args.key,
     )
     models = build_models(args, task)
     names = list(models)
@@ -296,18 +306,20 @@ def main(argv=None):
         }
     chance = 1.0 / args.num_keys
     record = {
-        "task": "far recall: " + (
+        "task": "far recall: "
+        + (
             "one key token at a random position of the first segment (precise)"
-            if args.key == "single" else "the key over the whole first segment (gist)"
-        ) + ", filler beyond the STM, query segment",
+            if args.key == "single"
+            else "the key over the whole first segment (gist)"
+        )
+        + ", filler beyond the STM, query segment",
         "chance_accuracy": chance,
         "steps": args.steps,
         "train_wall_seconds": train_seconds,
         "config": vars(args) | {"backend": backend},
         "vocabulary_size": task.vocabulary_size,
         "tokens_between_key_and_query": args.filler_segments * args.segment_length,
-        "transformer_xl_reach_tokens": args.num_layers * args.segment_length
-        + args.segment_length,
+        "transformer_xl_reach_tokens": args.num_layers * args.segment_length + args.segment_length,
         "results": results,
         "machine": {
             "platform": platform.platform(),
@@ -324,8 +336,7 @@ def main(argv=None):
     }
 
     print()
-    print(f"backend {backend}, {args.steps} steps, batch {args.batch_size}, "
-          f"chance {chance:.3f}")
+    print(f"backend {backend}, {args.steps} steps, batch {args.batch_size}, chance {chance:.3f}")
     print(f"{'model':<18}{'accuracy':>10}{'loss':>8}{'step ms':>10}{'params':>9}")
     for name, r in results.items():
         print(

@@ -34,15 +34,23 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--short", action="store_true", help="fast mode of every script")
     parser.add_argument("--tiny", action="store_true", help="smoke test (seconds per script)")
-    parser.add_argument("--only", default=",".join(SCRIPTS),
-                        help="comma-separated subset of " + ", ".join(SCRIPTS))
-    parser.add_argument("--backends", default="tensorflow,jax,torch",
-                        help="backends of layer_throughput")
-    parser.add_argument("--compiled-backend", default="jax",
-                        help="backend of context_scaling, memory_stability and decode_speed")
-    parser.add_argument("--out-dir", default=None,
-                        help="where the JSON/PNG go (default benchmarks/results; "
-                        "with --tiny and no --out-dir nothing is written)")
+    parser.add_argument(
+        "--only", default=",".join(SCRIPTS), help="comma-separated subset of " + ", ".join(SCRIPTS)
+    )
+    parser.add_argument(
+        "--backends", default="tensorflow,jax,torch", help="backends of layer_throughput"
+    )
+    parser.add_argument(
+        "--compiled-backend",
+        default="jax",
+        help="backend of context_scaling, memory_stability and decode_speed",
+    )
+    parser.add_argument(
+        "--out-dir",
+        default=None,
+        help="where the JSON/PNG go (default benchmarks/results; "
+        "with --tiny and no --out-dir nothing is written)",
+    )
     return parser.parse_args(argv)
 
 

@@ -42,8 +42,15 @@ import keras_infformer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "serving_warmup.json")
 CONFIG = dict(
-    vocabulary_size=256, segment_length=64, batch_size=8, num_layers=2,
-    hidden_dim=64, num_heads=4, num_basis=64, num_samples=64, dropout=0.0,
+    vocabulary_size=256,
+    segment_length=64,
+    batch_size=8,
+    num_layers=2,
+    hidden_dim=64,
+    num_heads=4,
+    num_basis=64,
+    num_samples=64,
+    dropout=0.0,
 )
 MODES = ("cold", "warmup_file", "client_warm_up")
 
@@ -104,12 +111,19 @@ def run_client(path, mode, tokens):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in sys.path if p])
     request = dict(
-        path=path, mode=mode, tokens=tokens, examples=os.path.join(ROOT, "examples"),
-        segment_length=CONFIG["segment_length"], vocabulary_size=CONFIG["vocabulary_size"],
+        path=path,
+        mode=mode,
+        tokens=tokens,
+        examples=os.path.join(ROOT, "examples"),
+        segment_length=CONFIG["segment_length"],
+        vocabulary_size=CONFIG["vocabulary_size"],
     )
     result = subprocess.run(
         [sys.executable, "-c", _CHILD, json.dumps(request)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     if result.returncode != 0:
         raise RuntimeError(f"client ({mode}) failed:\n{result.stderr[-3000:]}")
@@ -120,9 +134,7 @@ def summarise(runs):
     """Median over the fresh processes of each field, in ms."""
     out = {}
     for field in ("first_serving_default_s", "first_decode_step_s", "warm_decode_step_s"):
-        out[field[:-2] + "_ms"] = round(
-            1000 * float(np.median([r[field] for r in runs])), 3
-        )
+        out[field[:-2] + "_ms"] = round(1000 * float(np.median([r[field] for r in runs])), 3)
     warm_ups = [r["warm_up_s"] for r in runs if r["warm_up_s"] is not None]
     if warm_ups:
         out["warm_up_ms"] = round(1000 * float(np.median(warm_ups)), 1)

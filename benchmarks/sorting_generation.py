@@ -60,8 +60,15 @@ def main(argv=None):
         "environment": _common.environment(),
     }
     _common.print_table(
-        [result], ["num_sequences", "sequence_length", "generator_s", "floor_s",
-                   "ratio_to_floor", "tokens_per_s"],
+        [result],
+        [
+            "num_sequences",
+            "sequence_length",
+            "generator_s",
+            "floor_s",
+            "ratio_to_floor",
+            "tokens_per_s",
+        ],
         title="sorting-task generator vs one NumPy integer draw per token",
     )
     _common.write_json(_common.output_path(args, "sorting_generation"), result)

@@ -53,8 +53,11 @@ SHORT = {  # how the list of sources under the table names the rows
     "memory_stability/rss": "1M-token stream",
 }
 LTM_VARIANTS = (("infformer_uniform", "uniform"), ("infformer_sticky", "sticky"))
-OPS = (("ltm_absorb", "absorb"), ("ltm_absorb_sticky", "sticky absorb"),
-       ("gaussian_attention", "Gaussian attention"))
+OPS = (
+    ("ltm_absorb", "absorb"),
+    ("ltm_absorb_sticky", "sticky absorb"),
+    ("gaussian_attention", "Gaussian attention"),
+)
 COMPILED_BACKENDS = (("jax", "JAX"), ("tensorflow", "TensorFlow (XLA)"))
 DECODE_VARIANTS = (("infformer", "uniform"), ("infformer_sticky", "sticky"))
 
@@ -80,7 +83,9 @@ def _git_date(path):
     try:
         out = subprocess.run(
             ["git", "log", "-1", "--format=%cs", "--", os.path.basename(path)],
-            cwd=os.path.dirname(os.path.abspath(path)), capture_output=True, text=True,
+            cwd=os.path.dirname(os.path.abspath(path)),
+            capture_output=True,
+            text=True,
             timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
@@ -183,7 +188,9 @@ def decode_ratios(ds, batch):
 
 def decode_batches(ds):
     found = set()
-    for key in list((ds or {}).get("results", {})) + list((ds or {}).get("ratio_to_transformer_xl", {})):
+    for key in list((ds or {}).get("results", {})) + list(
+        (ds or {}).get("ratio_to_transformer_xl", {})
+    ):
         m = re.search(r"/batch_(\d+)$", key)
         if m:
             found.add(int(m.group(1)))
@@ -215,45 +222,90 @@ def target_rows(results, directory):
     src_cs = source_info("context_scaling", cs, directory)
 
     def add(id_, what, values, bound, limit, target_text, measured, source):
-        rows.append({
-            "id": id_, "short": SHORT[id_.split("/")[0]], "what": what, "values": values, "measured": measured,
-            "target": {"bound": bound, "limit": limit, "text": target_text},
-            "met": _met(values, bound, limit), "source": source,
-        })
+        rows.append(
+            {
+                "id": id_,
+                "short": SHORT[id_.split("/")[0]],
+                "what": what,
+                "values": values,
+                "measured": measured,
+                "target": {"bound": bound, "limit": limit, "text": target_text},
+                "met": _met(values, bound, limit),
+                "source": source,
+            }
+        )
 
     values = small_lm_overhead(cs, "train")
-    add("ltm_overhead/small_lm/train",
+    add(
+        "ltm_overhead/small_lm/train",
         "LTM overhead over Transformer-XL of equal size: small LM, train step (uniform / sticky)",
-        values, "max", OVERHEAD_SMALL_LM, f"≤ +{OVERHEAD_SMALL_LM:.0%}", _join(values, _pct), src_cs)
+        values,
+        "max",
+        OVERHEAD_SMALL_LM,
+        f"≤ +{OVERHEAD_SMALL_LM:.0%}",
+        _join(values, _pct),
+        src_cs,
+    )
     paper_cfg = ((cs or {}).get("paper_size_blocks") or {}).get("config") or {}
-    size = (f" (d {paper_cfg.get('dim')}, L {paper_cfg.get('length')}, N = M = "
-            f"{paper_cfg.get('num_basis')})" if paper_cfg else "")
+    size = (
+        f" (d {paper_cfg.get('dim')}, L {paper_cfg.get('length')}, N = M = "
+        f"{paper_cfg.get('num_basis')})"
+        if paper_cfg
+        else ""
+    )
     for mode, step in (("train", "train step"), ("infer", "inference step")):
         values = paper_overhead(cs, mode)
-        add(f"ltm_overhead/paper_block/{mode}",
+        add(
+            f"ltm_overhead/paper_block/{mode}",
             f"LTM overhead over Transformer-XL of equal size: paper-size block{size}, "
             f"{step} (uniform / sticky)",
-            values, "max", OVERHEAD_PAPER, f"≤ +{OVERHEAD_PAPER:.0%}", _join(values, _pct), src_cs)
+            values,
+            "max",
+            OVERHEAD_PAPER,
+            f"≤ +{OVERHEAD_PAPER:.0%}",
+            _join(values, _pct),
+            src_cs,
+        )
     for backend, name in COMPILED_BACKENDS:
         values = floor_ratios(lt, backend)
         by_op = {}
         for key, v in values.items():
             op, size_ = key.rsplit(" (", 1)
             by_op.setdefault(op, []).append((size_.rstrip(")"), v))
-        measured = "; ".join(
-            f"{op} " + " / ".join(f"{_x(v)} ({s})" for s, v in sorted(pairs, key=lambda p: p[0] != "paper"))
-            for op, pairs in by_op.items()) or "–"
-        add(f"ltm_ops_vs_floor/{backend}",
+        measured = (
+            "; ".join(
+                f"{op} "
+                + " / ".join(
+                    f"{_x(v)} ({s})" for s, v in sorted(pairs, key=lambda p: p[0] != "paper")
+                )
+                for op, pairs in by_op.items()
+            )
+            or "–"
+        )
+        add(
+            f"ltm_ops_vs_floor/{backend}",
             f"LTM ops over their matmul floor, compiled, {name}",
-            values, "max", FLOOR_RATIO, f"≤ {FLOOR_RATIO}×", measured,
-            source_info("layer_throughput", lt, directory, backend))
+            values,
+            "max",
+            FLOOR_RATIO,
+            f"≤ {FLOOR_RATIO}×",
+            measured,
+            source_info("layer_throughput", lt, directory, backend),
+        )
     src_ds = source_info("decode_speed", ds, directory)
     for batch in decode_batches(ds):
         values = decode_ratios(ds, batch)
-        add(f"decode/batch_{batch}",
+        add(
+            f"decode/batch_{batch}",
             f"compiled decoding (`generate()`), tokens/s over Transformer-XL's, batch {batch} "
             "(uniform / sticky)",
-            values, "min", DECODE_RATIO, f"≥ {DECODE_RATIO}×", _join(values, _x), src_ds)
+            values,
+            "min",
+            DECODE_RATIO,
+            f"≥ {DECODE_RATIO}×",
+            _join(values, _x),
+            src_ds,
+        )
     return rows
 
 
@@ -295,14 +347,20 @@ def context_rows(results, directory):
         parts.append(f"{label}: {', '.join(cells)}")
     if values:
         span = f"t({_tokens(last)})/t({_tokens(first)})"
-        rows.append({
-            "id": "context_scaling/time", "short": SHORT["context_scaling/time"], "values": values,
-            "what": f"step time after {_tokens(last)} vs {_tokens(first)} absorbed tokens, {span} "
-                    "(inference / train)",
-            "measured": "; ".join(parts),
-            "target": {"bound": "within", "limit": 0.05, "text": "within 5%"},
-            "met": all(abs(v - 1) <= 0.05 for v in values.values()), "source": src_cs,
-        })
+        rows.append(
+            {
+                "id": "context_scaling/time",
+                "short": SHORT["context_scaling/time"],
+                "values": values,
+                "what": f"step time after {_tokens(last)} vs {_tokens(first)} absorbed tokens, "
+                f"{span} "
+                "(inference / train)",
+                "measured": "; ".join(parts),
+                "target": {"bound": "within", "limit": 0.05, "text": "within 5%"},
+                "met": all(abs(v - 1) <= 0.05 for v in values.values()),
+                "source": src_cs,
+            }
+        )
 
     # Peak memory equal at every context.
     equal, sizes = {}, []
@@ -313,18 +371,27 @@ def context_rows(results, directory):
                 if e:
                     equal[f"{label}/{unit}/{m}"] = bool(e.get("peak_bytes_equal_at_all_contexts"))
     for unit, uname in units:
-        pair = [scaling.get(f"infformer_uniform/{unit}/{m}", {}).get("peak_bytes") for m in ("infer", "train")]
+        pair = [
+            scaling.get(f"infformer_uniform/{unit}/{m}", {}).get("peak_bytes")
+            for m in ("infer", "train")
+        ]
         if all(pair):
             sizes.append(f"{' / '.join(_mib(b) for b in pair)} MiB ({uname}, inference / train)")
     if equal:
-        rows.append({
-            "id": "context_scaling/peak_memory", "short": SHORT["context_scaling/peak_memory"], "values": equal,
-            "what": f"peak memory of a step after {_tokens(first)} and {_tokens(last)} tokens (XLA buffers)",
-            "measured": ("equal at every context" if all(equal.values()) else "not equal") +
-                        (": " + ", ".join(sizes) if sizes else ""),
-            "target": {"bound": "equal", "limit": None, "text": "equal"},
-            "met": all(equal.values()), "source": src_cs,
-        })
+        rows.append(
+            {
+                "id": "context_scaling/peak_memory",
+                "short": SHORT["context_scaling/peak_memory"],
+                "values": equal,
+                "what": f"peak memory of a step after {_tokens(first)} and {_tokens(last)} "
+                "tokens (XLA buffers)",
+                "measured": ("equal at every context" if all(equal.values()) else "not equal")
+                + (": " + ", ".join(sizes) if sizes else ""),
+                "target": {"bound": "equal", "limit": None, "text": "equal"},
+                "met": all(equal.values()),
+                "source": src_cs,
+            }
+        )
 
     # Full causal attention over the same past.
     full = {unit: scaling.get(f"full_attention/{unit}/infer") for unit, _ in units}
@@ -344,12 +411,23 @@ def context_rows(results, directory):
                 needs.append(f"{m.group(1)} ({uname})" if m else f"{e.get('stopped')} ({uname})")
         measured = f"{span} = " + " and ".join(cells) + " for inference"
         if stop_at:
-            measured += f"; does not fit at {_tokens(stop_at)} (one train step needs " + ", ".join(needs) + ")"
-        rows.append({"id": "context_scaling/full_attention",
-                     "short": SHORT["context_scaling/full_attention"], "values": values,
-                     "what": "full causal attention over the same past", "measured": measured,
-                     "target": {"bound": None, "limit": None, "text": "—"}, "met": None,
-                     "source": src_cs})
+            measured += (
+                f"; does not fit at {_tokens(stop_at)} (one train step needs "
+                + ", ".join(needs)
+                + ")"
+            )
+        rows.append(
+            {
+                "id": "context_scaling/full_attention",
+                "short": SHORT["context_scaling/full_attention"],
+                "values": values,
+                "what": "full causal attention over the same past",
+                "measured": measured,
+                "target": {"bound": None, "limit": None, "text": "—"},
+                "met": None,
+                "source": src_cs,
+            }
+        )
 
     # Crossover context.
     crossover = (cs or {}).get("crossover", {})
@@ -368,17 +446,26 @@ def context_rows(results, directory):
                     else:
                         below.append((f"{label} {uname}", e.get("below")))
             if ctx or below:
-                cell = (f"{min(ctx) / 1000:.2f}–{max(ctx) / 1000:.2f}k tokens ({mname})" if ctx
-                        else f"– ({mname})")
+                cell = (
+                    f"{min(ctx) / 1000:.2f}–{max(ctx) / 1000:.2f}k tokens ({mname})"
+                    if ctx
+                    else f"– ({mname})"
+                )
                 for name, at in below:
                     cell += f" (full attention already dearer at {at} tokens for the {name})"
                 cells.append(cell)
-        rows.append({"id": "context_scaling/crossover",
-                     "short": SHORT["context_scaling/crossover"], "values": values,
-                     "what": "context where full attention becomes dearer than the ∞-former",
-                     "measured": ", ".join(cells),
-                     "target": {"bound": None, "limit": None, "text": "—"}, "met": None,
-                     "source": src_cs})
+        rows.append(
+            {
+                "id": "context_scaling/crossover",
+                "short": SHORT["context_scaling/crossover"],
+                "values": values,
+                "what": "context where full attention becomes dearer than the ∞-former",
+                "measured": ", ".join(cells),
+                "target": {"bound": None, "limit": None, "text": "—"},
+                "met": None,
+                "source": src_cs,
+            }
+        )
 
     # Memory stability over the long stream.
     runs = (ms or {}).get("runs", {})
@@ -390,20 +477,39 @@ def context_rows(results, directory):
         for k, r in main_runs.items():
             dtype, variant = k.split("/", 1)
             by_variant.setdefault(variant, []).append(f"{r['rss_growth_mb']:+.1f} MiB ({dtype})")
-        coef = sorted({(round(r.get("ltm_max_abs_after_warmup") or 0, 2), round(r["ltm_max_abs_end"], 2))
-                       for r in main_runs.values()})
-        ok = all(r.get("no_memory_growth") and r.get("all_finite") and r.get("ltm_bounded")
-                 for r in runs.values())
+        coef = sorted(
+            {
+                (round(r.get("ltm_max_abs_after_warmup") or 0, 2), round(r["ltm_max_abs_end"], 2))
+                for r in main_runs.values()
+            }
+        )
+        ok = all(
+            r.get("no_memory_growth") and r.get("all_finite") and r.get("ltm_bounded")
+            for r in runs.values()
+        )
         measured = "process RSS " + "; ".join(f"{v}: {', '.join(c)}" for v, c in by_variant.items())
-        measured += ("; state and logits finite in every run" if all(r.get("all_finite") for r in runs.values())
-                     else "; NOT finite in some run")
+        measured += (
+            "; state and logits finite in every run"
+            if all(r.get("all_finite") for r in runs.values())
+            else "; NOT finite in some run"
+        )
         measured += "; largest LTM coefficient " + ", ".join(f"{a:.2f} → {b:.2f}" for a, b in coef)
-        rows.append({"id": "memory_stability/rss", "short": SHORT["memory_stability/rss"], "values": growth,
-                     "what": f"{_tokens(tokens)}-token stream through the LM",
-                     "measured": measured,
-                     "target": {"bound": "no_growth", "limit": None,
-                                "text": "no growth (RSS within max(16 MiB, 1%), memory bounded)"},
-                     "met": ok, "source": source_info("memory_stability", ms, directory)})
+        rows.append(
+            {
+                "id": "memory_stability/rss",
+                "short": SHORT["memory_stability/rss"],
+                "values": growth,
+                "what": f"{_tokens(tokens)}-token stream through the LM",
+                "measured": measured,
+                "target": {
+                    "bound": "no_growth",
+                    "limit": None,
+                    "text": "no growth (RSS within max(16 MiB, 1%), memory bounded)",
+                },
+                "met": ok,
+                "source": source_info("memory_stability", ms, directory),
+            }
+        )
     return rows
 
 
@@ -434,8 +540,16 @@ def _met_text(met):
 def _source_text(s):
     if s.get("missing"):
         return f"`{s['file']}`: missing"
-    bits = [b for b in (f"{s['mode']} mode" if s.get("mode") else None, s.get("date"),
-                        s.get("machine"), s.get("backend")) if b]
+    bits = [
+        b
+        for b in (
+            f"{s['mode']} mode" if s.get("mode") else None,
+            s.get("date"),
+            s.get("machine"),
+            s.get("backend"),
+        )
+        if b
+    ]
     return f"`{s['file']}` ({', '.join(bits)})"
 
 
@@ -443,16 +557,22 @@ def render_markdown(summary):
     """The README block: the table, then where each row comes from."""
     lines = ["| what | measured | target | met |", "|---|---|---|---|"]
     for r in summary["targets"]:
-        lines.append(f"| {_cell(r['what'])} | {_cell(r['measured'])} | {_cell(r['target']['text'])} "
-                     f"| {'not measured' if r['met'] is None else _met_text(r['met'])} |")
+        lines.append(
+            f"| {_cell(r['what'])} | {_cell(r['measured'])} | {_cell(r['target']['text'])} "
+            f"| {'not measured' if r['met'] is None else _met_text(r['met'])} |"
+        )
     for r in summary["context"]:
-        lines.append(f"| {_cell(r['what'])} | {_cell(r['measured'])} | {_cell(r['target']['text'])} "
-                     f"| {_met_text(r['met'])} |")
+        lines.append(
+            f"| {_cell(r['what'])} | {_cell(r['measured'])} | {_cell(r['target']['text'])} "
+            f"| {_met_text(r['met'])} |"
+        )
     groups = {}
     for r in summary["targets"] + summary["context"]:
         groups.setdefault(_source_text(r["source"]), []).append(r["short"])
     lines.append("")
-    lines.append("Generated by `benchmarks/summary.py` from `benchmarks/results/summary.json`; sources:")
+    lines.append(
+        "Generated by `benchmarks/summary.py` from `benchmarks/results/summary.json`; sources:"
+    )
     lines.append("")
     for text, ids in groups.items():
         lines.append(f"- {text}: {', '.join(dict.fromkeys(ids))}")
@@ -481,11 +601,19 @@ def readme_block(readme=README):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results-dir", default=RESULTS_DIR,
-                        help="folder of the result JSONs; summary.json is written there")
-    parser.add_argument("--out", default=None, help="summary JSON path (default RESULTS_DIR/summary.json)")
-    parser.add_argument("--update-readme", action="store_true",
-                        help="rewrite the README's table from summary.json (no recomputation)")
+    parser.add_argument(
+        "--results-dir",
+        default=RESULTS_DIR,
+        help="folder of the result JSONs; summary.json is written there",
+    )
+    parser.add_argument(
+        "--out", default=None, help="summary JSON path (default RESULTS_DIR/summary.json)"
+    )
+    parser.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="rewrite the README's table from summary.json (no recomputation)",
+    )
     parser.add_argument("--readme", default=README)
     return parser.parse_args(argv)
 

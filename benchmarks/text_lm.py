@@ -82,27 +82,53 @@ BASELINE = "xl"
 # 250-340 ms per system (load ~3) give 10-14 minutes of training per system,
 # about 50 minutes for the four, plus evaluation (see the README).
 FULL = dict(
-    steps=2500, batch_size=8, segment_length=256, num_layers=2, hidden_dim=128,
-    num_heads=4, num_basis=128, buckets=[0, 1024, 4096, 16384],
-    eval_max_bytes=65536, probe_documents=64, bootstrap=1000,
+    steps=2500,
+    batch_size=8,
+    segment_length=256,
+    num_layers=2,
+    hidden_dim=128,
+    num_heads=4,
+    num_basis=128,
+    buckets=[0, 1024, 4096, 16384],
+    eval_max_bytes=65536,
+    probe_documents=64,
+    bootstrap=1000,
 )
 # --quick: a few minutes at most on the real corpus, seconds on a tiny one.
 QUICK = dict(
-    steps=60, batch_size=4, segment_length=32, num_layers=2, hidden_dim=32,
-    num_heads=2, num_basis=16, buckets=[0, 64, 256, 1024],
-    eval_max_bytes=4096, probe_documents=8, bootstrap=200,
+    steps=60,
+    batch_size=4,
+    segment_length=32,
+    num_layers=2,
+    hidden_dim=32,
+    num_heads=2,
+    num_basis=16,
+    buckets=[0, 64, 256, 1024],
+    eval_max_bytes=4096,
+    probe_documents=8,
+    bootstrap=200,
 )
 # Part 2's sizes (the batch, buckets and evaluation settings are part 1's);
 # the depth and width of part 1's systems. Full: measured JAX steps (load
 # ~4-5) of 136-220 ms (GPT-2) and 375 ms (with the memory) give 6-9 minutes
 # of pretraining, 6 of fine-tuning and ~4 of evaluation (see the README).
 FULL_GPT2 = dict(
-    pretrain_steps=2500, finetune_steps=600, gpt2_segment=256, gpt2_layers=2,
-    gpt2_hidden_dim=128, gpt2_heads=4, gpt2_num_basis=128,
+    pretrain_steps=2500,
+    finetune_steps=600,
+    gpt2_segment=256,
+    gpt2_layers=2,
+    gpt2_hidden_dim=128,
+    gpt2_heads=4,
+    gpt2_num_basis=128,
 )
 QUICK_GPT2 = dict(
-    pretrain_steps=40, finetune_steps=20, gpt2_segment=32, gpt2_layers=2,
-    gpt2_hidden_dim=32, gpt2_heads=2, gpt2_num_basis=16,
+    pretrain_steps=40,
+    finetune_steps=20,
+    gpt2_segment=32,
+    gpt2_layers=2,
+    gpt2_hidden_dim=32,
+    gpt2_heads=2,
+    gpt2_num_basis=16,
 )
 GPT2_SYSTEMS = ("gpt2", "gpt2_memory")  # (a) as is, (b) with the memory.
 GPT2_BASELINE = "gpt2"
@@ -113,86 +139,166 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--corpus", default=DEFAULT_CORPUS,
-                   help="a folder of .txt files, read recursively (default: the "
-                   "Linux kernel's documentation sources of Debian's linux-doc-6.1)")
-    p.add_argument("--max-files", type=int, default=None,
-                   help="read the first N files only (sorted order)")
+    p.add_argument(
+        "--corpus",
+        default=DEFAULT_CORPUS,
+        help="a folder of .txt files, read recursively (default: the "
+        "Linux kernel's documentation sources of Debian's linux-doc-6.1)",
+    )
+    p.add_argument(
+        "--max-files", type=int, default=None, help="read the first N files only (sorted order)"
+    )
     p.add_argument("--held-out", type=float, default=0.1, help="share of files held out")
-    p.add_argument("--quick", action="store_true",
-                   help="a tiny configuration (minutes); results are not written "
-                   "to benchmarks/results unless --out is given")
-    p.add_argument("--parts", nargs="+", type=int, default=[1, 2], choices=[1, 2],
-                   help="1: the four systems from scratch; 2: a pretrained GPT-2 "
-                   "fine-tuned with and without the memory. Results go into the "
-                   "JSON at --out, merged with what it already holds")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny configuration (minutes); results are not written "
+        "to benchmarks/results unless --out is given",
+    )
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        type=int,
+        default=[1, 2],
+        choices=[1, 2],
+        help="1: the four systems from scratch; 2: a pretrained GPT-2 "
+        "fine-tuned with and without the memory. Results go into the "
+        "JSON at --out, merged with what it already holds",
+    )
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
-    size = p.add_argument_group("model and training (defaults: the full "
-                                "configuration, or --quick's)")
+    size = p.add_argument_group(
+        "model and training (defaults: the full configuration, or --quick's)"
+    )
     size.add_argument("--steps", type=int, default=None, help="training steps")
     size.add_argument("--batch-size", type=int, default=None, help="parallel streams")
-    size.add_argument("--segment-length", type=int, default=None,
-                      help="bytes per segment; also the short-term window")
-    size.add_argument("--memory-length", type=int, default=None,
-                      help="short-term window (default: the segment length)")
+    size.add_argument(
+        "--segment-length",
+        type=int,
+        default=None,
+        help="bytes per segment; also the short-term window",
+    )
+    size.add_argument(
+        "--memory-length",
+        type=int,
+        default=None,
+        help="short-term window (default: the segment length)",
+    )
     size.add_argument("--num-layers", type=int, default=None)
     size.add_argument("--hidden-dim", type=int, default=None)
     size.add_argument("--num-heads", type=int, default=None)
-    size.add_argument("--intermediate-dim", type=int, default=None,
-                      help="feed-forward width of every system (default 4 x hidden)")
-    size.add_argument("--num-basis", type=int, default=None,
-                      help="N basis functions; also M samples and the "
-                      "compressive memory's slots")
+    size.add_argument(
+        "--intermediate-dim",
+        type=int,
+        default=None,
+        help="feed-forward width of every system (default 4 x hidden)",
+    )
+    size.add_argument(
+        "--num-basis",
+        type=int,
+        default=None,
+        help="N basis functions; also M samples and the compressive memory's slots",
+    )
     size.add_argument("--tau", type=float, default=0.75)
     size.add_argument("--basis-widths", type=float, nargs="+", default=[0.01, 0.05])
     size.add_argument("--compression-rate", type=int, default=4)
     size.add_argument("--dropout", type=float, default=0.0)
-    size.add_argument("--learning-rate", type=float, default=2e-3,
-                      help="peak of a warm-up + cosine schedule")
+    size.add_argument(
+        "--learning-rate", type=float, default=2e-3, help="peak of a warm-up + cosine schedule"
+    )
     size.add_argument("--clipnorm", type=float, default=1.0)
-    g2 = p.add_argument_group("part 2: GPT-2 pretrained, then fine-tuned (defaults: "
-                              "the full configuration, or --quick's)")
-    g2.add_argument("--pretrain-steps", type=int, default=None,
-                    help="steps of GPT-2 alone, each segment independent")
-    g2.add_argument("--finetune-steps", type=int, default=None,
-                    help="steps of each fine-tune, (a) as is and (b) with the memory")
-    g2.add_argument("--gpt2-segment", type=int, default=None,
-                    help="bytes per segment = the backbone's maximum sequence "
-                    "length; positions restart every segment")
+    g2 = p.add_argument_group(
+        "part 2: GPT-2 pretrained, then fine-tuned (defaults: the full configuration, or --quick's)"
+    )
+    g2.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=None,
+        help="steps of GPT-2 alone, each segment independent",
+    )
+    g2.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=None,
+        help="steps of each fine-tune, (a) as is and (b) with the memory",
+    )
+    g2.add_argument(
+        "--gpt2-segment",
+        type=int,
+        default=None,
+        help="bytes per segment = the backbone's maximum sequence "
+        "length; positions restart every segment",
+    )
     g2.add_argument("--gpt2-layers", type=int, default=None)
     g2.add_argument("--gpt2-hidden-dim", type=int, default=None)
     g2.add_argument("--gpt2-heads", type=int, default=None)
-    g2.add_argument("--gpt2-intermediate-dim", type=int, default=None,
-                    help="default 4 x hidden")
-    g2.add_argument("--gpt2-num-basis", type=int, default=None,
-                    help="N basis functions of each layer's memory (also M)")
+    g2.add_argument("--gpt2-intermediate-dim", type=int, default=None, help="default 4 x hidden")
+    g2.add_argument(
+        "--gpt2-num-basis",
+        type=int,
+        default=None,
+        help="N basis functions of each layer's memory (also M)",
+    )
     g2.add_argument("--gpt2-tau", type=float, default=0.5)
     g2.add_argument("--gpt2-basis-widths", type=float, nargs="+", default=[0.005, 0.01])
-    g2.add_argument("--gpt2-num-bins", type=int, default=None,
-                    help="sticky histogram bins (default: the number of basis "
-                    "functions)")
-    g2.add_argument("--finetune-learning-rate", type=float, default=1e-3,
-                    help="peak of the fine-tunes' warm-up + cosine schedule "
-                    "(pretraining uses --learning-rate)")
-    g2.add_argument("--gpt2-probe-bytes", type=int, default=None,
-                    help="K of part 2's read-twice probe (default 4 segments)")
+    g2.add_argument(
+        "--gpt2-num-bins",
+        type=int,
+        default=None,
+        help="sticky histogram bins (default: the number of basis functions)",
+    )
+    g2.add_argument(
+        "--finetune-learning-rate",
+        type=float,
+        default=1e-3,
+        help="peak of the fine-tunes' warm-up + cosine schedule (pretraining uses --learning-rate)",
+    )
+    g2.add_argument(
+        "--gpt2-probe-bytes",
+        type=int,
+        default=None,
+        help="K of part 2's read-twice probe (default 4 segments)",
+    )
     ev = p.add_argument_group("evaluation")
-    ev.add_argument("--buckets", type=int, nargs="+", default=None,
-                    help="left edges of the position buckets, in bytes")
-    ev.add_argument("--eval-max-bytes", type=int, default=None,
-                    help="held-out documents are cut to this many bytes")
-    ev.add_argument("--eval-documents", type=int, default=None,
-                    help="evaluate this many held-out documents (default all)")
-    ev.add_argument("--probe-bytes", type=int, default=None,
-                    help="K, the bytes read twice (default: max(4 segments, "
-                    "2 segments beyond Transformer-XL's reach))")
+    ev.add_argument(
+        "--buckets",
+        type=int,
+        nargs="+",
+        default=None,
+        help="left edges of the position buckets, in bytes",
+    )
+    ev.add_argument(
+        "--eval-max-bytes",
+        type=int,
+        default=None,
+        help="held-out documents are cut to this many bytes",
+    )
+    ev.add_argument(
+        "--eval-documents",
+        type=int,
+        default=None,
+        help="evaluate this many held-out documents (default all)",
+    )
+    ev.add_argument(
+        "--probe-bytes",
+        type=int,
+        default=None,
+        help="K, the bytes read twice (default: max(4 segments, "
+        "2 segments beyond Transformer-XL's reach))",
+    )
     ev.add_argument("--probe-documents", type=int, default=None)
     ev.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples")
-    p.add_argument("--logdir", default=os.path.join(_common.REPO_ROOT, "logs", "text_lm"),
-                   help="TensorBoard logs, one folder per system")
+    p.add_argument(
+        "--logdir",
+        default=os.path.join(_common.REPO_ROOT, "logs", "text_lm"),
+        help="TensorBoard logs, one folder per system",
+    )
     p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--backend", choices=_common.BACKENDS, default=None,
-                   help="Keras backend (default: $KERAS_BACKEND, else jax)")
+    p.add_argument(
+        "--backend",
+        choices=_common.BACKENDS,
+        default=None,
+        help="Keras backend (default: $KERAS_BACKEND, else jax)",
+    )
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--out", default=None, help="output JSON (the PNG goes next to it)")
     p.add_argument("--no-plot", action="store_true")
@@ -213,9 +319,11 @@ def parse_args(argv=None):
     if args.probe_bytes is None:
         args.probe_bytes = max(4 * args.segment_length, reach + 2 * args.segment_length)
     if 1 in args.parts and args.probe_bytes <= reach + args.segment_length:
-        print(f"warning: --probe-bytes {args.probe_bytes} is within Transformer-XL's "
-              f"reach ({reach} + a segment): the probe will not separate the systems",
-              file=sys.stderr)
+        print(
+            f"warning: --probe-bytes {args.probe_bytes} is within Transformer-XL's "
+            f"reach ({reach} + a segment): the probe will not separate the systems",
+            file=sys.stderr,
+        )
     return args
 
 
@@ -284,16 +392,21 @@ def _language_model(kind, args, vocabulary_size, intermediate_dim):
     )
     if kind.startswith("infformer"):
         return InfiniteFormerLM(
-            use_long_term_memory=True, num_basis=args.num_basis,
-            num_samples=args.num_basis, tau=args.tau,
+            use_long_term_memory=True,
+            num_basis=args.num_basis,
+            num_samples=args.num_basis,
+            tau=args.tau,
             basis_widths=tuple(args.basis_widths),
-            sticky_memories=kind == "infformer_sticky", **common,
+            sticky_memories=kind == "infformer_sticky",
+            **common,
         )
     if kind == "xl":
         return InfiniteFormerLM(use_long_term_memory=False, **common)
     return InfiniteFormerLM(
-        use_long_term_memory=False, compressed_memory_length=args.num_basis,
-        compression_rate=args.compression_rate, **common,
+        use_long_term_memory=False,
+        compressed_memory_length=args.num_basis,
+        compression_rate=args.compression_rate,
+        **common,
     )
 
 
@@ -332,8 +445,11 @@ def compile_for_streams(model, steps, learning_rate, clipnorm):
 
     warmup = max(1, steps // 20)
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=max(1, steps - warmup), alpha=0.1,
-        warmup_target=learning_rate, warmup_steps=warmup,
+        0.0,
+        decay_steps=max(1, steps - warmup),
+        alpha=0.1,
+        warmup_target=learning_rate,
+        warmup_steps=warmup,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule, global_clipnorm=clipnorm),
@@ -383,21 +499,28 @@ def train(systems, dataset, args, writers, steps=None, first_step=0):
     for step in range(steps):
         # More steps than one pass: start over (step 0 of a pass resets all rows).
         x, y, w = dataset.get_batch((first_step + step) % len(dataset))
-        for name in (names if step % 2 == 0 else names[::-1]):
+        for name in names if step % 2 == 0 else names[::-1]:
             t0 = time.perf_counter()
             out = systems[name].train_on_batch(x, y, sample_weight=w, return_dict=True)
             loss = float(np.asarray(out["loss"]))
             times[name].append(time.perf_counter() - t0)
             losses[name].append(loss)
             if step % args.log_every == 0 or step == steps - 1:
-                log_scalars(writers[name], step, {
-                    "train/loss_bits_per_byte": loss / math.log(2),
-                    "train/step_seconds": times[name][-1],
-                })
+                log_scalars(
+                    writers[name],
+                    step,
+                    {
+                        "train/loss_bits_per_byte": loss / math.log(2),
+                        "train/step_seconds": times[name][-1],
+                    },
+                )
         if (step + 1) % report == 0:
-            print(f"step {step + 1}/{steps}: " + ", ".join(
-                f"{n} {np.mean(losses[n][-report:]) / math.log(2):.3f}" for n in names
-            ) + " bits/byte (train loss)", flush=True)
+            print(
+                f"step {step + 1}/{steps}: "
+                + ", ".join(f"{n} {np.mean(losses[n][-report:]) / math.log(2):.3f}" for n in names)
+                + " bits/byte (train loss)",
+                flush=True,
+            )
     return times, losses
 
 
@@ -470,8 +593,7 @@ def _interval(samples):
     return [float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))]
 
 
-def position_summary(sums, counts, edges, weights, baseline=None,
-                     baseline_name=BASELINE):
+def position_summary(sums, counts, edges, weights, baseline=None, baseline_name=BASELINE):
     """Bits per byte per bucket and overall, with bootstrap intervals.
 
     `baseline` (another system's `(sums, counts)` on the same documents)
@@ -505,8 +627,7 @@ def position_summary(sums, counts, edges, weights, baseline=None,
         }
         if baseline is not None and bytes_:
             row["minus_" + baseline_name] = float(point[i] - base_point[i])
-            row["minus_" + baseline_name + "_ci95"] = _interval(
-                boot[:, i] - base_boot[:, i])
+            row["minus_" + baseline_name + "_ci95"] = _interval(boot[:, i] - base_boot[:, i])
         rows.append(row)
     return rows
 
@@ -532,8 +653,14 @@ def curve(document, position, bits, max_position):
     for i in range(len(edges) - 1):
         sel = k == i
         if sel.any():
-            out.append({"from": edges[i], "to": edges[i + 1], "bytes": int(sel.sum()),
-                        "bits_per_byte": float(bits[sel].mean())})
+            out.append(
+                {
+                    "from": edges[i],
+                    "to": edges[i + 1],
+                    "bytes": int(sel.sum()),
+                    "bits_per_byte": float(bits[sel].mean()),
+                }
+            )
     return out
 
 
@@ -599,7 +726,8 @@ class PlainGPT2:
 
     def train_on_batch(self, x, y, sample_weight=None, return_dict=False):
         return self.model.train_on_batch(
-            self._inputs(x), y, sample_weight=sample_weight, return_dict=return_dict)
+            self._inputs(x), y, sample_weight=sample_weight, return_dict=return_dict
+        )
 
     def predict_on_batch(self, x):
         return self.model.predict_on_batch(self._inputs(x))
@@ -617,10 +745,13 @@ def gpt2_backbone(args, vocabulary_size):
     import keras_hub
 
     return keras_hub.models.GPT2Backbone(
-        vocabulary_size=vocabulary_size, num_layers=args.gpt2_layers,
-        num_heads=args.gpt2_heads, hidden_dim=args.gpt2_hidden_dim,
+        vocabulary_size=vocabulary_size,
+        num_layers=args.gpt2_layers,
+        num_heads=args.gpt2_heads,
+        hidden_dim=args.gpt2_hidden_dim,
         intermediate_dim=args.gpt2_intermediate_dim,
-        max_sequence_length=args.gpt2_segment, dropout=args.dropout,
+        max_sequence_length=args.gpt2_segment,
+        dropout=args.dropout,
     )
 
 
@@ -642,18 +773,21 @@ def build_gpt2_systems(backbone, args):
     from keras_infformer.models import InfiniteFormerGPT2CausalLM
 
     keras.utils.set_random_seed(args.seed + 3)
-    plain = keras_hub.models.GPT2CausalLM(
-        copy_backbone(backbone), preprocessor=None, name="gpt2")
+    plain = keras_hub.models.GPT2CausalLM(copy_backbone(backbone), preprocessor=None, name="gpt2")
     memory_model = InfiniteFormerGPT2CausalLM.from_backbone(
-        copy_backbone(backbone), segment_length=args.gpt2_segment,
-        batch_size=args.batch_size, num_basis=args.gpt2_num_basis,
-        basis_widths=tuple(args.gpt2_basis_widths), tau=args.gpt2_tau,
-        num_bins=args.gpt2_num_bins, sticky_memories=True, finetune="all",
+        copy_backbone(backbone),
+        segment_length=args.gpt2_segment,
+        batch_size=args.batch_size,
+        num_basis=args.gpt2_num_basis,
+        basis_widths=tuple(args.gpt2_basis_widths),
+        tau=args.gpt2_tau,
+        num_bins=args.gpt2_num_bins,
+        sticky_memories=True,
+        finetune="all",
         name="gpt2_memory",
     )
     for model in (plain, memory_model):
-        compile_for_streams(model, args.finetune_steps, args.finetune_learning_rate,
-                            args.clipnorm)
+        compile_for_streams(model, args.finetune_steps, args.finetune_learning_rate, args.clipnorm)
     return {"gpt2": PlainGPT2(plain), "gpt2_memory": memory_model}
 
 
@@ -691,8 +825,7 @@ def train_summary(times, losses, parameters):
     }
 
 
-def run_part2(args, documents, train_ids, eval_ids, eval_docs, weights,
-              vocabulary_size):
+def run_part2(args, documents, train_ids, eval_ids, eval_docs, weights, vocabulary_size):
     """Pretrain GPT-2 alone, fine-tune (a) as is and (b) with the memory."""
     import argparse
 
@@ -710,29 +843,44 @@ def run_part2(args, documents, train_ids, eval_ids, eval_docs, weights,
     print(f"part 2: pretraining GPT-2 ({args.pretrain_steps} steps)", flush=True)
     keras.utils.set_random_seed(args.seed)
     pretrained = keras_hub.models.GPT2CausalLM(
-        gpt2_backbone(args, vocabulary_size), preprocessor=None, name="gpt2_pretrain")
+        gpt2_backbone(args, vocabulary_size), preprocessor=None, name="gpt2_pretrain"
+    )
     compile_for_streams(pretrained, args.pretrain_steps, args.learning_rate, args.clipnorm)
     t0 = time.perf_counter()
-    times, losses = train({"gpt2_pretrain": PlainGPT2(pretrained)}, train_set, args,
-                          writers, steps=args.pretrain_steps)
+    times, losses = train(
+        {"gpt2_pretrain": PlainGPT2(pretrained)},
+        train_set,
+        args,
+        writers,
+        steps=args.pretrain_steps,
+    )
     pretrain_wall = time.perf_counter() - t0
-    pretrain = train_summary(times["gpt2_pretrain"], losses["gpt2_pretrain"],
-                             trainable_parameters(pretrained))
+    pretrain = train_summary(
+        times["gpt2_pretrain"], losses["gpt2_pretrain"], trainable_parameters(pretrained)
+    )
 
     systems = build_gpt2_systems(pretrained.backbone, args)
     zero = zero_start(systems, eval_docs, args)
-    print(f"zero start: {zero['gpt2_bits_per_byte']:.4f} vs "
-          f"{zero['gpt2_memory_bits_per_byte']:.4f} bits per byte (max difference "
-          f"{zero['max_abs_bits_difference']:.2e})", flush=True)
-    print(f"part 2: fine-tuning {', '.join(systems)} ({args.finetune_steps} steps "
-          f"each, from step {args.pretrain_steps} of the streams)", flush=True)
+    print(
+        f"zero start: {zero['gpt2_bits_per_byte']:.4f} vs "
+        f"{zero['gpt2_memory_bits_per_byte']:.4f} bits per byte (max difference "
+        f"{zero['max_abs_bits_difference']:.2e})",
+        flush=True,
+    )
+    print(
+        f"part 2: fine-tuning {', '.join(systems)} ({args.finetune_steps} steps "
+        f"each, from step {args.pretrain_steps} of the streams)",
+        flush=True,
+    )
     t0 = time.perf_counter()
-    times, losses = train(systems, train_set, args, writers, steps=args.finetune_steps,
-                          first_step=args.pretrain_steps)
+    times, losses = train(
+        systems, train_set, args, writers, steps=args.finetune_steps, first_step=args.pretrain_steps
+    )
     finetune_wall = time.perf_counter() - t0
 
     probe_args = argparse.Namespace(
-        **dict(vars(args), segment_length=segment, probe_bytes=args.gpt2_probe_bytes))
+        **dict(vars(args), segment_length=segment, probe_bytes=args.gpt2_probe_bytes)
+    )
     stats, results = {}, {}
     for name, model in systems.items():
         t0 = time.perf_counter()
@@ -740,8 +888,7 @@ def run_part2(args, documents, train_ids, eval_ids, eval_docs, weights,
         stats[name] = bucket_sums(document, position, bits, len(eval_docs), args.buckets)
         eval_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        probe = read_twice_probe(model, [documents[i] for i in eval_ids], probe_args,
-                                 args.seed + 2)
+        probe = read_twice_probe(model, [documents[i] for i in eval_ids], probe_args, args.seed + 2)
         results[name] = dict(
             train_summary(times[name], losses[name], trainable_parameters(model)),
             eval_seconds=eval_seconds,
@@ -752,12 +899,16 @@ def run_part2(args, documents, train_ids, eval_ids, eval_docs, weights,
     for name in systems:
         base = stats[GPT2_BASELINE] if name != GPT2_BASELINE else None
         results[name]["by_position"] = position_summary(
-            *stats[name], args.buckets, weights, baseline=base,
-            baseline_name=GPT2_BASELINE)
-        log_scalars(writers[name], args.finetune_steps, {
-            "held_out/bits_per_byte": results[name]["by_position"][-1]["bits_per_byte"],
-            "probe/drop": results[name]["probe"].get("drop"),
-        })
+            *stats[name], args.buckets, weights, baseline=base, baseline_name=GPT2_BASELINE
+        )
+        log_scalars(
+            writers[name],
+            args.finetune_steps,
+            {
+                "held_out/bits_per_byte": results[name]["by_position"][-1]["bits_per_byte"],
+                "probe/drop": results[name]["probe"].get("drop"),
+            },
+        )
     for writer in writers.values():
         if writer is not None:
             writer.flush()
@@ -814,7 +965,8 @@ def run_part1(args, documents, train_ids, eval_ids, eval_docs, weights, vocabula
 
     start = time.perf_counter()
     train_set = StreamingDataset(
-        [documents[i] for i in train_ids], args.batch_size, args.segment_length)
+        [documents[i] for i in train_ids], args.batch_size, args.segment_length
+    )
     eval_set = StreamingDataset(eval_docs, args.batch_size, args.segment_length)
 
     systems = build_systems(args, vocabulary_size)
@@ -833,8 +985,7 @@ def run_part1(args, documents, train_ids, eval_ids, eval_docs, weights, vocabula
         stats[name] = bucket_sums(document, position, bits, len(eval_docs), args.buckets)
         eval_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        probe = read_twice_probe(
-            model, [documents[i] for i in eval_ids], args, args.seed + 2)
+        probe = read_twice_probe(model, [documents[i] for i in eval_ids], args, args.seed + 2)
         warm = times[name][10:] or times[name]
         results[name] = {
             "trainable_parameters": sizes_p[name],
@@ -851,14 +1002,19 @@ def run_part1(args, documents, train_ids, eval_ids, eval_docs, weights, vocabula
     for name in systems:
         base = stats.get(BASELINE) if name != BASELINE else None
         results[name]["by_position"] = position_summary(
-            *stats[name], args.buckets, weights, baseline=base)
+            *stats[name], args.buckets, weights, baseline=base
+        )
         overall = results[name]["by_position"][-1]
-        log_scalars(writers[name], args.steps, {
-            "held_out/bits_per_byte": overall["bits_per_byte"],
-            "probe/copy1_bits_per_byte": results[name]["probe"].get("copy1_bits_per_byte"),
-            "probe/copy2_bits_per_byte": results[name]["probe"].get("copy2_bits_per_byte"),
-            "probe/drop": results[name]["probe"].get("drop"),
-        })
+        log_scalars(
+            writers[name],
+            args.steps,
+            {
+                "held_out/bits_per_byte": overall["bits_per_byte"],
+                "probe/copy1_bits_per_byte": results[name]["probe"].get("copy1_bits_per_byte"),
+                "probe/copy2_bits_per_byte": results[name]["probe"].get("copy2_bits_per_byte"),
+                "probe/drop": results[name]["probe"].get("drop"),
+            },
+        )
         if writers[name] is not None:
             writers[name].flush()
 
@@ -906,8 +1062,9 @@ def merge_into(path, record, parts):
         with open(path) as f:
             old = json.load(f)
     except (OSError, ValueError) as error:
-        raise SystemExit(f"text_lm: cannot merge into {path!r} ({error}); "
-                         "pass another --out") from error
+        raise SystemExit(
+            f"text_lm: cannot merge into {path!r} ({error}); pass another --out"
+        ) from error
     merged = {k: v for k, v in old.items() if k == "part2"} if 1 in parts else dict(old)
     if 1 in parts:
         merged = dict({k: v for k, v in record.items() if k != "part2"}, **merged)
@@ -924,9 +1081,12 @@ def main(argv=None):
     documents, vocabulary_size = load_corpus(args)
     train_ids, held_ids, eval_ids = split(documents, args)
     sizes = [len(d) for d in documents]
-    print(f"corpus {args.corpus}: {len(documents)} documents, {sum(sizes):,} bytes; "
-          f"{len(train_ids)} train ({sum(sizes[i] for i in train_ids):,} bytes), "
-          f"{len(held_ids)} held out ({len(eval_ids)} evaluated)", flush=True)
+    print(
+        f"corpus {args.corpus}: {len(documents)} documents, {sum(sizes):,} bytes; "
+        f"{len(train_ids)} train ({sum(sizes[i] for i in train_ids):,} bytes), "
+        f"{len(held_ids)} held out ({len(eval_ids)} evaluated)",
+        flush=True,
+    )
     # Held-out documents cut to --eval-max-bytes: positions below the cut are
     # scored exactly as in the whole document (the model reads causally).
     eval_docs = [documents[i][: args.eval_max_bytes] for i in eval_ids]
@@ -946,30 +1106,37 @@ def main(argv=None):
             "evaluated_targets": int(sum(max(0, len(d) - 1) for d in eval_docs)),
         },
         # Indices into the corpus' files in sorted order; disjoint by construction.
-        "split": {"seed": args.seed, "held_out_fraction": args.held_out,
-                  "train": sorted(train_ids), "held_out": list(held_ids),
-                  "evaluated": list(eval_ids)},
+        "split": {
+            "seed": args.seed,
+            "held_out_fraction": args.held_out,
+            "train": sorted(train_ids),
+            "held_out": list(held_ids),
+            "evaluated": list(eval_ids),
+        },
     }
     record = {}
     if 1 in args.parts:
-        part1 = run_part1(args, documents, train_ids, eval_ids, eval_docs, weights,
-                          vocabulary_size)
-        record = dict(task=part1.pop("task"), **shared,
-                      settings={k: v for k, v in vars(args).items()} | {"backend": backend},
-                      **part1)
+        part1 = run_part1(args, documents, train_ids, eval_ids, eval_docs, weights, vocabulary_size)
+        record = dict(
+            task=part1.pop("task"),
+            **shared,
+            settings={k: v for k, v in vars(args).items()} | {"backend": backend},
+            **part1,
+        )
         record["environment"] = _common.environment()
         record["wall_seconds"] = time.perf_counter() - start
-        print_tables(record["results"], f"{record['steps']} steps",
-                     record["probe_bytes"], BASELINE)
+        print_tables(record["results"], f"{record['steps']} steps", record["probe_bytes"], BASELINE)
     if 2 in args.parts:
-        part2 = run_part2(args, documents, train_ids, eval_ids, eval_docs, weights,
-                          vocabulary_size)
+        part2 = run_part2(args, documents, train_ids, eval_ids, eval_docs, weights, vocabulary_size)
         part2 = dict(task=part2.pop("task"), **shared, **part2)
         part2["settings"]["backend"] = backend
         record["part2"] = part2
-        print_tables(part2["results"],
-                     f"{args.pretrain_steps} pretraining + {args.finetune_steps} "
-                     "fine-tuning steps", part2["probe_bytes"], GPT2_BASELINE)
+        print_tables(
+            part2["results"],
+            f"{args.pretrain_steps} pretraining + {args.finetune_steps} fine-tuning steps",
+            part2["probe_bytes"],
+            GPT2_BASELINE,
+        )
 
     path = args.out or (None if args.quick else os.path.join(_common.RESULTS_DIR, "text_lm.json"))
     record = merge_into(path, record, args.parts)
@@ -977,16 +1144,24 @@ def main(argv=None):
     if path and not args.no_plot:
         stem = os.path.splitext(path)[0]
         if 1 in args.parts:
-            plot(record["results"], stem + ".png", BASELINE,
-                 record["transformer_xl_reach_bytes"],
-                 f"{record['corpus']['evaluated_documents']} held-out documents, "
-                 f"{record['steps']} steps (dotted: Transformer-XL's reach)")
+            plot(
+                record["results"],
+                stem + ".png",
+                BASELINE,
+                record["transformer_xl_reach_bytes"],
+                f"{record['corpus']['evaluated_documents']} held-out documents, "
+                f"{record['steps']} steps (dotted: Transformer-XL's reach)",
+            )
         if 2 in args.parts:
             part2 = record["part2"]
-            plot(part2["results"], stem + "_gpt2.png", GPT2_BASELINE,
-                 part2["gpt2_reach_bytes"],
-                 f"GPT-2: {part2['pretrain_steps']} pretraining + "
-                 f"{part2['finetune_steps']} fine-tuning steps (dotted: one segment)")
+            plot(
+                part2["results"],
+                stem + "_gpt2.png",
+                GPT2_BASELINE,
+                part2["gpt2_reach_bytes"],
+                f"GPT-2: {part2['pretrain_steps']} pretraining + "
+                f"{part2['finetune_steps']} fine-tuning steps (dotted: one segment)",
+            )
     return record
 
 
@@ -997,33 +1172,45 @@ def print_tables(results, steps_text, probe_bytes, baseline):
         for b in r["by_position"]:
             lo, hi = b["ci95"]
             dlo, dhi = b.get(minus + "_ci95", [None, None])
-            rows.append({
-                "system": name, "bucket": b["bucket"], "bytes": b["bytes"],
-                "docs": b["documents"], "bits/byte": b["bits_per_byte"],
-                "ci95": f"{lo:.3f}-{hi:.3f}" if lo is not None else None,
-                "-base": b.get(minus),
-                "-base ci95": f"{dlo:+.3f}..{dhi:+.3f}" if dlo is not None else None,
-            })
+            rows.append(
+                {
+                    "system": name,
+                    "bucket": b["bucket"],
+                    "bytes": b["bytes"],
+                    "docs": b["documents"],
+                    "bits/byte": b["bits_per_byte"],
+                    "ci95": f"{lo:.3f}-{hi:.3f}" if lo is not None else None,
+                    "-base": b.get(minus),
+                    "-base ci95": f"{dlo:+.3f}..{dhi:+.3f}" if dlo is not None else None,
+                }
+            )
     _common.print_table(
-        rows, ["system", "bucket", "bytes", "docs", "bits/byte", "ci95", "-base",
-               "-base ci95"],
-        title=f"held-out bits per byte by position ({steps_text}; -base: minus {baseline})")
+        rows,
+        ["system", "bucket", "bytes", "docs", "bits/byte", "ci95", "-base", "-base ci95"],
+        title=f"held-out bits per byte by position ({steps_text}; -base: minus {baseline})",
+    )
     rows = []
     for name, r in results.items():
         p = r["probe"]
         lo, hi = p.get("drop_ci95", [None, None])
-        rows.append({
-            "system": name, "docs": p.get("documents"),
-            "copy 1": p.get("copy1_bits_per_byte"), "copy 2": p.get("copy2_bits_per_byte"),
-            "drop": p.get("drop"),
-            "drop ci95": f"{lo:.3f}-{hi:.3f}" if lo is not None else None,
-            "params": r["trainable_parameters"], "step ms": r["median_step_ms"],
-            "train s": r["train_seconds"],
-        })
+        rows.append(
+            {
+                "system": name,
+                "docs": p.get("documents"),
+                "copy 1": p.get("copy1_bits_per_byte"),
+                "copy 2": p.get("copy2_bits_per_byte"),
+                "drop": p.get("drop"),
+                "drop ci95": f"{lo:.3f}-{hi:.3f}" if lo is not None else None,
+                "params": r["trainable_parameters"],
+                "step ms": r["median_step_ms"],
+                "train s": r["train_seconds"],
+            }
+        )
     _common.print_table(
-        rows, ["system", "docs", "copy 1", "copy 2", "drop", "drop ci95", "params",
-               "step ms", "train s"],
-        title=f"read-twice probe (K = {probe_bytes} bytes), and training")
+        rows,
+        ["system", "docs", "copy 1", "copy 2", "drop", "drop ci95", "params", "step ms", "train s"],
+        title=f"read-twice probe (K = {probe_bytes} bytes), and training",
+    )
 
 
 def plot(results, path, baseline, reach, title):
@@ -1042,11 +1229,13 @@ def plot(results, path, baseline, reach, title):
     for i, (name, r) in enumerate(results.items()):
         color = f"C{i}"  # The same system, the same colour in both panels.
         xs = [math.sqrt(c["from"] * c["to"]) for c in r["curve"]]
-        top.plot(xs, [c["bits_per_byte"] for c in r["curve"]], marker="o",
-                 color=color, label=name)
+        top.plot(xs, [c["bits_per_byte"] for c in r["curve"]], marker="o", color=color, label=name)
         if base and name != baseline:
-            pts = [(math.sqrt(c["from"] * c["to"]), c["bits_per_byte"] - base[c["from"]])
-                   for c in r["curve"] if c["from"] in base]
+            pts = [
+                (math.sqrt(c["from"] * c["to"]), c["bits_per_byte"] - base[c["from"]])
+                for c in r["curve"]
+                if c["from"] in base
+            ]
             if pts:
                 bottom.plot(*zip(*pts), marker="o", color=color, label=name)
     for ax in (top, bottom):

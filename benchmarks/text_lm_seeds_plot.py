@@ -44,16 +44,23 @@ def main():
                 ys.append(row["minus_xl"])
                 lo.append(row["minus_xl"] - row["minus_xl_ci95"][0])
                 hi.append(row["minus_xl_ci95"][1] - row["minus_xl"])
-            ax.errorbar(xs, ys, yerr=[lo, hi], fmt=MARKERS[ri % len(MARKERS)],
-                        color=f"C{si}", capsize=2,
-                        label=f"{system}, seed {run['settings']['seed']}")
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=[lo, hi],
+                fmt=MARKERS[ri % len(MARKERS)],
+                color=f"C{si}",
+                capsize=2,
+                label=f"{system}, seed {run['settings']['seed']}",
+            )
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(buckets)), buckets)
     ax.set_xlabel("position in the document")
     ax.set_ylabel("minus Transformer-XL (bits per byte)\nbelow 0 = better")
     steps = runs[0]["settings"]["steps"]
-    ax.set_title(f"held-out bits per byte minus Transformer-XL, paired 95 % "
-                 f"intervals ({steps} steps)")
+    ax.set_title(
+        f"held-out bits per byte minus Transformer-XL, paired 95 % intervals ({steps} steps)"
+    )
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7, ncol=len(systems))
     fig.tight_layout()

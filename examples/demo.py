@@ -29,23 +29,33 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
+import sorting_task  # noqa: E402
 
 import keras_infformer  # noqa: E402
-import sorting_task  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import recall_task  # noqa: E402
+
 from keras_infformer.data import sorting  # noqa: E402
 
 DEMO_DEFAULTS = [
-    "--models", "infformer", "xl",
-    "--lengths", "1024",
-    "--train-sequences", "6400",
-    "--epochs", "1",
-    "--eval-sequences", "256",
-    "--learning-rate", "3e-3",
-    "--logdir", os.path.join(ROOT, "logs", "demo"),
-    "--verbose", "2",
+    "--models",
+    "infformer",
+    "xl",
+    "--lengths",
+    "1024",
+    "--train-sequences",
+    "6400",
+    "--epochs",
+    "1",
+    "--eval-sequences",
+    "256",
+    "--learning-rate",
+    "3e-3",
+    "--logdir",
+    os.path.join(ROOT, "logs", "demo"),
+    "--verbose",
+    "2",
 ]
 
 
@@ -54,18 +64,21 @@ def main():
     args = sorting_task.parse_args(DEMO_DEFAULTS + sys.argv[1:])
     length = args.lengths[0]
 
-    print("=== 1. Far recall: can the model answer with a key it saw beyond its "
-          "short-term reach?")
+    print("=== 1. Far recall: can the model answer with a key it saw beyond its short-term reach?")
     recall = recall_task.main(["--out", ""])
     chance = recall["chance_accuracy"]
-    print(f"The key lies {recall['tokens_between_key_and_query']} tokens back; a "
-          f"Transformer-XL of this depth sees {recall['transformer_xl_reach_tokens']}. "
-          f"Recall accuracy: ∞-former "
-          f"{recall['results']['infinite_former']['accuracy']:.3f}, Transformer-XL "
-          f"{recall['results']['transformer_xl']['accuracy']:.3f} (chance {chance:.3f}).")
+    print(
+        f"The key lies {recall['tokens_between_key_and_query']} tokens back; a "
+        f"Transformer-XL of this depth sees {recall['transformer_xl_reach_tokens']}. "
+        f"Recall accuracy: ∞-former "
+        f"{recall['results']['infinite_former']['accuracy']:.3f}, Transformer-XL "
+        f"{recall['results']['transformer_xl']['accuracy']:.3f} (chance {chance:.3f})."
+    )
 
-    print(f"\n=== 2. Sorting task, T={length} tokens, segment {args.segment_length}, "
-          f"short-term memory {args.memory_length}, N={args.num_basis} basis functions.")
+    print(
+        f"\n=== 2. Sorting task, T={length} tokens, segment {args.segment_length}, "
+        f"short-term memory {args.memory_length}, N={args.num_basis} basis functions."
+    )
     results, trained = {}, {}
     for kind in args.models:
         print(f"\n=== Training {kind}")
@@ -82,13 +95,20 @@ def main():
     tokens, order = sorting.generate_sequences(1, length, seed=2026)
     sequence_file = os.path.join(ROOT, "logs", "demo", "demo_sequence.npz")
     os.makedirs(os.path.dirname(sequence_file), exist_ok=True)
-    np.savez(sequence_file, tokens=tokens[0], order=order[0],
-             segment_length=args.segment_length)
-    print("\n=== 4. Sorting one fresh sequence with the export, in a TensorFlow-only "
-          "process (the answer generated through `decode_step`):")
+    np.savez(sequence_file, tokens=tokens[0], order=order[0], segment_length=args.segment_length)
+    print(
+        "\n=== 4. Sorting one fresh sequence with the export, in a TensorFlow-only "
+        "process (the answer generated through `decode_step`):"
+    )
     subprocess.run(
-        [sys.executable, os.path.join(HERE, "sort_with_saved_model.py"),
-         "--export-dir", path, "--sequence", sequence_file],
+        [
+            sys.executable,
+            os.path.join(HERE, "sort_with_saved_model.py"),
+            "--export-dir",
+            path,
+            "--sequence",
+            sequence_file,
+        ],
         check=True,
     )
     print(f"\nDemo wall time: {time.perf_counter() - start:.0f} s")

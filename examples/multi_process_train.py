@@ -40,9 +40,18 @@ import time
 VOCAB = 32
 SEGMENT = 8
 CONFIG = dict(
-    vocabulary_size=VOCAB, segment_length=SEGMENT, num_layers=1, hidden_dim=16,
-    num_heads=2, intermediate_dim=32, num_basis=16, num_samples=16, num_bins=16,
-    sticky_memories=True, compressed_memory_length=4, compression_rate=4,
+    vocabulary_size=VOCAB,
+    segment_length=SEGMENT,
+    num_layers=1,
+    hidden_dim=16,
+    num_heads=2,
+    intermediate_dim=32,
+    num_basis=16,
+    num_samples=16,
+    num_bins=16,
+    sticky_memories=True,
+    compressed_memory_length=4,
+    compression_rate=4,
     dropout=0.0,
 )
 
@@ -52,23 +61,33 @@ def parse_args(argv=None):
     parser.add_argument("--backend", choices=("jax", "tensorflow"), default="jax")
     parser.add_argument("--process-id", type=int, default=0)
     parser.add_argument("--num-processes", type=int, default=1)
-    parser.add_argument("--coordinator", default="127.0.0.1:12345",
-                        help="host:port of process 0")
-    parser.add_argument("--worker-addresses", default=None,
-                        help="TensorFlow: comma-separated host:port of every worker")
+    parser.add_argument("--coordinator", default="127.0.0.1:12345", help="host:port of process 0")
+    parser.add_argument(
+        "--worker-addresses",
+        default=None,
+        help="TensorFlow: comma-separated host:port of every worker",
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="global batch")
     parser.add_argument("--documents", type=int, default=12)
     parser.add_argument("--hidden-dim", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--out", default="multi_process_out")
     parser.add_argument("--restore", default=None, help="a .keras checkpoint to load")
-    parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds without a finished step before giving up "
-                        "(several processes only)")
-    parser.add_argument("--startup-timeout", type=float, default=600.0,
-                        help="seconds allowed for the first step, which compiles")
-    parser.add_argument("--die-at-step", type=int, default=None,
-                        help="(testing) exit abruptly before this step")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds without a finished step before giving up (several processes only)",
+    )
+    parser.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=600.0,
+        help="seconds allowed for the first step, which compiles",
+    )
+    parser.add_argument(
+        "--die-at-step", type=int, default=None, help="(testing) exit abruptly before this step"
+    )
     return parser.parse_args(argv)
 
 
@@ -88,16 +107,16 @@ def setup_engine(args):
             if args.worker_addresses
             else [f"{host}:{int(port) + i}" for i in range(args.num_processes)]
         )
-        os.environ["TF_CONFIG"] = json.dumps({
-            "cluster": {"worker": workers},
-            "task": {"type": "worker", "index": args.process_id},
-        })
+        os.environ["TF_CONFIG"] = json.dumps(
+            {
+                "cluster": {"worker": workers},
+                "task": {"type": "worker", "index": args.process_id},
+            }
+        )
         import tensorflow as tf
 
         # A collective that waits longer than this fails instead of hanging.
-        options = tf.distribute.experimental.CommunicationOptions(
-            timeout_seconds=args.timeout
-        )
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=args.timeout)
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     import jax
 
@@ -246,7 +265,9 @@ def main(argv=None):
 
     try:
         model.fit(
-            dataset, epochs=args.epochs, verbose=0,
+            dataset,
+            epochs=args.epochs,
+            verbose=0,
             callbacks=[keras_infformer.ResetMemory(), Progress()],
         )
         watchdog.tick("training")
@@ -289,8 +310,11 @@ def main(argv=None):
     watchdog.stop()
     with open(os.path.join(args.out, f"result_{args.process_id}.json"), "w") as f:
         json.dump(result, f)
-    print(f"[process {args.process_id}] losses {losses[0]:.4f} -> {losses[-1]:.4f}, "
-          f"rows {dataset.process_rows}", flush=True)
+    print(
+        f"[process {args.process_id}] losses {losses[0]:.4f} -> {losses[-1]:.4f}, "
+        f"rows {dataset.process_rows}",
+        flush=True,
+    )
 
 
 def _cause(error):
@@ -298,8 +322,17 @@ def _cause(error):
     just "Graph execution error:")."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     for line in lines:
-        if any(word in line for word in ("unhealthy", "aborted", "reset by peer",
-                                         "heartbeat", "Connection", "crashed")):
+        if any(
+            word in line
+            for word in (
+                "unhealthy",
+                "aborted",
+                "reset by peer",
+                "heartbeat",
+                "Connection",
+                "crashed",
+            )
+        ):
             return line
     return lines[0] if lines else ""
 
@@ -309,8 +342,7 @@ def _local_rows_match(model, start, stop):
     start:stop of the gathered memory."""
     import numpy as np
 
-    from keras_infformer import compat
-    from keras_infformer import distribution
+    from keras_infformer import compat, distribution
     from keras_infformer.memory import MemoryLayer
 
     for layer in compat.flatten_layers(model, include_self=True):

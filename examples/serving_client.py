@@ -92,12 +92,10 @@ def warm_up(served, batch_sizes=(1,)):
         The seconds the warm-up took.
     """
     if not isinstance(batch_sizes, (tuple, list)) or any(
-        isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1
-        for b in batch_sizes
+        isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in batch_sizes
     ):
         raise ValueError(
-            "`batch_sizes` must be a tuple of ints >= 1. Received: "
-            f"batch_sizes={batch_sizes!r}"
+            f"`batch_sizes` must be a tuple of ints >= 1. Received: batch_sizes={batch_sizes!r}"
         )
     signatures = served.signatures
     step = signatures["serving_default"]
@@ -115,9 +113,7 @@ def warm_up(served, batch_sizes=(1,)):
         outputs.pop("logits").numpy()
         if "decode_step" in signatures:
             state = signatures["decode_state"](**state)
-            outputs = signatures["decode_step"](
-                token_ids=tf.zeros((batch, 1), tf.int32), **state
-            )
+            outputs = signatures["decode_step"](token_ids=tf.zeros((batch, 1), tf.int32), **state)
             outputs["logits"].numpy()
     return time.perf_counter() - start
 
@@ -179,7 +175,11 @@ def generate(served, prompt_ids, max_new_tokens, stop_token_id=None):
             "`prompt_ids` needs at least one row and one token. Received: "
             f"prompt_ids.shape={prompt_ids.shape}"
         )
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, (int, np.integer))
+        or max_new_tokens < 0
+    ):
         raise ValueError(
             f"`max_new_tokens` must be an int >= 0. Received: max_new_tokens={max_new_tokens!r}"
         )
@@ -226,19 +226,22 @@ def generate(served, prompt_ids, max_new_tokens, stop_token_id=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--export-dir", required=True,
+        "--export-dir",
+        required=True,
         help="the model base path (with version folders) or one version",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="parallel streams")
     parser.add_argument("--num-segments", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--prompt", default=None,
+        "--prompt",
+        default=None,
         help="generate from this text instead (a byte-level model: ids are UTF-8 bytes)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument(
-        "--no-warm-up", action="store_true",
+        "--no-warm-up",
+        action="store_true",
         help="skip the warm-up requests at load (the first request then compiles)",
     )
     args = parser.parse_args()
@@ -286,10 +289,7 @@ def main():
         latencies.append(time.perf_counter() - start)
         # Next-token accuracy within the segment (chance level on random data).
         hits = (logits[:, :-1].argmax(-1) == token_ids[:, 1:]).mean()
-        print(
-            f"segment {i:4d}: {1000 * latencies[-1]:8.2f} ms "
-            f"(next-token accuracy {hits:.3f})"
-        )
+        print(f"segment {i:4d}: {1000 * latencies[-1]:8.2f} ms (next-token accuracy {hits:.3f})")
     steady = latencies[1:] or latencies
     tokens = args.batch_size * segment_length
     print(

@@ -60,26 +60,36 @@ def sort_sequence(export_dir, tokens, segment_length):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--export-dir", required=True, help="A version folder of the export.")
-    parser.add_argument("--sequence", required=True,
-                        help=".npz with 'tokens' (T,), 'order' (20,), 'segment_length'.")
+    parser.add_argument(
+        "--sequence",
+        required=True,
+        help=".npz with 'tokens' (T,), 'order' (20,), 'segment_length'.",
+    )
     args = parser.parse_args(argv)
     data = np.load(args.sequence)
     tokens, order = data["tokens"], data["order"]
     predicted, seconds = sort_sequence(args.export_dir, tokens, int(data["segment_length"]))
     counts = np.bincount(tokens, minlength=NUM_SYMBOLS)
-    print(f"Loaded {args.export_dir} with TensorFlow {tf.__version__} only "
-          f"(keras_infformer imported: {'keras_infformer' in sys.modules}).")
+    print(
+        f"Loaded {args.export_dir} with TensorFlow {tf.__version__} only "
+        f"(keras_infformer imported: {'keras_infformer' in sys.modules})."
+    )
     print(f"Input: {len(tokens)} symbols; counts by symbol: {counts.tolist()}")
-    print(f"  first 10%: most frequent {np.bincount(tokens[: len(tokens) // 10], minlength=20).argmax()}, "
-          f"last 10%: most frequent {np.bincount(tokens[-len(tokens) // 10:], minlength=20).argmax()}")
+    tenth = len(tokens) // 10
+    first_mode = np.bincount(tokens[:tenth], minlength=20).argmax()
+    last_mode = np.bincount(tokens[-tenth:], minlength=20).argmax()
+    print(f"  first 10%: most frequent {first_mode}, last 10%: most frequent {last_mode}")
     print(f"True order:      {order.tolist()}")
     print(f"Predicted order: {predicted.tolist()}")
     print(f"Positions right: {int((predicted == order).sum())} / {NUM_SYMBOLS}")
-    print(f"decode_step: {len(seconds)} requests, median "
-          f"{1000 * np.median(seconds[1:] or seconds):.2f} ms each")
+    print(
+        f"decode_step: {len(seconds)} requests, median "
+        f"{1000 * np.median(seconds[1:] or seconds):.2f} ms each"
+    )
 
 
 if __name__ == "__main__":

@@ -51,57 +51,100 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", nargs="+", default=["all"],
-                        help="Models to run: infformer, xl, compressive or all.")
-    parser.add_argument("--lengths", nargs="+", type=int, default=[1024, 2048, 4096],
-                        help="Sequence lengths T (tokens before the separator).")
-    parser.add_argument("--paper", action="store_true",
-                        help="The paper's configuration: 3 layers, d 300, 6 heads, "
-                        "segment/STM 1024, N 512, M 512, tau 0.75, dropout 0.1, "
-                        "Adam 2e-4, batch 8 (for a GPU).")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["all"],
+        help="Models to run: infformer, xl, compressive or all.",
+    )
+    parser.add_argument(
+        "--lengths",
+        nargs="+",
+        type=int,
+        default=[1024, 2048, 4096],
+        help="Sequence lengths T (tokens before the separator).",
+    )
+    parser.add_argument(
+        "--paper",
+        action="store_true",
+        help="The paper's configuration: 3 layers, d 300, 6 heads, "
+        "segment/STM 1024, N 512, M 512, tau 0.75, dropout 0.1, "
+        "Adam 2e-4, batch 8 (for a GPU).",
+    )
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--hidden-dim", type=int, default=64)
     parser.add_argument("--num-heads", type=int, default=4)
-    parser.add_argument("--intermediate-dim", type=int, default=None,
-                        help="Feed-forward width of the ∞-former (default 4 x hidden).")
-    parser.add_argument("--equal-size", action=argparse.BooleanOptionalAction,
-                        default=True,
-                        help="Widen or narrow the feed-forward of xl and "
-                        "compressive so that every model has the ∞-former's "
-                        "number of trainable parameters.")
-    parser.add_argument("--segment-length", type=int, default=128,
-                        help="Tokens per segment (at least 21).")
-    parser.add_argument("--memory-length", type=int, default=None,
-                        help="Short-term memory length (default: segment length).")
-    parser.add_argument("--num-basis", type=int, default=64,
-                        help="Basis functions N of the long-term memory.")
-    parser.add_argument("--num-samples", type=int, default=None,
-                        help="Samples M of the old signal per update (default N).")
+    parser.add_argument(
+        "--intermediate-dim",
+        type=int,
+        default=None,
+        help="Feed-forward width of the ∞-former (default 4 x hidden).",
+    )
+    parser.add_argument(
+        "--equal-size",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Widen or narrow the feed-forward of xl and "
+        "compressive so that every model has the ∞-former's "
+        "number of trainable parameters.",
+    )
+    parser.add_argument(
+        "--segment-length", type=int, default=128, help="Tokens per segment (at least 21)."
+    )
+    parser.add_argument(
+        "--memory-length",
+        type=int,
+        default=None,
+        help="Short-term memory length (default: segment length).",
+    )
+    parser.add_argument(
+        "--num-basis", type=int, default=64, help="Basis functions N of the long-term memory."
+    )
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="Samples M of the old signal per update (default N).",
+    )
     parser.add_argument("--tau", type=float, default=0.75)
     parser.add_argument("--ridge-penalty", type=float, default=1.0)
     parser.add_argument("--basis-widths", type=float, nargs="+", default=[0.01, 0.05])
-    parser.add_argument("--sticky", action="store_true",
-                        help="Sticky memories for the infformer model.")
+    parser.add_argument(
+        "--sticky", action="store_true", help="Sticky memories for the infformer model."
+    )
     parser.add_argument("--compression-rate", type=int, default=4)
-    parser.add_argument("--compressed-memory-length", type=int, default=None,
-                        help="Compressed slots (default: the number of basis "
-                        "functions, so both long-term memories hold N vectors).")
+    parser.add_argument(
+        "--compressed-memory-length",
+        type=int,
+        default=None,
+        help="Compressed slots (default: the number of basis "
+        "functions, so both long-term memories hold N vectors).",
+    )
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--clipnorm", type=float, default=0.25)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--train-sequences", type=int, default=1024,
-                        help="Training sequences per epoch (fresh each epoch).")
+    parser.add_argument(
+        "--train-sequences",
+        type=int,
+        default=1024,
+        help="Training sequences per epoch (fresh each epoch).",
+    )
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--eval-sequences", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--logdir", default="logs/sorting",
-                        help="TensorBoard logs (scalars and density images).")
-    parser.add_argument("--results", default=None,
-                        help="Write the results JSON here (e.g. "
-                        "benchmarks/results/sorting.json); merges with what is there.")
-    parser.add_argument("--save-model", default=None,
-                        help="Save the last trained ∞-former here (.keras).")
+    parser.add_argument(
+        "--logdir", default="logs/sorting", help="TensorBoard logs (scalars and density images)."
+    )
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="Write the results JSON here (e.g. "
+        "benchmarks/results/sorting.json); merges with what is there.",
+    )
+    parser.add_argument(
+        "--save-model", default=None, help="Save the last trained ∞-former here (.keras)."
+    )
     parser.add_argument("--verbose", type=int, default=1)
     args = parser.parse_args(argv)
     if args.paper:
@@ -221,20 +264,23 @@ def train(model, args, length, callbacks):
     for epoch in range(args.epochs):
         callbacks.on_epoch_begin(epoch)
         examples = sorting.sorting_examples(
-            args.train_sequences, length, args.segment_length,
+            args.train_sequences,
+            length,
+            args.segment_length,
             seed=args.seed * 1000 + epoch,
         )
         progbar = keras.utils.Progbar(
-            steps_per_epoch, verbose=args.verbose,
+            steps_per_epoch,
+            verbose=args.verbose,
             stateful_metrics=["loss", "accuracy"],
         )
-        for step, (inputs, targets, weights, _) in enumerate(
-            _batches(examples, args.batch_size)
-        ):
+        for step, (inputs, targets, weights, _) in enumerate(_batches(examples, args.batch_size)):
             callbacks.on_train_batch_begin(step)
             read_prefix(model, inputs)
             logs = model.train_on_batch(
-                final_inputs(inputs), targets[-1], sample_weight=weights[-1],
+                final_inputs(inputs),
+                targets[-1],
+                sample_weight=weights[-1],
                 return_dict=True,
             )
             logs = {k: float(v) for k, v in logs.items()}
@@ -247,9 +293,7 @@ def train(model, args, length, callbacks):
 
 def evaluate(model, args, length, seed=12345):
     """Share of the 20 ranked positions predicted right on fresh sequences."""
-    examples = sorting.sorting_examples(
-        args.eval_sequences, length, args.segment_length, seed=seed
-    )
+    examples = sorting.sorting_examples(args.eval_sequences, length, args.segment_length, seed=seed)
     answer = sorting.answer_positions(args.segment_length)
     predicted, true = [], []
     for inputs, _, _, order in _batches(examples, args.batch_size):
@@ -264,19 +308,15 @@ def run_one(kind, length, args):
     keras.utils.set_random_seed(args.seed)
     model = build_model(kind, args)
     logdir = os.path.join(args.logdir, f"{kind}_T{length}")
-    density_data = sorting.sorting_examples(
-        args.batch_size, length, args.segment_length, seed=999
-    )
+    density_data = sorting.sorting_examples(args.batch_size, length, args.segment_length, seed=999)
     segments = {
         "token_ids": density_data["inputs"].transpose(1, 0, 2),
-        "reset": np.arange(density_data["inputs"].shape[1])[:, None].repeat(
-            args.batch_size, axis=1) == 0,
+        "reset": np.arange(density_data["inputs"].shape[1])[:, None].repeat(args.batch_size, axis=1)
+        == 0,
     }
     callback_list = [keras.callbacks.TensorBoard(logdir, update_freq="epoch")]
     if kind == "infformer":
-        callback_list.append(
-            keras_infformer.callbacks.AttentionDensityImages(logdir, segments)
-        )
+        callback_list.append(keras_infformer.callbacks.AttentionDensityImages(logdir, segments))
     callbacks = keras.callbacks.CallbackList(callback_list, model=model)
     train_seconds = train(model, args, length, callbacks)
     accuracy = evaluate(model, args, length)
@@ -291,12 +331,31 @@ def run_one(kind, length, args):
 
 
 def config_summary(args):
-    keys = ("num_layers", "hidden_dim", "num_heads", "intermediate_dim",
-            "equal_size", "segment_length",
-            "memory_length", "num_basis", "num_samples", "tau", "ridge_penalty",
-            "basis_widths", "sticky", "compression_rate",
-            "compressed_memory_length", "dropout", "learning_rate", "clipnorm",
-            "batch_size", "train_sequences", "epochs", "eval_sequences", "seed")
+    keys = (
+        "num_layers",
+        "hidden_dim",
+        "num_heads",
+        "intermediate_dim",
+        "equal_size",
+        "segment_length",
+        "memory_length",
+        "num_basis",
+        "num_samples",
+        "tau",
+        "ridge_penalty",
+        "basis_widths",
+        "sticky",
+        "compression_rate",
+        "compressed_memory_length",
+        "dropout",
+        "learning_rate",
+        "clipnorm",
+        "batch_size",
+        "train_sequences",
+        "epochs",
+        "eval_sequences",
+        "seed",
+    )
     return {k: getattr(args, k) for k in keys}
 
 
@@ -309,14 +368,18 @@ def main(argv=None):
             print(f"\n=== {kind}, sequence length {length}")
             model, result = run_one(kind, length, args)
             results.append(result)
-            print(f"{result['model']}: accuracy {result['accuracy']:.3f} "
-                  f"({result['train_seconds']:.0f} s training)")
+            print(
+                f"{result['model']}: accuracy {result['accuracy']:.3f} "
+                f"({result['train_seconds']:.0f} s training)"
+            )
             if kind == "infformer" and args.save_model:
                 model.save(args.save_model)
     print("\n| model | T | accuracy | train s |\n|---|---|---|---|")
     for r in results:
-        print(f"| {r['model']} | {r['sequence_length']} | {r['accuracy']:.3f} "
-              f"| {r['train_seconds']:.0f} |")
+        print(
+            f"| {r['model']} | {r['sequence_length']} | {r['accuracy']:.3f} "
+            f"| {r['train_seconds']:.0f} |"
+        )
     if args.results:
         payload = {"runs": []}
         if os.path.exists(args.results):
@@ -324,10 +387,8 @@ def main(argv=None):
                 payload = json.load(f)
         done = {(r["model"], r["sequence_length"]) for r in results}
         payload["runs"] = [
-            r for r in payload.get("runs", [])
-            if (r["model"], r["sequence_length"]) not in done
-        ] + [dict(r, config=config_summary(args), backend=keras.backend.backend())
-             for r in results]
+            r for r in payload.get("runs", []) if (r["model"], r["sequence_length"]) not in done
+        ] + [dict(r, config=config_summary(args), backend=keras.backend.backend()) for r in results]
         os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
         with open(args.results, "w") as f:
             json.dump(payload, f, indent=2)

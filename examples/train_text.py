@@ -62,7 +62,7 @@ def repository_corpus(folder):
     found = glob.glob(os.path.join(ROOT, "**", "*.md"), recursive=True)
     found += glob.glob(os.path.join(ROOT, "**", "*.py"), recursive=True)
     for path in sorted(found):
-        if os.sep + "." in path[len(ROOT):]:  # Skip hidden folders (.venv, .git).
+        if os.sep + "." in path[len(ROOT) :]:  # Skip hidden folders (.venv, .git).
             continue
         name = os.path.relpath(path, ROOT).replace(os.sep, "__")
         shutil.copyfile(path, os.path.join(folder, name + ".txt"))
@@ -118,7 +118,9 @@ def main(argv=None):
     held_out = preprocessor.streaming_dataset(
         held_texts, batch_size=args.batch_size, segment_length=args.segment_length
     )
-    print(f"Training stream: {len(train)} batches of {args.batch_size} x {args.segment_length} bytes.")
+    print(
+        f"Training stream: {len(train)} batches of {args.batch_size} x {args.segment_length} bytes."
+    )
 
     # The densities drawn each epoch: the first held-out segments, in order.
     shown = [held_out[i][0] for i in range(min(4, len(held_out)))]
@@ -149,8 +151,10 @@ def main(argv=None):
         print(f"Saved the model to {args.save}")
     if args.export_dir:
         path = kif.export_for_serving(model, args.export_dir)
-        print(f"Exported for TF Serving to {path} (generate with "
-              f"examples/serving_client.py --export-dir {args.export_dir} --prompt ...)")
+        print(
+            f"Exported for TF Serving to {path} (generate with "
+            f"examples/serving_client.py --export-dir {args.export_dir} --prompt ...)"
+        )
 
     keras.utils.set_random_seed(args.seed)
     continuation = model.generate(

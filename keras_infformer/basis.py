@@ -38,9 +38,7 @@ def basis_parameters(num_basis, basis_widths):
     """
     widths = tuple(float(w) for w in basis_widths)
     if isinstance(num_basis, bool) or not isinstance(num_basis, (int, np.integer)):
-        raise TypeError(
-            f"`num_basis` must be an int. Received: num_basis={num_basis!r}"
-        )
+        raise TypeError(f"`num_basis` must be an int. Received: num_basis={num_basis!r}")
     if not widths or any(not (w > 0 and math.isfinite(w)) for w in widths):
         raise ValueError(
             "`basis_widths` must be a non-empty sequence of positive finite "
@@ -58,13 +56,13 @@ def basis_parameters(num_basis, basis_widths):
     return centers, widths
 
 
-
 def _as_float(first, *others):
     """`first` and `others` as tensors of `first`'s float dtype (float32
     when `first` is not a float): the positions set the precision."""
     first = ops.convert_to_tensor(first)
     dtype = first.dtype if "float" in str(first.dtype) else "float32"
     return (ops.cast(first, dtype),) + tuple(ops.cast(x, dtype) for x in others)
+
 
 def rbf(t, centers, widths):
     """Normalised Gaussian basis functions `ψ_j(t)`.
@@ -119,9 +117,7 @@ def gaussian_expectation(mu, sigma_sq, centers, widths):
     mu, sigma_sq, centers, widths = _as_float(mu, sigma_sq, centers, widths)
     variance = ops.expand_dims(sigma_sq, -1) + ops.square(widths)
     diff = ops.expand_dims(mu, -1) - centers
-    return ops.exp(
-        -0.5 * ops.square(diff) / variance - 0.5 * ops.log(variance) - _LOG_SQRT_2PI
-    )
+    return ops.exp(-0.5 * ops.square(diff) / variance - 0.5 * ops.log(variance) - _LOG_SQRT_2PI)
 
 
 def gaussian_expectation_by_width(mu, sigma_sq, grid_centers, basis_widths):
@@ -154,9 +150,7 @@ def gaussian_expectation_by_width(mu, sigma_sq, grid_centers, basis_widths):
     Returns:
         Tensor of shape `mu.shape + (W, C)`.
     """
-    mu, sigma_sq, grid_centers, basis_widths = _as_float(
-        mu, sigma_sq, grid_centers, basis_widths
-    )
+    mu, sigma_sq, grid_centers, basis_widths = _as_float(mu, sigma_sq, grid_centers, basis_widths)
     sq_dist = ops.square(ops.expand_dims(mu, -1) - grid_centers)  # (..., C)
     rows = []
     # One row per width (W is small and static): the gradient then sums the

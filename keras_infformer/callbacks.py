@@ -6,8 +6,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_infformer.memory import ResetMemory  # noqa: F401 (re-export)
-from keras_infformer.memory import state_name
+from keras_infformer.memory import (
+    ResetMemory,  # noqa: F401 (re-export)
+    state_name,
+)
 
 
 def attention_density_grid(mu, sigma_sq, num_points=128):
@@ -78,8 +80,13 @@ def density_figure(mu, sigma_sq, row=0, num_points=128, title=None):
     top = max(float(density.max()), 1e-12)
     for head, axis in enumerate(axes):
         picture = axis.imshow(
-            density[head], aspect="auto", cmap="viridis", vmin=0.0, vmax=top,
-            extent=(0.0, 1.0, queries - 0.5, -0.5), interpolation="nearest",
+            density[head],
+            aspect="auto",
+            cmap="viridis",
+            vmin=0.0,
+            vmax=top,
+            extent=(0.0, 1.0, queries - 0.5, -0.5),
+            interpolation="nearest",
         )
         axis.set_title(f"head {head}", fontsize=9)
         axis.set_xticks([0.0, 0.5, 1.0], ["old", "0.5", "new"], fontsize=8)
@@ -105,8 +112,7 @@ def sticky_histogram_figure(histogram, row=0, title=None):
     figure = Figure(figsize=(4.8, 2.6), dpi=100, layout="constrained")
     axis = figure.subplots()
     axis.bar((np.arange(bins) + 0.5) / bins, values, width=1.0 / bins, color="#2a788e")
-    axis.axhline(1.0 / bins, color="#999999", linestyle="--", linewidth=1,
-                 label="uniform")
+    axis.axhline(1.0 / bins, color="#999999", linestyle="--", linewidth=1, label="uniform")
     axis.set_xlim(0.0, 1.0)
     axis.set_xticks([0.0, 0.5, 1.0], ["old", "0.5", "new"], fontsize=8)
     axis.set_xlabel("memory time", fontsize=8)
@@ -172,8 +178,7 @@ class AttentionDensityImages(keras.callbacks.Callback):
         batch = np.asarray(segments["token_ids"]).shape[1]
         if not 0 <= self.row < batch:
             raise ValueError(
-                f"`row` must be a batch row of `segments` (0 to {batch - 1}). "
-                f"Received: row={row!r}"
+                f"`row` must be a batch row of `segments` (0 to {batch - 1}). Received: row={row!r}"
             )
         self._writer = None
         self._warned = False
@@ -223,13 +228,16 @@ class AttentionDensityImages(keras.callbacks.Callback):
             if density is None:
                 continue
             images[f"layer_{i}/ltm_attention_density"] = density_figure(
-                *density, row=self.row, num_points=self.num_points,
+                *density,
+                row=self.row,
+                num_points=self.num_points,
                 title=f"block {i}: long-term attention, batch row {self.row}",
             )
             sticky = state.get(state_name("layer", i, "ltm_density"))
             if sticky is not None:
                 images[f"layer_{i}/sticky_histogram"] = sticky_histogram_figure(
-                    sticky, row=self.row,
+                    sticky,
+                    row=self.row,
                     title=f"block {i}: sticky histogram, batch row {self.row}",
                 )
         return images
@@ -274,4 +282,3 @@ class AttentionDensityImages(keras.callbacks.Callback):
                 for name, image in self._images().items():
                     tf.summary.image(name, image, step=epoch)
         self._writer.flush()
-

@@ -123,11 +123,15 @@ class SymbolicBuildBatch:
 # The state a JAX step function receives, group by group (Keras' JAX trainer).
 JAX_STEP_STATE = {
     "train_function": (
-        "trainable_variables", "non_trainable_variables",
-        "optimizer_variables", "metrics_variables",
+        "trainable_variables",
+        "non_trainable_variables",
+        "optimizer_variables",
+        "metrics_variables",
     ),
     "test_function": (
-        "trainable_variables", "non_trainable_variables", "metrics_variables",
+        "trainable_variables",
+        "non_trainable_variables",
+        "metrics_variables",
     ),
     "predict_function": ("trainable_variables", "non_trainable_variables"),
 }
@@ -327,4 +331,3 @@ def qwen3_query_norm(attention):
     Why: private in `Qwen3Attention`. keras-hub 0.32.0; keras-team/keras-hub#1261.
     """
     return keras_hub_part(attention, "_query_dense_layer_norm")
-

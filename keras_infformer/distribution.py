@@ -99,8 +99,7 @@ def memory_path_patterns():
     for name, rank in sorted(_MEMORY_STATE_RANKS.items()):
         by_rank.setdefault(rank, []).append(re.escape(name))
     return {
-        rank: r"(?:.*/)?(?:" + "|".join(names) + r")"
-        for rank, names in sorted(by_rank.items())
+        rank: r"(?:.*/)?(?:" + "|".join(names) + r")" for rank, names in sorted(by_rank.items())
     }
 
 
@@ -584,10 +583,7 @@ def step_logs(logs):
     """
     if _tf_multi_worker() is None or not isinstance(logs, dict):
         return logs
-    return {
-        k: ops.reshape(v, (1,)) if len(ops.shape(v)) == 0 else v
-        for k, v in logs.items()
-    }
+    return {k: ops.reshape(v, (1,)) if len(ops.shape(v)) == 0 else v for k, v in logs.items()}
 
 
 def first_replica_batch(model, iterator):
@@ -702,9 +698,7 @@ class _MemoryLayoutMap(keras.distribution.LayoutMap):
         if key in list(self):  # An exact user rule wins, as in LayoutMap.
             return user
         ranks = [
-            rank
-            for rank, pattern in memory_path_patterns().items()
-            if re.fullmatch(pattern, key)
+            rank for rank, pattern in memory_path_patterns().items() if re.fullmatch(pattern, key)
         ]
         if not ranks:
             return user
@@ -740,9 +734,7 @@ def data_parallel(devices=None, base=None, batch_dim_name="batch"):
     """
     if devices is None:
         devices = keras.distribution.list_devices()
-    mesh = keras.distribution.DeviceMesh(
-        (len(devices),), [batch_dim_name], devices
-    )
+    mesh = keras.distribution.DeviceMesh((len(devices),), [batch_dim_name], devices)
     result = keras.distribution.ModelParallel(
         layout_map=layout_map(mesh, base=base, batch_dim_name=batch_dim_name),
         batch_dim_name=batch_dim_name,

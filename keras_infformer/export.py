@@ -62,8 +62,7 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
-from keras_infformer import compat
-from keras_infformer import validation
+from keras_infformer import compat, validation
 
 # Inputs and outputs of `serving_default` besides the state.
 _RESERVED_NAMES = ("token_ids", "reset", "logits")
@@ -74,23 +73,41 @@ _TF_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
 # Graph ops that would make a served step impure: they write variables
 # (shared by every request of a server) or draw from a stateful generator.
 _IMPURE_PREFIXES = (
-    "Assign", "ResourceScatter", "ResourceApply", "ResourceSparseApply",
-    "RngReadAndSkip", "RngSkip", "StatefulUniform", "StatefulStandardNormal",
-    "StatefulTruncatedNormal", "StatefulRandomBinomial",
+    "Assign",
+    "ResourceScatter",
+    "ResourceApply",
+    "ResourceSparseApply",
+    "RngReadAndSkip",
+    "RngSkip",
+    "StatefulUniform",
+    "StatefulStandardNormal",
+    "StatefulTruncatedNormal",
+    "StatefulRandomBinomial",
 )
 # Where TF Serving looks for the requests it replays on loading a version.
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # The order the warm-up requests follow (a client's order too).
 _WARMUP_SIGNATURES = ("initial_state", "serving_default", "decode_state", "decode_step")
 _IMPURE_OPS = {
-    "RandomUniform", "RandomUniformInt", "RandomStandardNormal",
-    "TruncatedNormal", "ParameterizedTruncatedNormal", "Multinomial",
-    "RandomShuffle", "RandomGamma", "RandomPoisson", "RandomPoissonV2",
+    "RandomUniform",
+    "RandomUniformInt",
+    "RandomStandardNormal",
+    "TruncatedNormal",
+    "ParameterizedTruncatedNormal",
+    "Multinomial",
+    "RandomShuffle",
+    "RandomGamma",
+    "RandomPoisson",
+    "RandomPoissonV2",
 }
 
 
 def export_for_serving(
-    model, export_dir, version=None, jit_compile=None, warmup_batch_sizes=(1,),
+    model,
+    export_dir,
+    version=None,
+    jit_compile=None,
+    warmup_batch_sizes=(1,),
     verbose=False,
 ):
     """Write `model` as a TF Serving SavedModel under `export_dir/<version>/`.
@@ -200,16 +217,17 @@ def export_for_serving(
         jit_compile = backend == "jax"
     elif not isinstance(jit_compile, bool):
         raise ValueError(
-            "`jit_compile` must be True, False or None. Received: "
-            f"jit_compile={jit_compile!r}"
+            f"`jit_compile` must be True, False or None. Received: jit_compile={jit_compile!r}"
         )
     warmup_batch_sizes = _check_warmup_batch_sizes(warmup_batch_sizes)
     version_dir = _version_dir(export_dir, version)
     # Warm-up requests name the model as TF Serving does: its base folder.
     model_name = os.path.basename(os.path.normpath(os.fspath(export_dir)))
     options = dict(
-        jit_compile=jit_compile, warmup_batch_sizes=warmup_batch_sizes,
-        model_name=model_name, verbose=verbose,
+        jit_compile=jit_compile,
+        warmup_batch_sizes=warmup_batch_sizes,
+        model_name=model_name,
+        verbose=verbose,
     )
 
     parent = os.path.dirname(version_dir)
@@ -324,11 +342,7 @@ def _check_spec(spec, method, described):
                 f"`.dtype` (e.g. a keras.KerasTensor). Received: {tensor!r}"
             )
         shape = tuple(tensor.shape)
-        if (
-            not isinstance(name, str)
-            or not _TF_NAME.fullmatch(name)
-            or name in _RESERVED_NAMES
-        ):
+        if not isinstance(name, str) or not _TF_NAME.fullmatch(name) or name in _RESERVED_NAMES:
             raise ValueError(
                 f"The names of `model.{method}()` become served tensor names: "
                 "they must be valid TensorFlow names other than "
@@ -366,24 +380,17 @@ def _version_dir(export_dir, version):
     export_dir = os.fspath(export_dir)
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise ValueError(
-            f"`export_dir` must be a folder. Received: export_dir={export_dir!r} "
-            "(an existing file)"
+            f"`export_dir` must be a folder. Received: export_dir={export_dir!r} (an existing file)"
         )
     if version is None:
         existing = []
         if os.path.isdir(export_dir):
             existing = [
-                int(name)
-                for name in os.listdir(export_dir)
-                if re.fullmatch(r"[0-9]+", name)
+                int(name) for name in os.listdir(export_dir) if re.fullmatch(r"[0-9]+", name)
             ]
         version = max(existing, default=0) + 1
-    elif isinstance(version, bool) or not isinstance(version, (int, np.integer)) or (
-        version < 1
-    ):
-        raise ValueError(
-            f"`version` must be an int >= 1 or None. Received: version={version!r}"
-        )
+    elif isinstance(version, bool) or not isinstance(version, (int, np.integer)) or (version < 1):
+        raise ValueError(f"`version` must be an int >= 1 or None. Received: version={version!r}")
     path = os.path.join(export_dir, str(int(version)))
     if os.path.exists(path):
         raise ValueError(
@@ -432,7 +439,8 @@ def _serving_function(model, tf, jit_compile):
         batch = tf.shape(token_ids)[0]
         checks = _token_checks(token_ids, vocabulary_size, tf) + [
             tf.debugging.assert_equal(
-                tf.shape(reset)[0], batch,
+                tf.shape(reset)[0],
+                batch,
                 message="reset must have one entry per row of token_ids",
             ),
         ]
@@ -442,9 +450,7 @@ def _serving_function(model, tf, jit_compile):
         logits, new_state = step(token_ids, reset, state)
         missing = sorted(set(state_signature) - set(new_state))
         if missing:
-            raise ValueError(
-                f"`model.step` must return the whole new state; missing: {missing}"
-            )
+            raise ValueError(f"`model.step` must return the whole new state; missing: {missing}")
         outputs = {"logits": tf.cast(logits, tf.float32)}
         outputs.update(_float_outputs(new_state, state_signature, tf))
         return outputs
@@ -467,7 +473,8 @@ def _checked_state(inputs, state_signature, batch, reset, checks, tf):
         value = tf.ensure_shape(inputs[name], spec.shape)
         checks.append(
             tf.debugging.assert_equal(
-                tf.shape(value)[0], batch,
+                tf.shape(value)[0],
+                batch,
                 message=f"{name} must have one row per row of token_ids",
             )
         )
@@ -537,16 +544,19 @@ def _decoding_functions(model, tf, jit_compile):
         position = state["position"]
         checks += [
             tf.debugging.assert_equal(
-                position, tf.round(position),
+                position,
+                tf.round(position),
                 message="position must hold whole numbers",
             ),
             tf.debugging.assert_non_negative(position, message="position must be >= 0"),
             tf.debugging.assert_less(
-                position, tf.constant(float(segment_length)),
+                position,
+                tf.constant(float(segment_length)),
                 message=f"position must be < segment_length={segment_length}",
             ),
             tf.debugging.assert_equal(
-                position, position[:1],  # (No row: nothing to compare.)
+                position,
+                position[:1],  # (No row: nothing to compare.)
                 message="position must be equal in every row",
             ),
         ]
@@ -558,9 +568,7 @@ def _decoding_functions(model, tf, jit_compile):
         logits, new_state = decode(token_ids, state)
         missing = sorted(set(decode_signature) - set(new_state))
         if missing:
-            raise ValueError(
-                f"`model.decode` must return the whole new state; missing: {missing}"
-            )
+            raise ValueError(f"`model.decode` must return the whole new state; missing: {missing}")
         outputs = {"logits": tf.cast(logits, tf.float32)}
         outputs.update(_float_outputs(new_state, decode_signature, tf))
         return outputs
@@ -851,8 +859,11 @@ def _write_saved_model_in_tensorflow_process(model, path, options):
         result_path = os.path.join(scratch, "error.json")
         model.save(model_path)
         request = {
-            "model": model_path, "path": path, "options": options,
-            "modules": sorted(modules), "error": result_path,
+            "model": model_path,
+            "path": path,
+            "options": options,
+            "modules": sorted(modules),
+            "error": result_path,
         }
         here = [os.path.abspath(p or os.curdir) for p in sys.path]
         env = dict(os.environ)
@@ -865,7 +876,10 @@ def _write_saved_model_in_tensorflow_process(model, path, options):
         )
         result = subprocess.run(
             [sys.executable, "-c", _CHILD, json.dumps(request)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         if options["verbose"] and result.stdout:
             print(result.stdout, end="")
@@ -892,9 +906,7 @@ def _main(argv):
     request = json.loads(argv[0])
     try:
         if keras.backend.backend() != "tensorflow":
-            raise RuntimeError(
-                "keras_infformer.export as a script needs KERAS_BACKEND=tensorflow"
-            )
+            raise RuntimeError("keras_infformer.export as a script needs KERAS_BACKEND=tensorflow")
         for module in request["modules"]:
             importlib.import_module(module)
         try:
@@ -914,4 +926,3 @@ def _main(argv):
         with open(request["error"], "w") as f:
             json.dump({"type": type(error).__name__, "message": str(error)}, f)
         raise
-

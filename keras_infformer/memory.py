@@ -15,10 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_infformer import compat
-from keras_infformer import distribution
-from keras_infformer import utils
-from keras_infformer import validation
+from keras_infformer import compat, distribution, utils, validation
 
 # -- state names ----------------------------------------------------------------
 
@@ -69,8 +66,7 @@ def check_state_keys(state, spec, what="state"):
     """Raise a ValueError unless `state` is a dict with exactly `spec`'s keys."""
     if not isinstance(state, dict):
         raise ValueError(
-            f"`{what}` must be a dict with keys {list(spec)}. Received: "
-            f"{what}={state!r}"
+            f"`{what}` must be a dict with keys {list(spec)}. Received: {what}={state!r}"
         )
     missing = [k for k in spec if k not in state]
     unknown = sorted(k for k in state if k not in spec)
@@ -103,12 +99,10 @@ def check_state(state, spec, what="state", reset=None, float_only=False):
         got = tuple(value.shape)
         want = tuple(expected.shape)
         if len(got) != len(want) or any(
-            w is not None and g is not None and w != g
-            for w, g in zip(want, got)
+            w is not None and g is not None and w != g for w, g in zip(want, got)
         ):
             raise ValueError(
-                f"`{what}['{name}']` must have shape {want}. Received: "
-                f"{what}['{name}'].shape={got}"
+                f"`{what}['{name}']` must have shape {want}. Received: {what}['{name}'].shape={got}"
             )
         if float_only:
             check_float_dtype(value, f"{what}['{name}']")
@@ -156,8 +150,7 @@ def check_reset(reset, batch_size=None):
         return reset
     if not ("int" in dtype or "float" in dtype):
         raise ValueError(
-            "`reset` must hold booleans (or 0/1 numbers). Received: "
-            f"reset.dtype={dtype}"
+            f"`reset` must hold booleans (or 0/1 numbers). Received: reset.dtype={dtype}"
         )
     flags = utils.concrete_value(reset)
     if flags is not None:
@@ -203,9 +196,7 @@ def decode_position(position, segment_length, state, begin, advance, end, partia
             ended[name] = ops.zeros_like(new_state[name])
         return ended
 
-    new_state = ops.cond(
-        ops.equal(position, segment_length - 1), finish, lambda: new_state
-    )
+    new_state = ops.cond(ops.equal(position, segment_length - 1), finish, lambda: new_state)
     return outputs, new_state
 
 
@@ -306,17 +297,13 @@ class MemoryLayer(keras.layers.Layer):
         self._memory_rows = None
         self._state_variables = {}
         distribution.remember_multi_worker_strategy()
-        self._step_takes_training = "training" in inspect.signature(
-            self.step
-        ).parameters
+        self._step_takes_training = "training" in inspect.signature(self.step).parameters
 
     # -- what a subclass declares ---------------------------------------------
 
     def state_spec(self, batch_size=None):
         """Names, shapes and dtypes (float32) of the memory state."""
-        raise NotImplementedError(
-            f"{type(self).__name__} must implement `state_spec(batch_size)`."
-        )
+        raise NotImplementedError(f"{type(self).__name__} must implement `state_spec(batch_size)`.")
 
     def step(self, inputs, state, reset=None, **kwargs):
         """The pure step: `(inputs, state) -> (outputs, new_state)`."""
@@ -388,9 +375,7 @@ class MemoryLayer(keras.layers.Layer):
         Float32 and without gradient (nothing flows into the stored past),
         with the rows flagged in `reset` replaced by the empty state.
         """
-        state = {
-            k: ops.stop_gradient(ops.cast(v, "float32")) for k, v in state.items()
-        }
+        state = {k: ops.stop_gradient(ops.cast(v, "float32")) for k, v in state.items()}
         if reset is None or not state:
             return state
         reset = ops.cast(reset, "bool")
@@ -427,8 +412,7 @@ class MemoryLayer(keras.layers.Layer):
         spec = self.state_spec(self.batch_size)
         check_state(state, spec, what, float_only=True)
         return {
-            name: np.asarray(ops.convert_to_numpy(state[name]), dtype="float32")
-            for name in spec
+            name: np.asarray(ops.convert_to_numpy(state[name]), dtype="float32") for name in spec
         }
 
     def _assign_state(self, values):
@@ -507,9 +491,7 @@ class MemoryLayer(keras.layers.Layer):
             self._state_variables[name].assign(value)
         return outputs
 
-    def compute_output_spec(
-        self, inputs, reset=None, state=None, training=None, **kwargs
-    ):
+    def compute_output_spec(self, inputs, reset=None, state=None, training=None, **kwargs):
         self._validate_call(inputs, reset, state, kwargs)
         outputs = self.compute_step_output_spec(inputs, **kwargs)
         if outputs is None:  # Not declared: Keras traces `call` symbolically.

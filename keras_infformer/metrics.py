@@ -72,9 +72,7 @@ class MaskedTokenLoss(keras.losses.Loss):
             weights = ops.ones_like(losses)
         else:
             weights = ops.broadcast_to(ops.cast(sample_weight, "float32"), ops.shape(losses))
-        total, count = distribution.global_mean_parts(
-            ops.sum(losses * weights), ops.sum(weights)
-        )
+        total, count = distribution.global_mean_parts(ops.sum(losses * weights), ops.sum(weights))
         return ops.divide_no_nan(total, count)
 
     def get_config(self):
@@ -115,13 +113,9 @@ class BitsPerToken(keras.metrics.Metric):
     ```
     """
 
-    def __init__(
-        self, token_lengths=None, from_logits=True, name="bits_per_token", **kwargs
-    ):
+    def __init__(self, token_lengths=None, from_logits=True, name="bits_per_token", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.token_lengths = (
-            None if token_lengths is None else [float(n) for n in token_lengths]
-        )
+        self.token_lengths = None if token_lengths is None else [float(n) for n in token_lengths]
         if self.token_lengths is not None and min(self.token_lengths) <= 0:
             raise ValueError(
                 "`token_lengths` must all be positive. Received a minimum of "
@@ -175,9 +169,7 @@ class BitsPerToken(keras.metrics.Metric):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {"token_lengths": self.token_lengths, "from_logits": self.from_logits}
-        )
+        config.update({"token_lengths": self.token_lengths, "from_logits": self.from_logits})
         return config
 
 

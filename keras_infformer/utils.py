@@ -3,8 +3,8 @@
 import random as python_random
 import zlib
 
-import numpy as np
 import keras
+import numpy as np
 from keras import ops
 
 from keras_infformer import compat
@@ -131,9 +131,7 @@ def static_dim(shape, axis):
 
 def check_rank(x, rank, name):
     if len(x.shape) != rank:
-        raise ValueError(
-            f"`{name}` must have rank {rank}. Received: {name}.shape={tuple(x.shape)}"
-        )
+        raise ValueError(f"`{name}` must have rank {rank}. Received: {name}.shape={tuple(x.shape)}")
 
 
 def check_range(value, name, low, high, low_open=True, high_open=True):
@@ -147,9 +145,7 @@ def check_range(value, name, low, high, low_open=True, high_open=True):
     if not (np.isfinite(v) and ok_low and ok_high):
         lb = "(" if low_open else "["
         hb = ")" if high_open else "]"
-        raise ValueError(
-            f"`{name}` must be in {lb}{low}, {high}{hb}. Received: {name}={value!r}"
-        )
+        raise ValueError(f"`{name}` must be in {lb}{low}, {high}{hb}. Received: {name}={value!r}")
     return v
 
 
@@ -157,7 +153,5 @@ def check_positive_int(value, name, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"`{name}` must be an int. Received: {name}={value!r}")
     if value < minimum:
-        raise ValueError(
-            f"`{name}` must be an int >= {minimum}. Received: {name}={value!r}"
-        )
+        raise ValueError(f"`{name}` must be an int >= {minimum}. Received: {name}={value!r}")
     return int(value)

@@ -69,8 +69,7 @@ RULES = {
     ),
     "targets": Rule(
         requirement=(
-            "`{name}` (the next-token targets) must lie in [0, "
-            "vocabulary_size={vocabulary_size})"
+            "`{name}` (the next-token targets) must lie in [0, vocabulary_size={vocabulary_size})"
         ),
         bad=_out_of_vocabulary,
         received=". Received a target",

@@ -157,7 +157,6 @@ class Reference:
     def inverse_cdf(histogram, levels):
         """Inverse of the piecewise-uniform CDF, by bisection (float64)."""
         histogram = np.asarray(histogram, np.float64)
-        d = len(histogram)
         out = []
         for u in np.asarray(levels, np.float64):
             lo, hi = 0.0, 1.0
@@ -229,17 +228,13 @@ def compute_gradients(loss_fn, variables, inputs):
 
         tensors = [torch.tensor(x, requires_grad=True) for x in inputs]
         loss = loss_fn(*tensors)
-        grads = torch.autograd.grad(
-            loss, [v.value for v in variables] + tensors, allow_unused=True
-        )
+        grads = torch.autograd.grad(loss, [v.value for v in variables] + tensors, allow_unused=True)
     else:
         raise NotImplementedError(backend)
     targets = [v.shape for v in variables] + [x.shape for x in inputs]
     out = []
     for g, shape in zip(grads, targets):
-        out.append(
-            np.zeros(shape) if g is None else to_numpy(g).astype(np.float64)
-        )
+        out.append(np.zeros(shape) if g is None else to_numpy(g).astype(np.float64))
     return out[: len(variables)], out[len(variables) :]
 
 

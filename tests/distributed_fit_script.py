@@ -158,8 +158,7 @@ def max_diff(a, b):
     import numpy as np
 
     return max(
-        float(np.max(np.abs(np.asarray(a[k], "float64") - np.asarray(b[k], "float64"))))
-        for k in a
+        float(np.max(np.abs(np.asarray(a[k], "float64") - np.asarray(b[k], "float64")))) for k in a
     )
 
 
@@ -177,27 +176,19 @@ def layouts(model, backend):
                 "shape": list(value.shape),
                 "spec": [None if a is None else str(a) for a in value.sharding.spec],
                 "num_shards": len(value.addressable_shards),
-                "shard_shapes": sorted(
-                    {tuple(s.data.shape) for s in value.addressable_shards}
-                ),
-                "devices": sorted(
-                    str(s.device) for s in value.addressable_shards
-                ),
+                "shard_shapes": sorted({tuple(s.data.shape) for s in value.addressable_shards}),
+                "devices": sorted(str(s.device) for s in value.addressable_shards),
             }
         else:
             parts = distribution._replica_parts(variable)
             out[variable.path] = {
                 "shape": list(variable.shape),
                 "num_shards": 1 if parts is None else len(parts),
-                "shard_shapes": sorted(
-                    {tuple(p.shape) for p in (parts or [variable.value])}
-                ),
+                "shard_shapes": sorted({tuple(p.shape) for p in (parts or [variable.value])}),
                 "devices": sorted(p.device for p in (parts or [variable.value])),
                 "synchronization": variable.synchronization,
             }
-        out[variable.path]["shard_shapes"] = [
-            list(s) for s in out[variable.path]["shard_shapes"]
-        ]
+        out[variable.path]["shard_shapes"] = [list(s) for s in out[variable.path]["shard_shapes"]]
     return out
 
 
@@ -233,8 +224,7 @@ def layer_model(batch_size):
     """The stateful layers on their own: ContinuousLTM and CompressiveMemory."""
     import keras
 
-    from keras_infformer.layers import CompressiveMemory
-    from keras_infformer.layers import ContinuousLTM
+    from keras_infformer.layers import CompressiveMemory, ContinuousLTM
 
     keras.utils.set_random_seed(1)
     x = keras.Input((SEGMENT, 4), batch_size=batch_size, name="x")
@@ -360,9 +350,7 @@ def main(argv=None):
         path = os.path.join(tempfile.mkdtemp(), "lm.keras")
         multi.save(path)
         loaded = keras.models.load_model(path)
-        result["loaded_distributed_max_diff"] = max_diff(
-            reset_state, numpy_state(loaded)
-        )
+        result["loaded_distributed_max_diff"] = max_diff(reset_state, numpy_state(loaded))
         result["loaded_distributed_layouts"] = layouts(loaded, args.backend)
 
         # reset_state empties every row (all replicas); set_state writes
@@ -422,9 +410,7 @@ def main(argv=None):
     result["memory_max_diff_by_key"] = {
         k: max_diff({k: single_state[k]}, {k: multi_state[k]}) for k in single_state
     }
-    result["memory_max_abs"] = {
-        k: float(np.max(np.abs(v))) for k, v in single_state.items()
-    }
+    result["memory_max_abs"] = {k: float(np.max(np.abs(v))) for k, v in single_state.items()}
     result["weights_max_diff"] = max(
         float(np.max(np.abs(a - b))) for a, b in zip(single_weights, multi_weights)
     )

@@ -7,8 +7,6 @@ import json
 
 import keras
 import numpy as np
-from keras import ops
-
 from conftest import to_numpy
 
 
@@ -17,9 +15,7 @@ def _first(output):
 
 
 def _shapes(output):
-    return keras.tree.map_structure(
-        lambda x: None if x is None else tuple(x.shape), output
-    )
+    return keras.tree.map_structure(lambda x: None if x is None else tuple(x.shape), output)
 
 
 def _memory(layer):
@@ -111,9 +107,7 @@ def run_layer_test(
         reference_out = _first(reference(**input_data))
     mixed_out = _first(mixed(**input_data))
     scale = float(np.max(np.abs(to_numpy(reference_out)))) + 1e-6
-    error = float(
-        np.max(np.abs(to_numpy(mixed_out).astype("float32") - to_numpy(reference_out)))
-    )
+    error = float(np.max(np.abs(to_numpy(mixed_out).astype("float32") - to_numpy(reference_out))))
     assert error <= mixed_precision_tolerance * scale, (error, scale)
     for name, value in _memory(mixed).items():
         assert value.dtype == np.float32, name
@@ -129,7 +123,7 @@ def run_layer_test(
     path = str(tmp_path / f"{cls.__name__}.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
-    loaded_layer = [l for l in loaded.layers if isinstance(l, cls)][0]
+    loaded_layer = [x for x in loaded.layers if isinstance(x, cls)][0]
     for a, b in zip(saved_layer.weights, loaded_layer.weights):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     memory = _memory(saved_layer)
@@ -137,6 +131,4 @@ def run_layer_test(
     assert memory.keys() == loaded_memory.keys()
     for name in memory:
         np.testing.assert_array_equal(memory[name], loaded_memory[name])
-    np.testing.assert_allclose(
-        to_numpy(loaded(input_data)), to_numpy(model(input_data)), atol=1e-6
-    )
+    np.testing.assert_allclose(to_numpy(loaded(input_data)), to_numpy(model(input_data)), atol=1e-6)

@@ -14,9 +14,7 @@ ATOL_F32 = 1e-5
 def test_basis_parameters_layout():
     centers, widths = basis.basis_parameters(12, (0.01, 0.05, 0.1))
     # 4 centres evenly over [0, 1] (ends included), each with every width.
-    np.testing.assert_array_equal(
-        centers, np.repeat([0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0], 3)
-    )
+    np.testing.assert_array_equal(centers, np.repeat([0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0], 3))
     np.testing.assert_array_equal(widths, np.tile([0.01, 0.05, 0.1], 4))
     assert centers.dtype == np.float64 and widths.dtype == np.float64
 
@@ -85,7 +83,9 @@ def test_gaussian_expectation_matches_closed_form(ref, rng, to_numpy):
     np.testing.assert_allclose(to_numpy(out), expected, rtol=0, atol=ATOL_F32)
 
 
-@pytest.mark.parametrize("num_basis, widths", [(16, (0.05, 0.1)), (12, (0.01, 0.05, 0.1)), (8, (0.2,))])
+@pytest.mark.parametrize(
+    "num_basis, widths", [(16, (0.05, 0.1)), (12, (0.01, 0.05, 0.1)), (8, (0.2,))]
+)
 def test_gaussian_expectation_by_width_matches_closed_form(ref, rng, to_numpy, num_basis, widths):
     """The factored form used by GaussianAttention: same values, grouped
     by width (`r[..., w, c]` is basis function `c·W + w`), and in the basis
@@ -99,8 +99,10 @@ def test_gaussian_expectation_by_width_matches_closed_form(ref, rng, to_numpy, n
     by_width = to_numpy(basis.gaussian_expectation_by_width(*args))
     assert by_width.shape == (2, 3, 4, W, num_basis // W)
     np.testing.assert_allclose(
-        np.swapaxes(by_width, -1, -2).reshape(2, 3, 4, num_basis), expected,
-        rtol=1e-5, atol=ATOL_F32,
+        np.swapaxes(by_width, -1, -2).reshape(2, 3, 4, num_basis),
+        expected,
+        rtol=1e-5,
+        atol=ATOL_F32,
     )
     grid = to_numpy(basis.gaussian_expectation_grid(*args))
     np.testing.assert_allclose(grid, expected, rtol=1e-5, atol=ATOL_F32)
@@ -125,8 +127,10 @@ def test_gaussian_expectation_matches_quadrature(ref, to_numpy):
         )
     )
     err = np.abs(out - quad).max()
-    print(f"gaussian_expectation max abs error vs quadrature: {err:.2e} "
-          f"(values up to {quad.max():.2f})")
+    print(
+        f"gaussian_expectation max abs error vs quadrature: {err:.2e} "
+        f"(values up to {quad.max():.2f})"
+    )
     assert err <= ATOL_F32
 
 

@@ -23,7 +23,8 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 def _load_summary_module():
     spec = importlib.util.spec_from_file_location(
-        "bench_summary", os.path.join(ROOT, "benchmarks", "summary.py"))
+        "bench_summary", os.path.join(ROOT, "benchmarks", "summary.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -38,7 +39,8 @@ def test_readme_table_is_rendered_from_summary_json():
     block = summary.readme_block(os.path.join(ROOT, "README.md"))
     assert block == summary.render_markdown(committed), (
         "README's Performance table differs from summary.json: run "
-        "`python benchmarks/summary.py --update-readme`")
+        "`python benchmarks/summary.py --update-readme`"
+    )
 
 
 def test_summary_json_matches_the_result_files():
@@ -58,33 +60,78 @@ def _write(directory, name, obj):
 
 @pytest.fixture
 def made_up(tmp_path):
-    env = {"time": "2030-01-02 03:04:05 UTC", "machine": "x86_64", "cpu_count": 4,
-           "backend": "jax"}
-    _write(tmp_path, "context_scaling", {
-        "mode": "short", "environment": env,
-        "ltm_overhead_vs_transformer_xl": {
-            "infformer_uniform/lm/train": 0.10, "infformer_sticky/lm/train": 0.30,
+    env = {"time": "2030-01-02 03:04:05 UTC", "machine": "x86_64", "cpu_count": 4, "backend": "jax"}
+    _write(
+        tmp_path,
+        "context_scaling",
+        {
+            "mode": "short",
+            "environment": env,
+            "ltm_overhead_vs_transformer_xl": {
+                "infformer_uniform/lm/train": 0.10,
+                "infformer_sticky/lm/train": 0.30,
+            },
+            "paper_size_blocks": {
+                "config": {"dim": 300, "length": 1024, "num_basis": 512},
+                "systems": {
+                    # no stored ratio: summary.py falls back to the ratio of times
+                    "infformer_uniform": {"infer_ms": 110.0, "train_ms": 400.0},
+                    "infformer_sticky": {
+                        "infer_ms": 125.0,
+                        "train_ms": 410.0,
+                        "train_overhead_vs_transformer_xl": 0.02,
+                    },
+                    "transformer_xl": {"infer_ms": 100.0, "train_ms": 400.0},
+                },
+            },
         },
-        "paper_size_blocks": {"config": {"dim": 300, "length": 1024, "num_basis": 512}, "systems": {
-            # no stored ratio: summary.py falls back to the ratio of times
-            "infformer_uniform": {"infer_ms": 110.0, "train_ms": 400.0},
-            "infformer_sticky": {"infer_ms": 125.0, "train_ms": 410.0,
-                                 "train_overhead_vs_transformer_xl": 0.02},
-            "transformer_xl": {"infer_ms": 100.0, "train_ms": 400.0},
-        }},
-    })
-    _write(tmp_path, "layer_throughput", {"backends": {"jax": {
-        "environment": env, "mode": "short", "results": [
-            {"op": "ltm_absorb", "mode": "compiled", "size": "paper", "ratio_to_floor": 1.2},
-            {"op": "ltm_absorb", "mode": "eager", "size": "paper", "ratio_to_floor": 9.0},
-            {"op": "gaussian_attention", "mode": "compiled", "size": "paper",
-             "time_ms": 3.0, "floor_ms": 2.5},
-        ]}}})
-    _write(tmp_path, "decode_speed", {"environment": env, "mode": "short", "results": {
-        "infformer/batch_1": {"tokens_per_second": 900.0},
-        "infformer_sticky/batch_1": {"tokens_per_second": 700.0},
-        "transformer_xl/batch_1": {"tokens_per_second": 1000.0},
-    }})
+    )
+    _write(
+        tmp_path,
+        "layer_throughput",
+        {
+            "backends": {
+                "jax": {
+                    "environment": env,
+                    "mode": "short",
+                    "results": [
+                        {
+                            "op": "ltm_absorb",
+                            "mode": "compiled",
+                            "size": "paper",
+                            "ratio_to_floor": 1.2,
+                        },
+                        {
+                            "op": "ltm_absorb",
+                            "mode": "eager",
+                            "size": "paper",
+                            "ratio_to_floor": 9.0,
+                        },
+                        {
+                            "op": "gaussian_attention",
+                            "mode": "compiled",
+                            "size": "paper",
+                            "time_ms": 3.0,
+                            "floor_ms": 2.5,
+                        },
+                    ],
+                }
+            }
+        },
+    )
+    _write(
+        tmp_path,
+        "decode_speed",
+        {
+            "environment": env,
+            "mode": "short",
+            "results": {
+                "infformer/batch_1": {"tokens_per_second": 900.0},
+                "infformer_sticky/batch_1": {"tokens_per_second": 700.0},
+                "transformer_xl/batch_1": {"tokens_per_second": 1000.0},
+            },
+        },
+    )
     return tmp_path
 
 
@@ -107,7 +154,8 @@ def test_ratios_and_flags_from_made_up_results(made_up):
 
     jax_ops = rows["ltm_ops_vs_floor/jax"]
     assert jax_ops["values"] == pytest.approx(
-        {"absorb (paper)": 1.2, "Gaussian attention (paper)": 3.0 / 2.5})  # eager ignored
+        {"absorb (paper)": 1.2, "Gaussian attention (paper)": 3.0 / 2.5}
+    )  # eager ignored
     assert jax_ops["met"] is True
     assert rows["ltm_ops_vs_floor/tensorflow"]["met"] is None  # not in the file
 
@@ -128,8 +176,10 @@ def test_update_readme_rewrites_only_the_block(made_up, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"before\n{summary.START}\nold numbers\n{summary.END}\nafter\n")
     assert summary.main(["--results-dir", str(made_up)]) == 0
-    assert summary.main(["--results-dir", str(made_up), "--update-readme",
-                         "--readme", str(readme)]) == 0
+    assert (
+        summary.main(["--results-dir", str(made_up), "--update-readme", "--readme", str(readme)])
+        == 0
+    )
     text = readme.read_text()
     assert text.startswith(f"before\n{summary.START}\n| what | measured | target | met |")
     assert text.endswith(f"{summary.END}\nafter\n") and "old numbers" not in text
@@ -143,7 +193,12 @@ def test_committed_results_render_without_git(tmp_path):
         shutil.copy(os.path.join(RESULTS, f"{name}.json"), tmp_path)
     result = summary.build_summary(str(tmp_path))
     assert {r["id"] for r in result["targets"]} >= {
-        "ltm_overhead/small_lm/train", "ltm_overhead/paper_block/train",
-        "ltm_overhead/paper_block/infer", "ltm_ops_vs_floor/jax",
-        "ltm_ops_vs_floor/tensorflow", "decode/batch_1", "decode/batch_8"}
+        "ltm_overhead/small_lm/train",
+        "ltm_overhead/paper_block/train",
+        "ltm_overhead/paper_block/infer",
+        "ltm_ops_vs_floor/jax",
+        "ltm_ops_vs_floor/tensorflow",
+        "decode/batch_1",
+        "decode/batch_8",
+    }
     summary.render_markdown(result)

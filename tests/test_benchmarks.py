@@ -26,8 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
 
 
-def _reference_absorb(ref, x, coefficients, filled, num_samples, tau=0.75, penalty=1.0,
-                      widths=(0.01, 0.05)):
+def _reference_absorb(
+    ref, x, coefficients, filled, num_samples, tau=0.75, penalty=1.0, widths=(0.01, 0.05)
+):
     """The update written out from conftest's Reference (docs/theory.md §2, §4):
     an empty row is fitted on its L vectors at (i + 1/2)/L; a filled row
     reads its old signal at m/M, squeezes it to tau m/M, appends the new
@@ -43,15 +44,27 @@ def _reference_absorb(ref, x, coefficients, filled, num_samples, tau=0.75, penal
     for b in range(len(x)):
         if filled[b] > 0.5:
             old = ref.signal(coefficients[b], levels, centers, basis_widths)
-            out.append(ref.ridge_fit(
-                update_positions, np.concatenate([old, x[b]]), centers, basis_widths,
-                penalty, False,
-            ))
+            out.append(
+                ref.ridge_fit(
+                    update_positions,
+                    np.concatenate([old, x[b]]),
+                    centers,
+                    basis_widths,
+                    penalty,
+                    False,
+                )
+            )
         else:
-            out.append(ref.ridge_fit(
-                (np.arange(length) + 0.5) / length, x[b], centers, basis_widths,
-                penalty, False,
-            ))
+            out.append(
+                ref.ridge_fit(
+                    (np.arange(length) + 0.5) / length,
+                    x[b],
+                    centers,
+                    basis_widths,
+                    penalty,
+                    False,
+                )
+            )
     return np.stack(out)
 
 
@@ -106,9 +119,13 @@ def test_full_attention_baseline_streams_like_one_pass(rng, to_numpy):
         outs_growing.append(to_numpy(out))
         out, fixed = block.stream_step(seg, fixed, i * length)
         outs_fixed.append(to_numpy(out))
-    np.testing.assert_allclose(np.concatenate(outs_growing, 1), to_numpy(whole), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.concatenate(outs_growing, 1), to_numpy(whole), rtol=1e-4, atol=1e-5
+    )
     np.testing.assert_allclose(np.concatenate(outs_fixed, 1), to_numpy(whole), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(to_numpy(fixed["key"]), to_numpy(growing["key"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(fixed["key"]), to_numpy(growing["key"]), rtol=1e-5, atol=1e-6
+    )
 
 
 # `make bench` measures on JAX; the scripts' smoke runs (minutes in all)
@@ -123,9 +140,19 @@ def _run(script, tmp_path, *extra):
     out = tmp_path / f"{script}.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     subprocess.run(
-        [sys.executable, os.path.join(BENCH, f"{script}.py"), "--tiny", "--no-plot",
-         "--out", str(out), *extra],
-        check=True, env=env, timeout=600, stdout=subprocess.DEVNULL,
+        [
+            sys.executable,
+            os.path.join(BENCH, f"{script}.py"),
+            "--tiny",
+            "--no-plot",
+            "--out",
+            str(out),
+            *extra,
+        ],
+        check=True,
+        env=env,
+        timeout=600,
+        stdout=subprocess.DEVNULL,
     )
     with open(out) as f:
         return json.load(f)
@@ -143,15 +170,25 @@ def test_sorting_generation_script(tmp_path):
 @pytest.mark.slow
 def test_context_scaling_script(tmp_path):
     result = _run(
-        "context_scaling", tmp_path, "--systems", "infformer_uniform,full_attention",
-        "--units", "layer", "--no-paper", "--rounds", "2",
+        "context_scaling",
+        tmp_path,
+        "--systems",
+        "infformer_uniform,full_attention",
+        "--units",
+        "layer",
+        "--no-paper",
+        "--rounds",
+        "2",
     )
     contexts = result["config"]["contexts"]
     scaling = result["scaling"]["infformer_uniform/layer/infer"]
     assert scaling["peak_bytes_equal_at_all_contexts"] and scaling["state_finite"]
     assert result["streams"]["infformer_uniform/layer"]["tokens"] == contexts[-1]
-    cache = [r["state_bytes"] for r in result["rows"]
-             if r["system"] == "full_attention" and "state_bytes" in r]
+    cache = [
+        r["state_bytes"]
+        for r in result["rows"]
+        if r["system"] == "full_attention" and "state_bytes" in r
+    ]
     assert len(cache) >= 2 and cache == sorted(cache) and cache[0] < cache[-1]
     assert all(r["infer_ms"] > 0 for r in result["rows"] if "infer_ms" in r)
 
@@ -185,8 +222,10 @@ def test_layer_throughput_script(tmp_path):
 def test_decode_speed_script(tmp_path):
     result = _run("decode_speed", tmp_path, "--batches", "1")
     assert result["mode"] == "tiny" and result["environment"]["time"]
-    assert set(result["ratio_to_transformer_xl"]) == {"infformer/batch_1", "infformer_sticky/batch_1"}
+    assert set(result["ratio_to_transformer_xl"]) == {
+        "infformer/batch_1",
+        "infformer_sticky/batch_1",
+    }
     xl = result["results"]["transformer_xl/batch_1"]["tokens_per_second"]
     for key, ratio in result["ratio_to_transformer_xl"].items():
         assert ratio == pytest.approx(result["results"][key]["tokens_per_second"] / xl)
-

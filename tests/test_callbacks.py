@@ -18,10 +18,19 @@ VOCAB, SEGMENT, BATCH = 32, 8, 2
 def _model():
     keras.utils.set_random_seed(0)
     model = keras_infformer.InfiniteFormerLM(
-        vocabulary_size=VOCAB, segment_length=SEGMENT, batch_size=BATCH,
-        num_layers=1, hidden_dim=16, num_heads=2, intermediate_dim=32,
-        memory_length=SEGMENT, num_basis=16, num_samples=16, num_bins=16,
-        sticky_memories=True, dropout=0.0,
+        vocabulary_size=VOCAB,
+        segment_length=SEGMENT,
+        batch_size=BATCH,
+        num_layers=1,
+        hidden_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+        memory_length=SEGMENT,
+        num_basis=16,
+        num_samples=16,
+        num_bins=16,
+        sticky_memories=True,
+        dropout=0.0,
     )
     model.compile(
         optimizer="sgd",
@@ -137,11 +146,16 @@ def test_density_images_are_labelled_colour_figures_per_head(tmp_path):
         channels = image[0].astype(int)
         assert (np.abs(channels[..., 0] - channels[..., 1]) > 40).mean() > 0.01  # colour
     # Two heads: the density figure is wider than the one-panel histogram.
-    assert figures["layer_0/ltm_attention_density"].shape[2] > figures["layer_0/sticky_histogram"].shape[2]
+    assert (
+        figures["layer_0/ltm_attention_density"].shape[2]
+        > figures["layer_0/sticky_histogram"].shape[2]
+    )
     # The per-head densities drawn: the Gaussians of row 1, one per head.
     _, _, densities = model.step(
-        _segments(dataset)["token_ids"][0], np.ones(BATCH, bool),
-        model.get_initial_state(BATCH), return_density=True,
+        _segments(dataset)["token_ids"][0],
+        np.ones(BATCH, bool),
+        model.get_initial_state(BATCH),
+        return_density=True,
     )
     mu, sigma_sq = (keras.ops.convert_to_numpy(x) for x in densities[0])
     per_head = attention_density_per_head(mu, sigma_sq, row=1, num_points=64)

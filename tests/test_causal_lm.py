@@ -1,31 +1,40 @@
 """The keras-hub model family: generation equals teacher forcing, samplers,
 stop tokens, state continuation, text in and out, loss over real tokens."""
 
-import os
-
 import keras
 import numpy as np
 import pytest
+from conftest import to_numpy
 
 import keras_infformer as kif
-from conftest import to_numpy
 
 VOCAB, SEGMENT, BATCH = 40, 6, 2
 MAX_LENGTH = 3 * SEGMENT + 5 + 8
 CONFIGS = {
     "plain": dict(),
     "sticky": dict(sticky_memories=True),
-    "compressive": dict(use_long_term_memory=False, compressed_memory_length=3,
-                        compression_rate=2, memory_length=SEGMENT),
+    "compressive": dict(
+        use_long_term_memory=False,
+        compressed_memory_length=3,
+        compression_rate=2,
+        memory_length=SEGMENT,
+    ),
 }
 
 
 def _model(kind, **kwargs):
     keras.utils.set_random_seed(3)
     settings = dict(
-        vocabulary_size=VOCAB, segment_length=SEGMENT, batch_size=BATCH,
-        num_layers=2, hidden_dim=16, num_heads=2, num_basis=16, num_samples=16,
-        memory_length=SEGMENT + 2, dropout=0.0,
+        vocabulary_size=VOCAB,
+        segment_length=SEGMENT,
+        batch_size=BATCH,
+        num_layers=2,
+        hidden_dim=16,
+        num_heads=2,
+        num_basis=16,
+        num_samples=16,
+        memory_length=SEGMENT + 2,
+        dropout=0.0,
     )
     settings.update(CONFIGS[kind])
     settings.update(kwargs)
@@ -78,10 +87,14 @@ def _assert_generation_is_teacher_forced(model, prompts, outputs, logits):
 
 
 _LENGTHS = {
-    "1": (1,), "L-1": (SEGMENT - 1,), "L": (SEGMENT,), "3L+5": (3 * SEGMENT + 5,),
+    "1": (1,),
+    "L-1": (SEGMENT - 1,),
+    "L": (SEGMENT,),
+    "3L+5": (3 * SEGMENT + 5,),
     "mixed": (1, SEGMENT - 1, SEGMENT, 3 * SEGMENT + 5),
     # The shortest prompt a whole number of segments (issue 23 item 23).
-    "2L": (2 * SEGMENT,), "L,2L+3": (SEGMENT, 2 * SEGMENT + 3),
+    "2L": (2 * SEGMENT,),
+    "L,2L+3": (SEGMENT, 2 * SEGMENT + 3),
 }
 
 
@@ -98,9 +111,7 @@ def test_generated_logits_equal_teacher_forcing(models, kind, lengths):
     model = models[kind]
     prompts = _prompts(lengths)
     memory_before = {k: to_numpy(v) for k, v in model.get_state().items()}
-    outputs, logits = model.generate(
-        prompts, stop_token_ids=None, return_logits=True
-    )
+    outputs, logits = model.generate(prompts, stop_token_ids=None, return_logits=True)
     _assert_generation_is_teacher_forced(model, prompts, outputs, logits)
     # Generation never touches the training memory.
     for name, value in model.get_state().items():
@@ -173,14 +184,10 @@ def test_a_stop_token_equal_to_the_padding_id_reads_the_whole_prompt(models):
         generated = list(free["token_ids"][row, n:])
         end = n + (generated.index(0) + 1 if 0 in generated else len(generated))
         assert stopped["padding_mask"][row].sum() == end
-        np.testing.assert_array_equal(
-            stopped["token_ids"][row, :end], free["token_ids"][row, :end]
-        )
+        np.testing.assert_array_equal(stopped["token_ids"][row, :end], free["token_ids"][row, :end])
     if not any(0 in list(free["token_ids"][r, n:]) for r, n in enumerate(lengths)):
         # No row stopped: the same state as without stop tokens.
-        np.testing.assert_array_equal(
-            to_numpy(state["position"]), to_numpy(free_state["position"])
-        )
+        np.testing.assert_array_equal(to_numpy(state["position"]), to_numpy(free_state["position"]))
 
 
 def test_a_stop_token_inside_the_prompt_does_not_stop_the_row(models):
@@ -197,9 +204,7 @@ def test_a_stop_token_inside_the_prompt_does_not_stop_the_row(models):
         # Generation runs until the last row stops: each row holds exactly
         # its tokens up to its own first generated stop token.
         assert stopped["padding_mask"][row].sum() == end
-        np.testing.assert_array_equal(
-            stopped["token_ids"][row, :end], free["token_ids"][row, :end]
-        )
+        np.testing.assert_array_equal(stopped["token_ids"][row, :end], free["token_ids"][row, :end])
 
 
 @pytest.mark.parametrize("position", [float(SEGMENT), 2.5, -1.0, 7.0])
@@ -233,11 +238,15 @@ def test_continuing_from_a_returned_state_equals_one_long_generation(models):
     first = _prompts((SEGMENT + 3,), seed=4)
     out1, state = model.generate(
         {k: v[:, : 2 * SEGMENT + 1] for k, v in first.items()},
-        stop_token_ids=None, return_state=True,
+        stop_token_ids=None,
+        return_state=True,
     )
     second = np.random.default_rng(5).integers(1, VOCAB, size=(1, 4)).astype("int32")
     out2, logits2 = model.generate(
-        second, max_length=4 + SEGMENT + 2, stop_token_ids=None, state=state,
+        second,
+        max_length=4 + SEGMENT + 2,
+        stop_token_ids=None,
+        state=state,
         return_logits=True,
     )
     # The same tokens streamed from the start give the same logits.
@@ -299,8 +308,15 @@ def test_text_in_text_out_with_a_byte_tokenizer(tmp_path):
         {"token_ids": ids[None], "padding_mask": np.ones((1, len(ids)), bool)}
     ) == [text]
     backbone = kif.InfiniteFormerBackbone(
-        vocabulary_size=256, segment_length=8, batch_size=2, num_layers=1,
-        hidden_dim=16, num_heads=2, num_basis=16, num_samples=16, dropout=0.0,
+        vocabulary_size=256,
+        segment_length=8,
+        batch_size=2,
+        num_layers=1,
+        hidden_dim=16,
+        num_heads=2,
+        num_basis=16,
+        num_samples=16,
+        dropout=0.0,
     )
     model = kif.InfiniteFormerCausalLM(backbone, preprocessor)
     model.compile(sampler="greedy")
@@ -314,7 +330,9 @@ def test_text_in_text_out_with_a_byte_tokenizer(tmp_path):
         path.write_text(body, encoding="utf-8")
     stream = preprocessor.streaming_dataset(directory=str(tmp_path), batch_size=2, segment_length=8)
     assert stream.num_documents == 2
-    lengths = sorted(len(d) for d in preprocessor.tokenize_documents(["first file " * 5, "second " * 9]))
+    lengths = sorted(
+        len(d) for d in preprocessor.tokenize_documents(["first file " * 5, "second " * 9])
+    )
     weights = np.concatenate([stream.get_batch(i)[2] for i in range(len(stream))], axis=1)
     assert sorted(int(w.sum()) + 1 for w in weights) == lengths
 
@@ -323,8 +341,15 @@ def test_compile_defaults_average_over_real_tokens():
     """`evaluate` with the default loss equals the masked mean in NumPy on
     a stream whose rows are mostly padding."""
     model = kif.InfiniteFormerLM(
-        vocabulary_size=VOCAB, segment_length=SEGMENT, batch_size=4, num_layers=1,
-        hidden_dim=16, num_heads=2, num_basis=16, num_samples=16, dropout=0.0,
+        vocabulary_size=VOCAB,
+        segment_length=SEGMENT,
+        batch_size=4,
+        num_layers=1,
+        hidden_dim=16,
+        num_heads=2,
+        num_basis=16,
+        num_samples=16,
+        dropout=0.0,
         kl_weight=0.0,
     )
     model.compile()
@@ -338,7 +363,11 @@ def test_compile_defaults_average_over_real_tokens():
         inputs, targets, weights = stream.get_batch(index)
         logits, state = model.step(inputs["token_ids"], inputs["reset"], state)
         z = to_numpy(logits).astype(np.float64)
-        log_probs = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
+        log_probs = (
+            z
+            - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))
+            - z.max(-1, keepdims=True)
+        )
         nats = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
         total += (nats * weights).sum()
         count += weights.sum()
@@ -360,8 +389,14 @@ def test_a_loaded_model_is_compiled_and_trains_on(tmp_path):
     from keras_infformer.models import InfiniteFormerLM
 
     model = InfiniteFormerLM(
-        vocabulary_size=32, segment_length=8, batch_size=2, num_layers=1,
-        hidden_dim=16, num_heads=2, num_basis=8, num_samples=8,
+        vocabulary_size=32,
+        segment_length=8,
+        batch_size=2,
+        num_layers=1,
+        hidden_dim=16,
+        num_heads=2,
+        num_basis=8,
+        num_samples=8,
     )
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     tokens = np.random.default_rng(0).integers(1, 32, 120)
@@ -424,15 +459,23 @@ def test_fitting_texts_says_what_to_do_and_the_preprocessor_has_a_sequence_lengt
     assert preprocessor.sequence_length == 8
     model = kif.InfiniteFormerCausalLM(
         kif.InfiniteFormerBackbone(
-            vocabulary_size=256, segment_length=8, batch_size=2, num_layers=1,
-            hidden_dim=8, num_heads=2, num_basis=8, num_samples=8,
+            vocabulary_size=256,
+            segment_length=8,
+            batch_size=2,
+            num_layers=1,
+            hidden_dim=8,
+            num_heads=2,
+            num_basis=8,
+            num_samples=8,
         ),
         preprocessor,
     )
     before = [to_numpy(w) for w in model.weights]
     texts = ["a long corpus " * 200, "of two documents"]
     for method, data in [("fit", texts), ("evaluate", texts), ("predict", texts[0])]:
-        with pytest.raises(ValueError, match=r"streaming_dataset\(texts, batch_size=2, segment_length=8\)") as error:
+        with pytest.raises(
+            ValueError, match=r"streaming_dataset\(texts, batch_size=2, segment_length=8\)"
+        ) as error:
             getattr(model, method)(data)
         assert len(str(error.value)) < 600  # Not the corpus.
     for w, b in zip(model.weights, before):
@@ -459,12 +502,20 @@ def functional_network(seed=3):
     """A functional model of the README's kind: embedding, a memory block,
     a dense head; inputs {"token_ids", "reset"}, logits out."""
     keras.utils.set_random_seed(seed)
-    token_ids = keras.Input((SEGMENT,), batch_size=FUNCTIONAL_BATCH, dtype="int32", name="token_ids")
+    token_ids = keras.Input(
+        (SEGMENT,), batch_size=FUNCTIONAL_BATCH, dtype="int32", name="token_ids"
+    )
     reset = keras.Input((), batch_size=FUNCTIONAL_BATCH, dtype="bool", name="reset")
     x = keras.layers.Embedding(VOCAB, 16)(token_ids)
     x = kif.InfiniteFormerDecoder(
-        32, 2, memory_length=SEGMENT, num_basis=16, num_samples=16, dropout=0.0,
-        sticky_memories=True, name="block",
+        32,
+        2,
+        memory_length=SEGMENT,
+        num_basis=16,
+        num_samples=16,
+        dropout=0.0,
+        sticky_memories=True,
+        name="block",
     )(x, reset=reset)
     logits = keras.layers.Dense(VOCAB, name="head")(x)
     return keras.Model({"token_ids": token_ids, "reset": reset}, logits)
@@ -502,7 +553,9 @@ def test_a_functional_model_of_memory_layers_generates(functional):
     model = functional
     assert list(model.state_spec())[:2] == ["block_stm", "block_stm_mask"]
     assert (model.segment_length, model.batch_size, model.vocabulary_size) == (
-        SEGMENT, FUNCTIONAL_BATCH, VOCAB
+        SEGMENT,
+        FUNCTIONAL_BATCH,
+        VOCAB,
     )
     lengths = (1, SEGMENT - 1, SEGMENT, 2 * SEGMENT + 3)
     prompts = _prompts(lengths, seed=12)
@@ -513,7 +566,9 @@ def test_a_functional_model_of_memory_layers_generates(functional):
     expected = _stateful_logits(model, outputs["token_ids"])
     for row, n in enumerate(lengths):
         np.testing.assert_array_equal(outputs["token_ids"][row, :n], prompts["token_ids"][row, :n])
-        np.testing.assert_allclose(logits[row, n - 1 :], expected[row, n - 1 :], atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(
+            logits[row, n - 1 :], expected[row, n - 1 :], atol=1e-4, rtol=1e-4
+        )
     _assert_greedy(prompts, outputs, logits)
     # Fewer rows than the wrapped batch: padded, the same logits.
     two, two_logits = model.generate(
@@ -529,7 +584,8 @@ def test_a_functional_memory_lm_trains_saves_and_refuses_what_it_cannot_run(func
     rng = np.random.default_rng(14)
     stream = kif.data.StreamingDataset(
         [rng.integers(1, VOCAB, n) for n in (40, 25, 31, 17, 22)],
-        batch_size=FUNCTIONAL_BATCH, segment_length=SEGMENT,
+        batch_size=FUNCTIONAL_BATCH,
+        segment_length=SEGMENT,
     )
     history = model.fit(stream, epochs=2, callbacks=[kif.ResetMemory()], verbose=0)
     assert history.history["loss"][1] < history.history["loss"][0]

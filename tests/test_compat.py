@@ -44,15 +44,24 @@ def _dense_model():
 
 def _gpt2():
     return keras_hub.models.GPT2Backbone(
-        vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8,
-        intermediate_dim=16, max_sequence_length=16,
+        vocabulary_size=50,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=16,
     )
 
 
 def _llama(cls=keras_hub.models.LlamaBackbone, **kwargs):
     return cls(
-        vocabulary_size=50, num_layers=1, num_query_heads=2,
-        num_key_value_heads=1, hidden_dim=8, intermediate_dim=16, **kwargs,
+        vocabulary_size=50,
+        num_layers=1,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=8,
+        intermediate_dim=16,
+        **kwargs,
     )
 
 
@@ -73,7 +82,9 @@ def test_pinned_layer_privates():
     layer = keras.layers.Dense(2)
     layer.build((None, 3))
     for name in ("_flatten_layers", "_track_variable", "_check_load_own_variables"):
-        _pinned(keras.layers.Layer, name, "flatten_layers / track_variable / check_load_own_variables")
+        _pinned(
+            keras.layers.Layer, name, "flatten_layers / track_variable / check_load_own_variables"
+        )
     for name in ("_trainable_variables", "_non_trainable_variables"):
         _pinned(layer, name, "own_variables")
     from keras.src.backend.common import symbolic_scope
@@ -313,8 +324,11 @@ def test_gpt2_attention_by_parts_equals_the_layer():
     h = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
     mask = compat.transformer_decoder_causal_mask(block, h)
     attended = compat.multi_head_attention(
-        attention, attention.query_dense(h), attention.key_dense(h),
-        attention.value_dense(h), mask,
+        attention,
+        attention.query_dense(h),
+        attention.key_dense(h),
+        attention.value_dense(h),
+        mask,
     )
     got = attention.output_dense(attended)
     want = attention(h, h, attention_mask=mask)

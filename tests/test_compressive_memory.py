@@ -215,8 +215,13 @@ def test_errors():
     with pytest.raises(ValueError, match=r"reset.shape=\(2,\)"):
         layer(x, reset=np.array([True, False]))
     with pytest.raises(ValueError, match=r"state\['memory'\].*\(3, 5, 4\)"):
-        layer(x, state={"memory": np.zeros((B, SLOTS - 1, D), "float32"),
-                        "mask": np.zeros((B, SLOTS), "float32")})
+        layer(
+            x,
+            state={
+                "memory": np.zeros((B, SLOTS - 1, D), "float32"),
+                "mask": np.zeros((B, SLOTS), "float32"),
+            },
+        )
     with pytest.raises(ValueError, match=r"memory_length.*0"):
         _layer(memory_length=0)
     with pytest.raises(TypeError, match=r"compression_rate.*2\.0"):

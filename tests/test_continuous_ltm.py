@@ -39,9 +39,7 @@ def _assert_coefficients_close(actual, expected, rtol=1e-5):
 
 def _ridge_matrix(ref, positions, centers, widths, penalty):
     """G (P, N) with B = Gᵀ X, from conftest's normal equations (X = I)."""
-    return ref.ridge_fit(
-        positions, np.eye(len(positions)), centers, widths, penalty, False
-    ).T
+    return ref.ridge_fit(positions, np.eye(len(positions)), centers, widths, penalty, False).T
 
 
 def _update_positions(num_samples, length, tau):
@@ -64,8 +62,10 @@ def test_empty_memory_fit_solves_normal_equations(ref, rng, to_numpy, edge_paddi
     for b in range(BATCH):
         expected = ref.ridge_fit(positions, x[b], centers, widths, 0.5, edge_padding)
         err = np.abs(out[b] - expected).max() / np.abs(expected).max()
-        print(f"empty-memory fit (edge_padding={edge_padding}), row {b}: max "
-              f"error / max |B| = {err:.1e}")
+        print(
+            f"empty-memory fit (edge_padding={edge_padding}), row {b}: max "
+            f"error / max |B| = {err:.1e}"
+        )
         _assert_coefficients_close(out[b], expected)
 
 
@@ -99,8 +99,10 @@ def test_update_solves_normal_equations(ref, rng, to_numpy, edge_padding, sticky
         targets = np.concatenate([old_values, x2[b]])
         b2 = ref.ridge_fit(positions, targets, centers, widths, 1.0, edge_padding)
         err = np.abs(second[b] - b2).max() / np.abs(b2).max()
-        print(f"update fit (edge_padding={edge_padding}, sticky={sticky}), row "
-              f"{b}: max error / max |B| = {err:.1e}")
+        print(
+            f"update fit (edge_padding={edge_padding}, sticky={sticky}), row "
+            f"{b}: max error / max |B| = {err:.1e}"
+        )
         _assert_coefficients_close(second[b], b2)
 
 
@@ -112,8 +114,11 @@ def _smooth_reconstruction(to_numpy, edge_padding):
     t = (np.arange(length) + 0.5) / length
     x = np.stack([_smooth(t), _smooth(t, 1.0)], axis=-1)[None].astype("float32")
     layer = ContinuousLTM(
-        num_basis=128, basis_widths=(0.01, 0.05), ridge_penalty=0.5,
-        num_samples=64, edge_padding=edge_padding,
+        num_basis=128,
+        basis_widths=(0.01, 0.05),
+        ridge_penalty=0.5,
+        num_samples=64,
+        edge_padding=edge_padding,
     )
     rec = to_numpy(layer.reconstruct(layer(x), t))
     assert rec.shape == x.shape
@@ -135,8 +140,10 @@ def test_edge_padding_reconstructs_the_interior(to_numpy):
     inner = (t > 0.05) & (t < 0.95)
     error = np.linalg.norm((rec - x)[:, inner]) / np.linalg.norm(x[:, inner])
     whole = np.linalg.norm(rec - x) / np.linalg.norm(x)
-    print(f"smooth signal, edge_padding=True: relative L2 error {error:.4f} on "
-          f"[0.05, 0.95], {whole:.4f} on [0, 1]")
+    print(
+        f"smooth signal, edge_padding=True: relative L2 error {error:.4f} on "
+        f"[0.05, 0.95], {whole:.4f} on [0, 1]"
+    )
     assert error < 0.01
 
 
@@ -154,8 +161,10 @@ def test_smooths_white_noise(ref, rng, to_numpy):
     centers, widths = ref.basis(128, (0.01, 0.05))
     smoother = ref.rbf(t, centers, widths) @ _ridge_matrix(ref, t, centers, widths, 0.5).T
     expected = (smoother**2).sum() / length
-    print(f"white noise: variance ratio reconstruction / noise = {ratio:.3f} "
-          f"(expected share tr(SᵀS)/P = {expected:.3f})")
+    print(
+        f"white noise: variance ratio reconstruction / noise = {ratio:.3f} "
+        f"(expected share tr(SᵀS)/P = {expected:.3f})"
+    )
     assert 0.1 < expected < 0.5
     assert 0.8 * expected < ratio < 1.25 * expected
 
@@ -169,7 +178,10 @@ def test_two_updates_squeeze_the_old_signal(to_numpy, edge_padding):
     u = np.arange(1, length + 1) / length  # new vector l sits at tau + (1-tau) u
     x2 = (np.cos(np.pi * u) + 0.5 * u)[None, :, None].astype("float32")
     layer = ContinuousLTM(
-        num_basis=128, num_samples=128, tau=tau, ridge_penalty=0.5,
+        num_basis=128,
+        num_samples=128,
+        tau=tau,
+        ridge_penalty=0.5,
         edge_padding=edge_padding,
     )
     b1 = layer(x1)
@@ -183,21 +195,25 @@ def test_two_updates_squeeze_the_old_signal(to_numpy, edge_padding):
     inner = (u > 0.1) & (u < 0.9)
     new = to_numpy(layer.reconstruct(b2, tau + (1 - tau) * u[inner]))
     new_err = np.abs(new - x2[:, inner]).max() / np.abs(x2).max()
-    print(f"two updates, edge_padding={edge_padding}: old part max rel error "
-          f"{old_err:.4f}, new part {new_err:.4f}")
+    print(
+        f"two updates, edge_padding={edge_padding}: old part max rel error "
+        f"{old_err:.4f}, new part {new_err:.4f}"
+    )
     assert old_err < 0.05
     assert new_err < 0.05
 
 
-@pytest.mark.parametrize(
-    "edge_padding, num_basis, length", [(True, 128, 128), (False, 32, 32)]
-)
+@pytest.mark.parametrize("edge_padding, num_basis, length", [(True, 128, 128), (False, 32, 32)])
 def test_constant_signal_reaches_a_fixed_point(to_numpy, edge_padding, num_basis, length):
     """Absorbing a constant 1,000 times: no drift, no NaN, mean kept within 1%."""
     value = 2.0
     layer = ContinuousLTM(
-        num_basis=num_basis, num_samples=num_basis, tau=0.75, ridge_penalty=1.0,
-        edge_padding=edge_padding, stateful=False,
+        num_basis=num_basis,
+        num_samples=num_basis,
+        tau=0.75,
+        ridge_penalty=1.0,
+        edge_padding=edge_padding,
+        stateful=False,
     )
     x = ops.convert_to_tensor(np.full((1, length, 2), value, "float32"))
     layer.build(x.shape)
@@ -210,9 +226,11 @@ def test_constant_signal_reaches_a_fixed_point(to_numpy, edge_padding, num_basis
             saved[step] = to_numpy(coefficients)
     means = {k: to_numpy(layer.reconstruct(v, t)).mean() for k, v in saved.items()}
     drift = np.abs(saved[1000] - saved[100]).max()
-    print(f"constant signal, edge_padding={edge_padding}: mean after 1 / 100 / "
-          f"1000 updates {means[1]:.4f} / {means[100]:.4f} / {means[1000]:.4f} "
-          f"(target {value}), max |B_1000 - B_100| = {drift:.2e}")
+    print(
+        f"constant signal, edge_padding={edge_padding}: mean after 1 / 100 / "
+        f"1000 updates {means[1]:.4f} / {means[100]:.4f} / {means[1000]:.4f} "
+        f"(target {value}), max |B_1000 - B_100| = {drift:.2e}"
+    )
     assert np.all(np.isfinite(saved[1000]))
     np.testing.assert_allclose(saved[1000], saved[100], rtol=1e-5, atol=1e-5)
     assert abs(means[1000] - value) <= 0.01 * value
@@ -273,9 +291,9 @@ def test_stateful_and_explicit_paths_agree(rng, to_numpy):
         x = rng.standard_normal((BATCH, L, E)).astype("float32")
         kwargs = {}
         if step == 2:
-            kwargs["sample_points"] = np.sort(
-                rng.uniform(0, 1, (BATCH, M)), axis=-1
-            ).astype("float32")
+            kwargs["sample_points"] = np.sort(rng.uniform(0, 1, (BATCH, M)), axis=-1).astype(
+                "float32"
+            )
         if step == 3:
             kwargs["reset"] = np.array([True, False])
         a = to_numpy(stateful(x, **kwargs))
@@ -319,8 +337,7 @@ def test_explicit_state_in_a_jitted_function(rng, to_numpy):
     max_abs_in = keras.Input(())
     out, new_state = explicit(
         x,
-        state={"coefficients": coefficients_in, "filled": filled_in,
-               "max_abs": max_abs_in},
+        state={"coefficients": coefficients_in, "filled": filled_in, "max_abs": max_abs_in},
     )
     model = keras.Model(
         [x, coefficients_in, filled_in, max_abs_in],
@@ -354,9 +371,7 @@ def test_no_gradient_into_the_stored_past(rng, gradients):
     max_abs = ops.full((BATCH,), 100.0)
 
     def loss(inputs, old):
-        out, _ = layer(
-            inputs, state={"coefficients": old, "filled": filled, "max_abs": max_abs}
-        )
+        out, _ = layer(inputs, state={"coefficients": old, "filled": filled, "max_abs": max_abs})
         return ops.sum(out * weights)
 
     _, (grad_inputs, grad_past) = gradients(loss, [], [x, past])
@@ -419,8 +434,11 @@ def test_symbolic_call_shapes():
     explicit = _ltm(stateful=False)
     out, state = explicit(
         keras.Input((L, E)),
-        state={"coefficients": keras.Input((N, E)), "filled": keras.Input(()),
-               "max_abs": keras.Input(())},
+        state={
+            "coefficients": keras.Input((N, E)),
+            "filled": keras.Input(()),
+            "max_abs": keras.Input(()),
+        },
     )
     assert tuple(out.shape) == (None, N, E)
     assert tuple(state["filled"].shape) == (None,)
@@ -463,9 +481,17 @@ def _bad_call(name, rng):
     x = rng.standard_normal((BATCH, L, E)).astype("float32")
     points = np.sort(rng.uniform(0, 1, (BATCH, M)), axis=-1).astype("float32")
     if name == "batch":
-        return (rng.standard_normal((BATCH + 1, L, E)).astype("float32"),), {}, rf"batch size {BATCH}.*\({BATCH + 1}, {L}, {E}\)"
+        return (
+            (rng.standard_normal((BATCH + 1, L, E)).astype("float32"),),
+            {},
+            rf"batch size {BATCH}.*\({BATCH + 1}, {L}, {E}\)",
+        )
     if name == "width":
-        return (rng.standard_normal((BATCH, L, E + 1)).astype("float32"),), {}, rf"feature dimension {E}.*\({BATCH}, {L}, {E + 1}\)"
+        return (
+            (rng.standard_normal((BATCH, L, E + 1)).astype("float32"),),
+            {},
+            rf"feature dimension {E}.*\({BATCH}, {L}, {E + 1}\)",
+        )
     if name == "nan":
         x[0, 3, 1] = np.nan
         return (x,), {}, r"inputs.*finite.*nan"
@@ -489,8 +515,17 @@ def _bad_call(name, rng):
 
 @pytest.mark.parametrize(
     "name",
-    ["batch", "width", "nan", "inf", "points_shape", "points_range",
-     "points_negative", "reset_shape", "rank"],
+    [
+        "batch",
+        "width",
+        "nan",
+        "inf",
+        "points_shape",
+        "points_range",
+        "points_negative",
+        "reset_shape",
+        "rank",
+    ],
 )
 def test_call_errors_leave_the_memory_unchanged(rng, to_numpy, name):
     layer, before = _filled_layer(rng, to_numpy)
@@ -507,9 +542,11 @@ def test_explicit_state_errors(rng):
     x = rng.standard_normal((BATCH, L, E)).astype("float32")
     with pytest.raises(ValueError, match=r"keeps no memory variables"):
         layer(x)
-    bad = {"coefficients": np.zeros((BATCH, N + 2, E), "float32"),
-           "filled": np.zeros((BATCH,), "float32"),
-           "max_abs": np.zeros((BATCH,), "float32")}
+    bad = {
+        "coefficients": np.zeros((BATCH, N + 2, E), "float32"),
+        "filled": np.zeros((BATCH,), "float32"),
+        "max_abs": np.zeros((BATCH,), "float32"),
+    }
     with pytest.raises(ValueError, match=rf"coefficients.*\({BATCH}, {N + 2}, {E}\)"):
         layer(x, state=bad)
     with pytest.raises(ValueError, match=r"state.*'coefficients'"):
@@ -577,18 +614,21 @@ def test_sticky_reads_that_expand_stay_bounded(ref, rng, to_numpy):
         _, state = layer.absorb(x, state, sample_points=points)
         # The same map without the bound, in float64.
         if unbounded is None:
-            unbounded = _ridge_matrix(
-                ref, (np.arange(length) + 0.5) / length, centers, widths, 1.0
-            ).T @ x[0]
+            unbounded = (
+                _ridge_matrix(ref, (np.arange(length) + 0.5) / length, centers, widths, 1.0).T
+                @ x[0]
+            )
         else:
             unbounded = g.T @ np.concatenate([psi @ unbounded, x[0]])
     t = np.linspace(0.0, 1.0, 501)
     signal = to_numpy(layer.reconstruct(state["coefficients"], t))
     free = ref.rbf(t, centers, widths) @ unbounded
     peak = np.abs(xs).max()
-    print(f"sticky reads with radius {radius:.3f}, 400 updates: max |X(t)| "
-          f"bounded {np.abs(signal).max():.2f}, unbounded {np.abs(free).max():.3g} "
-          f"(inputs within ±{peak:.2f})")
+    print(
+        f"sticky reads with radius {radius:.3f}, 400 updates: max |X(t)| "
+        f"bounded {np.abs(signal).max():.2f}, unbounded {np.abs(free).max():.3g} "
+        f"(inputs within ±{peak:.2f})"
+    )
     np.testing.assert_allclose(to_numpy(state["max_abs"]), [peak], rtol=1e-6)
     assert np.abs(free).max() > 1e6
     # Bounded, and not by emptying the memory: the signal keeps the inputs'

@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
+from conftest import Reference, to_numpy
 
 import keras_infformer as kif
-from conftest import Reference, to_numpy
 
 B, L, E, HEADS, KEY_DIM, N, M = 2, 8, 12, 2, 4, 16, 16
 TAU, PENALTY, WIDTHS = 0.75, 1.0, (0.01, 0.05)
@@ -13,8 +13,13 @@ TAU, PENALTY, WIDTHS = 0.75, 1.0, (0.01, 0.05)
 
 def _layer(**kwargs):
     settings = dict(
-        num_heads=HEADS, key_dim=KEY_DIM, num_basis=N, num_samples=M, tau=TAU,
-        ridge_penalty=PENALTY, basis_widths=WIDTHS,
+        num_heads=HEADS,
+        key_dim=KEY_DIM,
+        num_basis=N,
+        num_samples=M,
+        tau=TAU,
+        ridge_penalty=PENALTY,
+        basis_widths=WIDTHS,
         # The paper's initialisation, so that what is read shows.
         zero_output=False,
     )
@@ -52,13 +57,10 @@ def _reference_stream(w, segments):
                     positions = (np.arange(L) + 0.5) / L
                     targets = pending
                 else:
-                    reads = Reference.signal(
-                        coefficients, np.arange(1, M + 1) / M, centers, widths
-                    )
+                    reads = Reference.signal(coefficients, np.arange(1, M + 1) / M, centers, widths)
                     reads = np.clip(reads, -2 * max_abs, 2 * max_abs)
                     positions = np.concatenate(
-                        [TAU * np.arange(1, M + 1) / M,
-                         TAU + (1 - TAU) * np.arange(1, L + 1) / L]
+                        [TAU * np.arange(1, M + 1) / M, TAU + (1 - TAU) * np.arange(1, L + 1) / L]
                     )
                     targets = np.concatenate([reads, pending])
                 coefficients = Reference.ridge_fit(

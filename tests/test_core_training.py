@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_infformer.layers import ContinuousLTM
-from keras_infformer.layers import GaussianAttention
-from keras_infformer.layers import StickyMemorySampler
+from keras_infformer.layers import ContinuousLTM, GaussianAttention, StickyMemorySampler
 
 B, L, E, LQ, D = 4, 16, 8, 4, 8
 N, M = 32, 32
@@ -20,16 +18,14 @@ def _model():
     second ContinuousLTM (a memory of the attention outputs) reads its past."""
     past = keras.Input((L, E), batch_size=B, name="past")
     query = keras.Input((LQ, D), batch_size=B, name="query")
-    coefficients = ContinuousLTM(
-        num_basis=N, num_samples=M, tau=0.5, name="ltm"
-    )(past)
-    z, mu, sigma_sq = GaussianAttention(
-        num_heads=2, key_dim=4, kl_weight=1e-4, name="attention"
-    )(query, coefficients, return_density=True)
+    coefficients = ContinuousLTM(num_basis=N, num_samples=M, tau=0.5, name="ltm")(past)
+    z, mu, sigma_sq = GaussianAttention(num_heads=2, key_dim=4, kl_weight=1e-4, name="attention")(
+        query, coefficients, return_density=True
+    )
     points = StickyMemorySampler(num_samples=M, name="sampler")(mu, sigma_sq)
-    output_memory = ContinuousLTM(
-        num_basis=N, num_samples=M, tau=0.5, name="output_ltm"
-    )(z, sample_points=points)
+    output_memory = ContinuousLTM(num_basis=N, num_samples=M, tau=0.5, name="output_ltm")(
+        z, sample_points=points
+    )
     summary = keras.layers.Dense(1, name="summary")(ops.mean(output_memory, axis=1))
     outputs = keras.layers.Dense(1, name="head")(z) + ops.expand_dims(summary, 1)
     return keras.Model([past, query], outputs)
@@ -69,13 +65,16 @@ class _MemoryRecorder(keras.callbacks.Callback):
 # `torch.empty_like` (uninitialised) and StickyMemorySampler's finiteness
 # check raises when the garbage holds a NaN.
 def _fit(model, jit_compile, epochs, num_batches=6):
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile=jit_compile
-    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile=jit_compile)
     x, y = _data(num_batches)
     recorder = _MemoryRecorder("ltm")
     history = model.fit(
-        x, y, batch_size=B, epochs=epochs, shuffle=False, verbose=0,
+        x,
+        y,
+        batch_size=B,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
         callbacks=[recorder],
     )
     return history.history["loss"], recorder.snapshots
@@ -91,8 +90,10 @@ def _assert_memory_changes(snapshots, steps):
 def test_fit_decreases_the_loss(jit_compile):
     model = _model()
     losses, snapshots = _fit(model, jit_compile, epochs=6)
-    print(f"{keras.backend.backend()} (jit_compile={jit_compile}): loss per "
-          f"epoch {np.round(losses, 4).tolist()}")
+    print(
+        f"{keras.backend.backend()} (jit_compile={jit_compile}): loss per "
+        f"epoch {np.round(losses, 4).tolist()}"
+    )
     assert np.all(np.isfinite(losses))
     assert losses[-1] < 0.7 * losses[0]
     _assert_memory_changes(snapshots, 6 * 6)
@@ -129,9 +130,11 @@ def test_fit_under_mixed_bfloat16(mixed_bfloat16, jit_compile, to_numpy):
 
     losses, snapshots = _fit(model, jit_compile, epochs=4)
     reference_losses, _ = _fit(reference, jit_compile, epochs=4)
-    print(f"{keras.backend.backend()} mixed_bfloat16: loss per epoch "
-          f"{np.round(losses, 4).tolist()} (float32: "
-          f"{np.round(reference_losses, 4).tolist()})")
+    print(
+        f"{keras.backend.backend()} mixed_bfloat16: loss per epoch "
+        f"{np.round(losses, 4).tolist()} (float32: "
+        f"{np.round(reference_losses, 4).tolist()})"
+    )
     assert np.all(np.isfinite(losses))
     assert losses[-1] < 0.8 * losses[0]
     np.testing.assert_allclose(losses, reference_losses, rtol=2e-2)
@@ -150,19 +153,29 @@ def test_fit_under_mixed_bfloat16(mixed_bfloat16, jit_compile, to_numpy):
     "layer",
     [
         lambda: ContinuousLTM(
-            num_basis=24, basis_widths=(0.01, 0.05, 0.1), ridge_penalty=0.5,
-            tau=0.6, num_samples=20, edge_padding=False, stateful=False, name="m",
+            num_basis=24,
+            basis_widths=(0.01, 0.05, 0.1),
+            ridge_penalty=0.5,
+            tau=0.6,
+            num_samples=20,
+            edge_padding=False,
+            stateful=False,
+            name="m",
         ),
         lambda: GaussianAttention(
-            num_heads=3, key_dim=5, value_dim=6, output_dim=7,
-            basis_widths=(0.005, 0.01), sigma_0=0.1, kl_weight=0.0,
-            min_variance=1e-4, project_query=False,
+            num_heads=3,
+            key_dim=5,
+            value_dim=6,
+            output_dim=7,
+            basis_widths=(0.005, 0.01),
+            sigma_0=0.1,
+            kl_weight=0.0,
+            min_variance=1e-4,
+            project_query=False,
             kernel_initializer=keras.initializers.RandomNormal(stddev=0.3),
             name="a",
         ),
-        lambda: StickyMemorySampler(
-            num_samples=12, num_bins=32, mode="random", seed=9, name="s"
-        ),
+        lambda: StickyMemorySampler(num_samples=12, num_bins=32, mode="random", seed=9, name="s"),
     ],
     ids=["ContinuousLTM", "GaussianAttention", "StickyMemorySampler"],
 )
@@ -217,5 +230,6 @@ def test_keras_save_and_load_restores_weights_and_memory(tmp_path, jit_compile, 
     np.testing.assert_allclose(
         to_numpy(loaded.predict_on_batch([past, query])),
         to_numpy(model.predict_on_batch([past, query])),
-        rtol=1e-5, atol=1e-5,
+        rtol=1e-5,
+        atol=1e-5,
     )

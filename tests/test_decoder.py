@@ -7,10 +7,9 @@ block), the stateful and explicit-state paths agree, resets isolate rows,
 and bad input fails with a ValueError before the memory is touched.
 """
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 from keras import ops
 
 from keras_infformer.layers import InfiniteFormerDecoder
@@ -111,10 +110,7 @@ def _randomize(layer, seed):
 
 def _weights(block):
     """The block's trainable weights as float64 arrays, by relative path."""
-    return {
-        _relative_path(block, w): _np(w).astype(np.float64)
-        for w in block.trainable_weights
-    }
+    return {_relative_path(block, w): _np(w).astype(np.float64) for w in block.trainable_weights}
 
 
 def _reference_ltm_read(ref, w, query, coefficients, centers, widths, min_variance=1e-6):
@@ -156,9 +152,7 @@ def _reference_block(w, cache, cache_mask, x, ltm=None):
     rotated_q = _rotary(q, np.arange(memory, memory + length, dtype=np.float64))
     k = _rotary(k, np.arange(memory + length, dtype=np.float64))
     scores = np.einsum("bqhk,bshk->bhqs", rotated_q, k) / np.sqrt(q.shape[-1])
-    causal = np.arange(memory + length)[None, :] <= (
-        np.arange(length)[:, None] + memory
-    )
+    causal = np.arange(memory + length)[None, :] <= (np.arange(length)[:, None] + memory)
     valid = np.concatenate([cache_mask, np.ones((x.shape[0], length), bool)], 1)
     mask = causal[None, None] & valid[:, None, None, :]
     scores = np.where(mask, scores, -np.inf)
@@ -190,9 +184,20 @@ class _ReferenceLTM:
     but its trainable weights.
     """
 
-    def __init__(self, ref, batch, width, num_basis=16, basis_widths=(0.01, 0.05),
-                 ridge_penalty=1.0, tau=0.75, num_samples=16, sticky=False,
-                 num_bins=16, uniform_share=0.5):
+    def __init__(
+        self,
+        ref,
+        batch,
+        width,
+        num_basis=16,
+        basis_widths=(0.01, 0.05),
+        ridge_penalty=1.0,
+        tau=0.75,
+        num_samples=16,
+        sticky=False,
+        num_bins=16,
+        uniform_share=0.5,
+    ):
         self.ref = ref
         self.centers, self.widths = ref.basis(num_basis, basis_widths)
         self.penalty, self.tau, self.num_samples = ridge_penalty, tau, num_samples
@@ -232,7 +237,8 @@ class _ReferenceLTM:
             bound = 2.0 * self.max_abs[b]  # reads clipped to twice the absorbed peak
             old = np.clip(
                 self.ref.signal(self.coefficients[b], reads, self.centers, self.widths),
-                -bound, bound,
+                -bound,
+                bound,
             )
             positions = np.concatenate(
                 [self.tau * levels, self.tau + (1 - self.tau) * np.arange(1, length + 1) / length]
@@ -307,9 +313,9 @@ def _stream_against_reference(block, segments, resets, ltm=None, atol=2e-5, rtol
         np.testing.assert_allclose(got, expected, atol=atol, rtol=rtol, err_msg=f"s={s}")
         error = max(error, np.abs(got - expected).max())
         cache = np.concatenate([cache, x], axis=1)[:, -memory_length:]
-        cache_mask = np.concatenate(
-            [cache_mask, np.ones((BATCH, SEGMENT), bool)], axis=1
-        )[:, -memory_length:]
+        cache_mask = np.concatenate([cache_mask, np.ones((BATCH, SEGMENT), bool)], axis=1)[
+            :, -memory_length:
+        ]
     print(f"max |layer - float64 reference| over {len(segments)} segments: {error:.1e}")
     return weights, cache, cache_mask, got
 
@@ -469,9 +475,7 @@ def test_reset_isolates_rows_and_forgets_the_past(sticky, memory_length):
     leaves the STM after a reset is only partly filled.
     """
     # The paper's initialisation: the memory's read shows in the outputs.
-    block = _block(
-        memory_length=memory_length, sticky_memories=sticky, zero_memory_output=False
-    )
+    block = _block(memory_length=memory_length, sticky_memories=sticky, zero_memory_output=False)
     rng = np.random.default_rng(5)
     history = _stream(6, 6)  # Six segments before the reset.
     document = _stream(7, 6)  # The new document, row 0.

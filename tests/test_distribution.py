@@ -36,10 +36,19 @@ TOLERANCE = 1e-5
 
 def _lm(batch_size=4, **kwargs):
     config = dict(
-        vocabulary_size=32, segment_length=8, batch_size=batch_size,
-        num_layers=1, hidden_dim=16, num_heads=2, intermediate_dim=32,
-        num_basis=16, num_samples=16, num_bins=16, sticky_memories=True,
-        compressed_memory_length=4, dropout=0.0,
+        vocabulary_size=32,
+        segment_length=8,
+        batch_size=batch_size,
+        num_layers=1,
+        hidden_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+        num_basis=16,
+        num_samples=16,
+        num_bins=16,
+        sticky_memories=True,
+        compressed_memory_length=4,
+        dropout=0.0,
     )
     config.update(kwargs)
     return InfiniteFormerLM(**config)
@@ -71,8 +80,7 @@ def test_streaming_dataset_refuses_indivisible_batch():
 def test_memory_variables_are_found_by_the_layout_rules():
     """Every memory variable (and nothing else) matches a layout rule of its
     rank, so a new memory variable cannot be forgotten by `layout_map`."""
-    from keras_infformer.layers import CompressiveMemory
-    from keras_infformer.layers import ContinuousLTM
+    from keras_infformer.layers import CompressiveMemory, ContinuousLTM
 
     model = _lm()
     ltm = ContinuousLTM(num_basis=8, num_samples=8)
@@ -85,8 +93,7 @@ def test_memory_variables_are_found_by_the_layout_rules():
     assert len(memory) == 8 + 3 + 2
     for variable in variables:
         matches = [
-            rank for rank, pattern in patterns.items()
-            if re.fullmatch(pattern, variable.path)
+            rank for rank, pattern in patterns.items() if re.fullmatch(pattern, variable.path)
         ]
         if distribution.is_memory_variable(variable):
             assert matches == [len(variable.shape)], variable.path
@@ -106,8 +113,7 @@ def test_layout_map_rules_compose_with_user_rules():
     layout_map = distribution.layout_map(mesh, base=base)
     # The memory rules follow the state names that memory layers declare
     # when they are built, also after the map was made (the usual order).
-    from keras_infformer.layers import CompressiveMemory
-    from keras_infformer.layers import ContinuousLTM
+    from keras_infformer.layers import CompressiveMemory, ContinuousLTM
 
     _lm()
     ContinuousLTM(num_basis=8, num_samples=8).build((4, 8, 4))
@@ -156,7 +162,8 @@ def _doc_examples():
                 text = f.read()
             examples += re.findall(
                 r"<!-- distribution-example: (\w+) -->\s*```python\n(.*?)```",
-                text, flags=re.S,
+                text,
+                flags=re.S,
             )
     return examples
 
@@ -171,10 +178,15 @@ def test_documented_example_runs(tmp_path):
     script = tmp_path / "example.py"
     script.write_text(examples[BACKEND], encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-        text=True, timeout=900, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
 
 _RUNS = {}
 
@@ -186,9 +198,11 @@ def _run(backend, devices, tmp_dir):
         out = os.path.join(tmp_dir, f"{backend}_{devices}.json")
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
         proc = subprocess.run(
-            [sys.executable, SCRIPT, "--backend", backend,
-             "--devices", str(devices), "--out", out],
-            env=env, capture_output=True, text=True, timeout=1200,
+            [sys.executable, SCRIPT, "--backend", backend, "--devices", str(devices), "--out", out],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
         )
         assert proc.returncode == 0, (
             f"{backend} on {devices} devices failed:\n{proc.stderr[-4000:]}"
@@ -209,15 +223,17 @@ _CASES = {
 
 def _cases():
     if BACKEND not in _CASES:
-        return [pytest.param(
-            None, marks=pytest.mark.skip(
-                reason=f"no multi-device engine for the {BACKEND} backend in "
-                "Keras 3 (keras.distribution: JAX; tf.distribute: TensorFlow)"
-            ),
-        )]
+        return [
+            pytest.param(
+                None,
+                marks=pytest.mark.skip(
+                    reason=f"no multi-device engine for the {BACKEND} backend in "
+                    "Keras 3 (keras.distribution: JAX; tf.distribute: TensorFlow)"
+                ),
+            )
+        ]
     return [
-        pytest.param(n, id=f"{BACKEND}-{n}dev", marks=pytest.mark.slow)
-        for n in _CASES[BACKEND]
+        pytest.param(n, id=f"{BACKEND}-{n}dev", marks=pytest.mark.slow) for n in _CASES[BACKEND]
     ]
 
 
@@ -237,8 +253,14 @@ def test_distributed_fit_equals_single_device(report):
     # Every kind of memory took part (and moved).
     kinds = {k.split("_", 2)[2] for k in report["memory_max_abs"]}
     assert kinds == {
-        "stm", "stm_mask", "cmem", "cmem_mask",
-        "ltm_coefficients", "ltm_filled", "ltm_max_abs", "ltm_density",
+        "stm",
+        "stm_mask",
+        "cmem",
+        "cmem_mask",
+        "ltm_coefficients",
+        "ltm_filled",
+        "ltm_max_abs",
+        "ltm_density",
     }
     assert all(v > 0 for v in report["memory_max_abs"].values())
 
@@ -275,7 +297,10 @@ def test_per_row_reset_under_distribution(report):
 def test_standalone_stateful_layers_under_distribution(report):
     assert report["layers_max_diff"] <= TOLERANCE
     assert set(report["layers_layouts"]) == {
-        "ltm/coefficients", "ltm/filled", "ltm/max_abs", "cmem/memory",
+        "ltm/coefficients",
+        "ltm/filled",
+        "ltm/max_abs",
+        "cmem/memory",
         "cmem/mask",
     }
 

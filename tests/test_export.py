@@ -41,9 +41,16 @@ ATOL = 1e-5
 
 def build_model(**overrides):
     config = dict(
-        vocabulary_size=VOCAB, segment_length=SEGMENT, batch_size=TRAIN_BATCH,
-        num_layers=2, hidden_dim=16, num_heads=2, num_basis=8, num_samples=8,
-        sticky_memories=True, num_bins=16,
+        vocabulary_size=VOCAB,
+        segment_length=SEGMENT,
+        batch_size=TRAIN_BATCH,
+        num_layers=2,
+        hidden_dim=16,
+        num_heads=2,
+        num_basis=8,
+        num_samples=8,
+        sticky_memories=True,
+        num_bins=16,
     )
     config.update(overrides)
     return keras_infformer.models.InfiniteFormerLM(**config)
@@ -83,8 +90,10 @@ class RunningSumLM(keras.Model):
 
     def get_config(self):
         return {
-            "name": self.name, "vocabulary_size": self.vocabulary_size,
-            "segment_length": self.segment_length, "hidden_dim": self.hidden_dim,
+            "name": self.name,
+            "vocabulary_size": self.vocabulary_size,
+            "segment_length": self.segment_length,
+            "hidden_dim": self.hidden_dim,
         }
 
 
@@ -112,8 +121,13 @@ def exported(tmp_path_factory):
         for s, r in zip(segments, resets)
     ]
     return dict(
-        model=model, base=str(base), path=path, segments=segments, resets=resets,
-        expected=expected, state_names=sorted(model.state_spec()),
+        model=model,
+        base=str(base),
+        path=path,
+        segments=segments,
+        resets=resets,
+        expected=expected,
+        state_names=sorted(model.state_spec()),
         trainable_size=int(sum(np.prod(v.shape) for v in model.trainable_weights)),
     )
 
@@ -180,9 +194,7 @@ def test_layout_is_tf_serving_versions(exported, tmp_path):
     for name in ("1", "5", "latest"):
         (base / name).mkdir(parents=True)
     assert export_lib._version_dir(base, None) == os.path.join(base, "6")
-    assert export_lib._version_dir(tmp_path / "new", None) == os.path.join(
-        tmp_path / "new", "1"
-    )
+    assert export_lib._version_dir(tmp_path / "new", None) == os.path.join(tmp_path / "new", "1")
     assert export_lib._version_dir(base, 9) == os.path.join(base, "9")
     with pytest.raises(ValueError, match="already exists"):
         export_lib._version_dir(base, 5)
@@ -218,9 +230,12 @@ def test_contract_names_what_is_missing():
         export_lib._check_model(keras.layers.Dense(2))
     message = str(info.value)
     for member in (
-        "`segment_length`", "`vocabulary_size`", "`state_spec(batch_size=None)`",
+        "`segment_length`",
+        "`vocabulary_size`",
+        "`state_spec(batch_size=None)`",
         "`get_initial_state(batch_size)`",
-        "`step(token_ids, reset, state, training=False)`", "Dense",
+        "`step(token_ids, reset, state, training=False)`",
+        "Dense",
     ):
         assert member in message, (member, message)
     with pytest.raises(TypeError, match="Keras Model or Layer"):
@@ -293,7 +308,8 @@ def test_any_model_that_follows_the_contract(tmp_path):
     assert set(served.signatures) == {"serving_default", "initial_state"}
     # So are the warm-up requests.
     assert [s for _, s, _ in export_lib.read_warmup_requests(path)] == [
-        "initial_state", "serving_default",
+        "initial_state",
+        "serving_default",
     ]
 
     rng = np.random.default_rng(4)
@@ -305,8 +321,10 @@ def test_any_model_that_follows_the_contract(tmp_path):
         want, state = model.step(segment, reset, state)
         np.testing.assert_allclose(got, keras.ops.convert_to_numpy(want), rtol=0, atol=ATOL)
     np.testing.assert_allclose(
-        np.asarray(served_state["total"]), keras.ops.convert_to_numpy(state["total"]),
-        rtol=0, atol=ATOL,
+        np.asarray(served_state["total"]),
+        keras.ops.convert_to_numpy(state["total"]),
+        rtol=0,
+        atol=ATOL,
     )
 
 
@@ -316,9 +334,7 @@ def test_any_model_that_follows_the_contract(tmp_path):
 def xla_compiled_functions(concrete_function):
     """Names of the functions in a graph's library marked for XLA."""
     library = concrete_function.graph.as_graph_def().library.function
-    return sorted(
-        f.signature.name for f in library if f.attr["_XlaMustCompile"].b
-    )
+    return sorted(f.signature.name for f in library if f.attr["_XlaMustCompile"].b)
 
 
 def graph_op_types(concrete_function):
@@ -405,7 +421,10 @@ def test_tensorflow_only_process_reproduces_keras(exported, tmp_path):
     script.write_text(_TF_ONLY_CLIENT.replace("{atol}", repr(ATOL)))
     result = subprocess.run(
         [sys.executable, str(script), exported["path"], str(data)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "OK" in result.stdout
@@ -545,7 +564,9 @@ def test_saved_model_cli_lists_the_signatures(exported):
         pytest.skip("saved_model_cli is not installed")
     result = subprocess.run(
         [cli, "show", "--all", "--dir", exported["path"]],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     text = result.stdout
@@ -604,15 +625,16 @@ def _warmup_records(path):
             request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
             spec = request.model_spec
             decoded.append(
-                (spec.name, spec.signature_name,
-                 {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
+                (
+                    spec.name,
+                    spec.signature_name,
+                    {k: tf.make_ndarray(v) for k, v in request.inputs.items()},
+                )
             )
             continue
         (log,) = [v for n, v in _protobuf_fields(record) if n == 6]  # predict_log
         (request,) = [v for n, v in _protobuf_fields(log) if n == 1]  # request
-        spec = dict(
-            next(_protobuf_fields(v) for n, v in _protobuf_fields(request) if n == 1)
-        )
+        spec = dict(next(_protobuf_fields(v) for n, v in _protobuf_fields(request) if n == 1))
         inputs = {}
         for number, entry in _protobuf_fields(request):
             if number == 2:  # One map entry: key 1, TensorProto 2.
@@ -634,13 +656,14 @@ def test_warmup_requests_are_valid_requests(served, exported):
     records = _warmup_records(exported["path"])
     assert [name for name, _, _ in records] == ["lm"] * 4
     assert [signature for _, signature, _ in records] == [
-        "initial_state", "serving_default", "decode_state", "decode_step",
+        "initial_state",
+        "serving_default",
+        "decode_state",
+        "decode_step",
     ]
     # The package's own decoder reads the same requests.
     ours = export_lib.read_warmup_requests(exported["path"])
-    assert [(n, s, sorted(i)) for n, s, i in ours] == [
-        (n, s, sorted(i)) for n, s, i in records
-    ]
+    assert [(n, s, sorted(i)) for n, s, i in ours] == [(n, s, sorted(i)) for n, s, i in records]
     for _, signature, inputs in records:
         function = served.signatures[signature]
         specs = function.structured_input_signature[1]
@@ -729,7 +752,8 @@ def test_graph_checks_shapes_without_the_python_signature(served):
     names = [t.name.split(":")[0] for t in serve.inputs[:count]]
     state = served.signatures["initial_state"](batch_size=tf.constant(2))
     good = dict(
-        token_ids=tf.zeros((2, SEGMENT), tf.int32), reset=tf.constant([True, False]),
+        token_ids=tf.zeros((2, SEGMENT), tf.int32),
+        reset=tf.constant([True, False]),
         **state,
     )
     assert sorted(names) == sorted(good)
@@ -764,9 +788,7 @@ def free_port():
 
 def http_json(url, body=None, timeout=30):
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, headers={"Content-Type": "application/json"}
-    )
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
@@ -790,7 +812,8 @@ def test_tensorflow_model_server_predict(exported, tmp_path):
             # The JAX export's step is XLA-compiled (jit_compile=True).
             "--xla_cpu_compilation_enabled=true",
         ],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{rest_port}/v1/models/infformer"
     try:
@@ -811,9 +834,7 @@ def test_tensorflow_model_server_predict(exported, tmp_path):
             url + ":predict",
             {"signature_name": "initial_state", "inputs": {"batch_size": TRAIN_BATCH}},
         )["outputs"]
-        for i, (segment, reset) in enumerate(
-            zip(exported["segments"], exported["resets"])
-        ):
+        for i, (segment, reset) in enumerate(zip(exported["segments"], exported["resets"])):
             body = {
                 "signature_name": "serving_default",
                 "inputs": {
@@ -824,9 +845,7 @@ def test_tensorflow_model_server_predict(exported, tmp_path):
             }
             outputs = http_json(url + ":predict", body)["outputs"]
             logits = np.asarray(outputs.pop("logits"), dtype="float32")
-            np.testing.assert_allclose(
-                logits, exported["expected"][i], rtol=0, atol=ATOL
-            )
+            np.testing.assert_allclose(logits, exported["expected"][i], rtol=0, atol=ATOL)
             state = outputs
         # A bad request is an error, not an answer.
         body["inputs"]["token_ids"] = np.zeros((TRAIN_BATCH, SEGMENT + 1)).tolist()

@@ -45,8 +45,14 @@ if BACKEND == "tensorflow":
 
 def build_model(**overrides):
     config = dict(
-        vocabulary_size=VOCAB, segment_length=SEGMENT, batch_size=2,
-        num_layers=2, hidden_dim=16, num_heads=2, num_basis=8, num_samples=8,
+        vocabulary_size=VOCAB,
+        segment_length=SEGMENT,
+        batch_size=2,
+        num_layers=2,
+        hidden_dim=16,
+        num_heads=2,
+        num_basis=8,
+        num_samples=8,
     )
     config.update(overrides)
     model = keras_infformer.models.InfiniteFormerLM(**config)
@@ -56,9 +62,7 @@ def build_model(**overrides):
 
 
 def prompts(length, batch=2, seed=0):
-    return np.random.default_rng(seed + length).integers(0, VOCAB, (batch, length)).astype(
-        "int32"
-    )
+    return np.random.default_rng(seed + length).integers(0, VOCAB, (batch, length)).astype("int32")
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +80,11 @@ def exports(tmp_path_factory):
     for label, settings in SETTINGS.items():
         keras.utils.set_random_seed(5)
         model = build_model(**settings)
-        path = keras_infformer.export_for_serving(
-            model, tmp_path_factory.mktemp("export") / label
-        )
+        path = keras_infformer.export_for_serving(model, tmp_path_factory.mktemp("export") / label)
         outputs, logits = model.generate(
             {"token_ids": token_ids, "padding_mask": padding_mask},
-            stop_token_ids=None, return_logits=True,
+            stop_token_ids=None,
+            return_logits=True,
         )
         tokens = keras.ops.convert_to_numpy(outputs["token_ids"])
         logits = keras.ops.convert_to_numpy(logits)
@@ -156,15 +159,20 @@ def test_tensorflow_only_generation_equals_generate(exports, tmp_path):
         data[label] = str(tmp_path / f"{label}.npz")
         np.savez(data[label], **arrays)
     request = dict(
-        paths={label: e["path"] for label, e in exports.items()}, data=data,
-        lengths=list(PROMPT_LENGTHS), atol=ATOL,
+        paths={label: e["path"] for label, e in exports.items()},
+        data=data,
+        lengths=list(PROMPT_LENGTHS),
+        atol=ATOL,
         total=next(iter(exports.values()))["total"],
     )
     script = tmp_path / "generate.py"
     script.write_text(_TF_ONLY_GENERATION)
     result = subprocess.run(
         [sys.executable, str(script), os.path.join(ROOT, "examples"), json.dumps(request)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "OK" in result.stdout
@@ -214,9 +222,11 @@ def test_decoding_a_whole_segment_gives_back_a_step_state(loaded):
     first, second = prompts(SEGMENT, seed=1), prompts(SEGMENT, seed=2)
 
     state = signatures["initial_state"](batch_size=tf.constant(2))
-    whole = dict(signatures["serving_default"](
-        token_ids=tf.constant(first), reset=tf.constant([True, True]), **state
-    ))
+    whole = dict(
+        signatures["serving_default"](
+            token_ids=tf.constant(first), reset=tf.constant([True, True]), **state
+        )
+    )
     whole.pop("logits")
     want = signatures["serving_default"](
         token_ids=tf.constant(second), reset=tf.constant([False, False]), **whole
@@ -224,9 +234,11 @@ def test_decoding_a_whole_segment_gives_back_a_step_state(loaded):
 
     decoding = signatures["decode_state"](**state)
     for index in range(SEGMENT):
-        decoding = dict(signatures["decode_step"](
-            token_ids=tf.constant(first[:, index : index + 1]), **decoding
-        ))
+        decoding = dict(
+            signatures["decode_step"](
+                token_ids=tf.constant(first[:, index : index + 1]), **decoding
+            )
+        )
         decoding.pop("logits")
     np.testing.assert_array_equal(decoding["position"].numpy(), [0.0, 0.0])
     back = {name: decoding[name] for name in step_names}
@@ -242,9 +254,7 @@ def test_bad_decode_requests_fail(loaded):
     errors = (TypeError, ValueError, tf.errors.InvalidArgumentError)
     signatures = loaded["sticky"].signatures
     decode = signatures["decode_step"]
-    state = signatures["decode_state"](
-        **signatures["initial_state"](batch_size=tf.constant(2))
-    )
+    state = signatures["decode_state"](**signatures["initial_state"](batch_size=tf.constant(2)))
     good = dict(token_ids=tf.zeros((2, 1), tf.int32), **state)
     decode(**good)  # The baseline request works.
     stm = state["layer_0_stm"].numpy()
@@ -266,10 +276,12 @@ def test_bad_decode_requests_fail(loaded):
             decode(**inputs)
             pytest.fail(f"no error for {label}")
     with pytest.raises(errors):
-        signatures["decode_state"](**dict(
-            signatures["initial_state"](batch_size=tf.constant(2)),
-            layer_0_stm=tf.constant(poisoned),
-        ))
+        signatures["decode_state"](
+            **dict(
+                signatures["initial_state"](batch_size=tf.constant(2)),
+                layer_0_stm=tf.constant(poisoned),
+            )
+        )
 
 
 def test_served_decoding_is_pure(loaded):
@@ -282,10 +294,7 @@ def test_served_decoding_is_pure(loaded):
         nodes = list(graph.node)
         for function in graph.library.function:
             nodes.extend(function.node_def)
-        impure = [
-            n.op for n in nodes
-            if n.op in _IMPURE_OPS or n.op.startswith(_IMPURE_PREFIXES)
-        ]
+        impure = [n.op for n in nodes if n.op in _IMPURE_OPS or n.op.startswith(_IMPURE_PREFIXES)]
         assert not impure, impure
         assert any(n.op == "ReadVariableOp" for n in nodes)
 
@@ -323,9 +332,7 @@ def test_a_batch_of_no_rows_is_a_clear_error(loaded):
     import tensorflow as tf
 
     signatures = loaded["sticky"].signatures
-    state = signatures["decode_state"](
-        **signatures["initial_state"](batch_size=tf.constant(2))
-    )
+    state = signatures["decode_state"](**signatures["initial_state"](batch_size=tf.constant(2)))
     empty = {name: value[:0] for name, value in state.items()}
     with pytest.raises(tf.errors.InvalidArgumentError, match="at least one row"):
         signatures["decode_step"](token_ids=tf.zeros((0, 1), tf.int32), **empty)

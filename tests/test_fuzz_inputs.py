@@ -18,8 +18,8 @@ signatures):
 - strategies for malformed values (`junk_scalars`, `float_arrays`, ...);
 - one section per entry point, each test with `FUZZ_SETTINGS`.
 
-Kept fast (30 examples per test, no deadline, one tiny model per module): it runs in the normal suite
-on every backend.
+Kept fast (30 examples per test, no deadline, one tiny model per module): it
+runs in the normal suite on every backend.
 """
 
 import keras
@@ -67,8 +67,23 @@ def to_numpy(x):
 # -- strategies -----------------------------------------------------------------
 
 junk_scalars = st.sampled_from(
-    [None, True, False, -(2**40), 2**40, 2.5, 3.0, float("nan"), float("inf"),
-     "", "3", np.int64(-3), np.float32(2.0), (), [1]]
+    [
+        None,
+        True,
+        False,
+        -(2**40),
+        2**40,
+        2.5,
+        3.0,
+        float("nan"),
+        float("inf"),
+        "",
+        "3",
+        np.int64(-3),
+        np.float32(2.0),
+        (),
+        [1],
+    ]
 )
 
 
@@ -84,8 +99,7 @@ valid_sizes = st.integers(1, 5)
 size_arguments = mostly(valid_sizes, st.one_of(small_ints, junk_scalars))
 
 special_floats = st.sampled_from(
-    [0.0, -0.0, -1.0, 1e-45, 1e-12, 0.5, 1.0, 2.0, -3.0, 1e30, -1e30,
-     np.inf, -np.inf, np.nan]
+    [0.0, -0.0, -1.0, 1e-45, 1e-12, 0.5, 1.0, 2.0, -3.0, 1e30, -1e30, np.inf, -np.inf, np.nan]
 )
 
 
@@ -107,12 +121,8 @@ def corrupted(draw, clean, bad_values, rate=2):
 def float_arrays(shape, dtype="float32", low=-2.0, high=2.0):
     """Clean float32 values in [low, high], the odd special value (NaN,
     inf, 0, -0, huge, subnormal), cast to `dtype` (1e30 is inf in float16)."""
-    clean = hnp.arrays(
-        "float32", shape, elements=st.floats(low, high, width=32)
-    )
-    return corrupted(clean, special_floats.map(np.float32)).map(
-        lambda a: _cast(a, dtype)
-    )
+    clean = hnp.arrays("float32", shape, elements=st.floats(low, high, width=32))
+    return corrupted(clean, special_floats.map(np.float32)).map(lambda a: _cast(a, dtype))
 
 
 token_lists = st.lists(st.integers(0, 50), min_size=1, max_size=12)
@@ -123,8 +133,9 @@ bad_document = st.one_of(
     st.lists(st.one_of(st.integers(0, 9), token_lists), min_size=1, max_size=4),
     st.lists(st.booleans(), min_size=1, max_size=4),
     st.just([1, 2**40]),
-    hnp.arrays(np.int32, hnp.array_shapes(min_dims=0, max_dims=3, max_side=3),
-               elements=st.integers(0, 9)),
+    hnp.arrays(
+        np.int32, hnp.array_shapes(min_dims=0, max_dims=3, max_side=3), elements=st.integers(0, 9)
+    ),
     junk_scalars,
 )
 
@@ -132,10 +143,13 @@ bad_document = st.one_of(
 @st.composite
 def documents_lists(draw):
     """A list of valid documents, one time in two with one bad entry."""
-    documents = draw(st.lists(
-        st.one_of(token_lists, token_lists.map(np.asarray)),
-        min_size=1, max_size=5,
-    ))
+    documents = draw(
+        st.lists(
+            st.one_of(token_lists, token_lists.map(np.asarray)),
+            min_size=1,
+            max_size=5,
+        )
+    )
     if draw(st.booleans()):
         documents[draw(st.integers(0, len(documents) - 1))] = draw(bad_document)
     return documents
@@ -179,9 +193,7 @@ def _check_dataset(dataset):
     segment_length=st.integers(1, 6),
 )
 def test_fuzz_streaming_dataset_documents(documents, batch_size, segment_length):
-    ok, dataset = outcome(
-        StreamingDataset, documents, batch_size, segment_length, num_shards=1
-    )
+    ok, dataset = outcome(StreamingDataset, documents, batch_size, segment_length, num_shards=1)
     if ok:
         _check_dataset(dataset)
 
@@ -198,8 +210,12 @@ def test_fuzz_streaming_dataset_arguments(
     batch_size, segment_length, pad_id, check_order, num_shards
 ):
     ok, dataset = outcome(
-        StreamingDataset, [np.arange(1, 30), [5, 6, 7]], batch_size,
-        segment_length, pad_id=pad_id, check_order=check_order,
+        StreamingDataset,
+        [np.arange(1, 30), [5, 6, 7]],
+        batch_size,
+        segment_length,
+        pad_id=pad_id,
+        check_order=check_order,
         num_shards=num_shards,
     )
     if ok:
@@ -214,7 +230,10 @@ def test_fuzz_streaming_dataset_arguments(
 )
 def test_fuzz_streaming_dataset_from_array(tokens, batch_size, segment_length):
     ok, dataset = outcome(
-        StreamingDataset.from_array, tokens, batch_size, segment_length,
+        StreamingDataset.from_array,
+        tokens,
+        batch_size,
+        segment_length,
         num_shards=1,
     )
     if ok:
@@ -234,8 +253,12 @@ step_indices = mostly(
 )
 def test_fuzz_streaming_dataset_indexing(reads, workers):
     dataset = StreamingDataset.from_array(
-        np.arange(1, 49), batch_size=2, segment_length=4, workers=workers,
-        max_queue_size=1, num_shards=1,
+        np.arange(1, 49),
+        batch_size=2,
+        segment_length=4,
+        workers=workers,
+        max_queue_size=1,
+        num_shards=1,
     )
     assert len(dataset) == 6
     errors = DOCUMENTED_ERRORS + (IndexError,)
@@ -258,14 +281,19 @@ def test_fuzz_streaming_dataset_indexing(reads, workers):
 @given(
     num_samples=size_arguments,
     num_bins=size_arguments,
-    mode=mostly(st.sampled_from(["quantile", "random"]),
-                st.one_of(st.sampled_from(["sticky", ""]), junk_scalars)),
+    mode=mostly(
+        st.sampled_from(["quantile", "random"]),
+        st.one_of(st.sampled_from(["sticky", ""]), junk_scalars),
+    ),
     seed=st.one_of(st.none(), st.integers(0, 100)),
 )
 def test_fuzz_sticky_memory_sampler_construction(num_samples, num_bins, mode, seed):
     ok, sampler = outcome(
-        StickyMemorySampler, num_samples=num_samples, num_bins=num_bins,
-        mode=mode, seed=seed,
+        StickyMemorySampler,
+        num_samples=num_samples,
+        num_bins=num_bins,
+        mode=mode,
+        seed=seed,
     )
     if ok:
         assert sampler.num_samples >= 1 and sampler.num_bins >= 1
@@ -362,9 +390,17 @@ LM_VOCAB, LM_SEGMENT, LM_BATCH = 16, 4, 2
 def lm():
     keras.utils.set_random_seed(21)
     model = InfiniteFormerLM(
-        vocabulary_size=LM_VOCAB, segment_length=LM_SEGMENT, batch_size=LM_BATCH,
-        num_layers=1, hidden_dim=8, num_heads=2, intermediate_dim=16,
-        num_basis=8, num_samples=8, num_bins=8, dropout=0.0,
+        vocabulary_size=LM_VOCAB,
+        segment_length=LM_SEGMENT,
+        batch_size=LM_BATCH,
+        num_layers=1,
+        hidden_dim=8,
+        num_heads=2,
+        intermediate_dim=16,
+        num_basis=8,
+        num_samples=8,
+        num_bins=8,
+        dropout=0.0,
     )
     model.compile(
         optimizer=keras.optimizers.SGD(0.5),
@@ -407,24 +443,30 @@ bad_reset_values = st.sampled_from([2, -1, 0.5, np.nan, np.inf])
 def lm_token_ids(draw, rows=LM_BATCH):
     """Mostly `(rows, LM_SEGMENT)` int32 ids in range; else a wrong rank or
     size, a float / bool / narrow dtype, or an id out of range."""
-    shape = draw(mostly(
-        st.just((rows, LM_SEGMENT)),
-        st.one_of(
-            st.tuples(st.integers(0, 4), st.integers(0, 6)),
-            hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
-        ),
-        rate=6,
-    ))
-    ids = draw(corrupted(
-        hnp.arrays("int64", shape, elements=st.integers(0, LM_VOCAB - 1)),
-        st.sampled_from([-1, -(2**31), LM_VOCAB, LM_VOCAB + 7, 2**31 - 1]),
-        rate=5,
-    ))
-    dtype = draw(mostly(
-        st.sampled_from(["int32", "int32", "int64"]),
-        st.sampled_from(["float32", "float64", "bool", "uint8", "int8", "int16"]),
-        rate=6,
-    ))
+    shape = draw(
+        mostly(
+            st.just((rows, LM_SEGMENT)),
+            st.one_of(
+                st.tuples(st.integers(0, 4), st.integers(0, 6)),
+                hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
+            ),
+            rate=6,
+        )
+    )
+    ids = draw(
+        corrupted(
+            hnp.arrays("int64", shape, elements=st.integers(0, LM_VOCAB - 1)),
+            st.sampled_from([-1, -(2**31), LM_VOCAB, LM_VOCAB + 7, 2**31 - 1]),
+            rate=5,
+        )
+    )
+    dtype = draw(
+        mostly(
+            st.sampled_from(["int32", "int32", "int64"]),
+            st.sampled_from(["float32", "float64", "bool", "uint8", "int8", "int16"]),
+            rate=6,
+        )
+    )
     if dtype in ("uint8", "int8", "int16", "bool"):
         ids = np.clip(ids, 0, LM_VOCAB - 1)
     return _cast(ids, dtype)
@@ -433,11 +475,13 @@ def lm_token_ids(draw, rows=LM_BATCH):
 @st.composite
 def lm_resets(draw, rows=LM_BATCH):
     """Mostly `(rows,)` bools; else 0/1 numbers, wrong values or shapes."""
-    shape = draw(mostly(
-        st.just((rows,)),
-        hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=4),
-        rate=6,
-    ))
+    shape = draw(
+        mostly(
+            st.just((rows,)),
+            hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=4),
+            rate=6,
+        )
+    )
     flags = draw(hnp.arrays(bool, shape))
     kind = draw(st.sampled_from(["bool"] * 5 + ["int32", "float32", "bad"]))
     if kind == "bool":
@@ -453,8 +497,9 @@ def lm_resets(draw, rows=LM_BATCH):
 @given(token_ids=lm_token_ids(), reset=lm_resets())
 def test_fuzz_lm_call(lm, token_ids, reset):
     _restart(lm)
-    lm({"token_ids": np.zeros((LM_BATCH, LM_SEGMENT), "int32"),
-        "reset": np.ones(LM_BATCH, bool)})  # Some memory.
+    lm(
+        {"token_ids": np.zeros((LM_BATCH, LM_SEGMENT), "int32"), "reset": np.ones(LM_BATCH, bool)}
+    )  # Some memory.
     before = _snapshot(lm)
     ok, logits = outcome(lm, {"token_ids": token_ids, "reset": reset})
     if ok:
@@ -471,19 +516,25 @@ def lm_states(draw, rows):
     else a key missing or unknown, a wrong shape or dtype, NaN or Inf."""
     spec = _LM_STATE_SPEC
     state = {
-        name: draw(hnp.arrays(
-            "float32", (rows,) + tuple(tensor.shape[1:]),
-            elements=st.floats(-1, 1, width=32),
-        ))
+        name: draw(
+            hnp.arrays(
+                "float32",
+                (rows,) + tuple(tensor.shape[1:]),
+                elements=st.floats(-1, 1, width=32),
+            )
+        )
         for name, tensor in spec.items()
     }
     names = sorted(state)
-    change = draw(mostly(
-        st.just("none"),
-        st.sampled_from(["missing", "unknown", "shape", "rows", "float64",
-                         "nan", "inf", "not a dict"]),
-        rate=3,
-    ))
+    change = draw(
+        mostly(
+            st.just("none"),
+            st.sampled_from(
+                ["missing", "unknown", "shape", "rows", "float64", "nan", "inf", "not a dict"]
+            ),
+            rate=3,
+        )
+    )
     name = draw(st.sampled_from(names))
     if change == "missing":
         del state[name]
@@ -543,8 +594,7 @@ def test_fuzz_lm_set_state(lm, lm_state_spec, data):
     """All or nothing: a state is written whole, or refused with memory and
     weights unchanged."""
     _restart(lm)
-    lm({"token_ids": np.ones((LM_BATCH, LM_SEGMENT), "int32"),
-        "reset": np.ones(LM_BATCH, bool)})
+    lm({"token_ids": np.ones((LM_BATCH, LM_SEGMENT), "int32"), "reset": np.ones(LM_BATCH, bool)})
     before = _snapshot(lm)
     state = data.draw(lm_states(LM_BATCH))
     ok, _ = outcome(lm.set_state, state)
@@ -569,8 +619,10 @@ def _clean_batches(count, seed):
     rng = np.random.default_rng(seed)
     return [
         (
-            {"token_ids": rng.integers(0, LM_VOCAB, (LM_BATCH, LM_SEGMENT)).astype("int32"),
-             "reset": np.array([step == 0] * LM_BATCH)},
+            {
+                "token_ids": rng.integers(0, LM_VOCAB, (LM_BATCH, LM_SEGMENT)).astype("int32"),
+                "reset": np.array([step == 0] * LM_BATCH),
+            },
             rng.integers(0, LM_VOCAB, (LM_BATCH, LM_SEGMENT)).astype("int32"),
         )
         for step in range(count)
@@ -609,7 +661,8 @@ def _feed(kind, batches, method):
         return ((e,) if method == "predict" else e for e in elements)
     if kind == "arrays":  # Spoiled whole: arrays split into batches.
         inputs = {
-            k: np.concatenate([np.asarray(b[0][k]) for b in batches]) for k in ("token_ids", "reset")
+            k: np.concatenate([np.asarray(b[0][k]) for b in batches])
+            for k in ("token_ids", "reset")
         }
         if method == "predict":
             return (inputs,)
@@ -740,17 +793,25 @@ def serving_requests(draw):
 
     batch = draw(st.integers(1, 3))
     length = draw(mostly(st.just(LM_SEGMENT), st.integers(1, 2 * LM_SEGMENT)))
-    ids = draw(
-        hnp.arrays(np.int64, (batch, length), elements=st.integers(0, LM_VOCAB - 1))
-    )
+    ids = draw(hnp.arrays(np.int64, (batch, length), elements=st.integers(0, LM_VOCAB - 1)))
     if draw(st.integers(0, 3)) == 0:  # Now and then one id out of range.
         ids[0, 0] = draw(st.sampled_from([-1, LM_VOCAB, LM_VOCAB + 7]))
-    ids = draw(mostly(st.just(ids.astype("int32")), st.sampled_from(
-        [ids.astype("float32"), ids.astype("int64"), ids[:, :1].astype("int32")]
-    )))
-    reset = draw(mostly(st.just(np.zeros(batch, bool)), st.sampled_from(
-        [np.ones(batch + 1, bool), np.zeros(batch, "int32"), np.ones(batch, bool)]
-    )))
+    ids = draw(
+        mostly(
+            st.just(ids.astype("int32")),
+            st.sampled_from(
+                [ids.astype("float32"), ids.astype("int64"), ids[:, :1].astype("int32")]
+            ),
+        )
+    )
+    reset = draw(
+        mostly(
+            st.just(np.zeros(batch, bool)),
+            st.sampled_from(
+                [np.ones(batch + 1, bool), np.zeros(batch, "int32"), np.ones(batch, bool)]
+            ),
+        )
+    )
     poison = draw(st.sampled_from([None, float("nan"), float("inf")]))
     return ids, reset, poison
 
@@ -770,13 +831,13 @@ def test_fuzz_exported_serving_signature(served, request):
         state[name] = tf.constant(value)
 
     def call():
-        return dict(served.signatures["serving_default"](
-            token_ids=tf.constant(ids), reset=tf.constant(reset), **state
-        ))
+        return dict(
+            served.signatures["serving_default"](
+                token_ids=tf.constant(ids), reset=tf.constant(reset), **state
+            )
+        )
 
-    ok, result = outcome(
-        call, errors=DOCUMENTED_ERRORS + (tf.errors.InvalidArgumentError,)
-    )
+    ok, result = outcome(call, errors=DOCUMENTED_ERRORS + (tf.errors.InvalidArgumentError,))
     if ok:
         _assert_finite(*result.values())
         # What was answered was a valid request.

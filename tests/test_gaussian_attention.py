@@ -25,8 +25,7 @@ def _softplus(x):
     return np.logaddexp(0.0, x)
 
 
-def _reference(ref, w, query, coefficients, num_basis, min_variance=1e-6,
-               project_query=True):
+def _reference(ref, w, query, coefficients, num_basis, min_variance=1e-6, project_query=True):
     """The forward pass of docs/theory.md §3 in NumPy float64."""
     query = np.asarray(query, np.float64)
     coefficients = np.asarray(coefficients, np.float64)
@@ -63,7 +62,11 @@ def test_forward_matches_numpy(ref, rng, to_numpy, project_query):
     assert tuple(out.shape) == (B, LQ, 7)
     assert tuple(mu.shape) == (B, H, LQ) and tuple(sigma_sq.shape) == (B, H, LQ)
     expected, ref_mu, ref_sigma_sq = _reference(
-        ref, _weights(layer, to_numpy), query, coefficients, N,
+        ref,
+        _weights(layer, to_numpy),
+        query,
+        coefficients,
+        N,
         project_query=project_query,
     )
     np.testing.assert_allclose(to_numpy(mu), ref_mu, rtol=1e-5, atol=1e-6)
@@ -114,9 +117,7 @@ def test_gradients_are_finite_and_non_zero(rng, gradients):
 
     variables = layer.trainable_variables
     assert len(variables) == 6
-    grad_vars, (grad_query, grad_coefficients) = gradients(
-        loss, variables, [query, coefficients]
-    )
+    grad_vars, (grad_query, grad_coefficients) = gradients(loss, variables, [query, coefficients])
     for v, g in zip(variables, grad_vars + [grad_query, grad_coefficients]):
         assert np.all(np.isfinite(g)), v.path
         assert np.abs(g).max() > 1e-6, v.path
@@ -176,8 +177,10 @@ def test_mixed_precision_matches_float32(rng, mixed_bfloat16, to_numpy):
     assert all(v.dtype == "float32" for v in layer.weights)
     out = to_numpy(ops.cast(out, "float32"))
     scale = np.abs(expected).max()
-    print(f"mixed_bfloat16 vs float32: output {np.abs(out - expected).max() / scale:.1e} "
-          f"of scale, mu {np.abs(to_numpy(mu) - expected_mu).max():.1e}")
+    print(
+        f"mixed_bfloat16 vs float32: output {np.abs(out - expected).max() / scale:.1e} "
+        f"of scale, mu {np.abs(to_numpy(mu) - expected_mu).max():.1e}"
+    )
     np.testing.assert_allclose(out, expected, rtol=0, atol=2e-2 * scale)
     np.testing.assert_allclose(to_numpy(mu), expected_mu, rtol=0, atol=1e-2)
     np.testing.assert_allclose(to_numpy(sigma_sq), expected_sigma_sq, rtol=5e-2)
@@ -185,9 +188,7 @@ def test_mixed_precision_matches_float32(rng, mixed_bfloat16, to_numpy):
 
 def test_symbolic_call():
     layer = _layer(output_dim=9)
-    out, mu, sigma_sq = layer(
-        keras.Input((LQ, D)), keras.Input((N, E)), return_density=True
-    )
+    out, mu, sigma_sq = layer(keras.Input((LQ, D)), keras.Input((N, E)), return_density=True)
     assert tuple(out.shape) == (None, LQ, 9)
     assert tuple(mu.shape) == (None, H, LQ) and tuple(sigma_sq.shape) == (None, H, LQ)
 
@@ -204,5 +205,7 @@ def test_errors(rng):
         _layer()(query, coefficients[:, :15])
     with pytest.raises(ValueError, match=r"coefficients.*\(2, 16\)"):
         _layer()(query, coefficients[:, :, 0])
-    with pytest.raises(ValueError, match=rf"query.*\(batch_size, Lq, {H}, {DK}\).*\({B}, {LQ}, {D}\)"):
+    with pytest.raises(
+        ValueError, match=rf"query.*\(batch_size, Lq, {H}, {DK}\).*\({B}, {LQ}, {D}\)"
+    ):
         _layer(project_query=False)(query, coefficients)

@@ -11,10 +11,10 @@ import os
 import sys
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 
-import keras_hub
 import keras_infformer
 from keras_infformer.models import InfiniteFormerGPT2CausalLM
 
@@ -48,8 +48,12 @@ def _backbone(seed=5, vocabulary_size=None):
     keras.utils.set_random_seed(seed)
     return keras_hub.models.GPT2Backbone(
         vocabulary_size=vocabulary_size or _tokenizer().vocabulary_size(),
-        num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
-        max_sequence_length=MAX_POSITIONS, dropout=0.0,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=MAX_POSITIONS,
+        dropout=0.0,
     )
 
 
@@ -106,9 +110,7 @@ def test_zero_start_equals_keras_hub_gpt2_segment_by_segment(fresh):
         expected = to_numpy(
             reference({"token_ids": segment, "padding_mask": np.ones_like(segment)})
         )
-        stateful = to_numpy(
-            model({"token_ids": segment, "reset": np.full((BATCH,), index == 0)})
-        )
+        stateful = to_numpy(model({"token_ids": segment, "reset": np.full((BATCH,), index == 0)}))
         pure, state = model.step(segment, None, state)
         assert np.abs(stateful - expected).max() <= 1e-5
         assert np.abs(to_numpy(pure) - expected).max() <= 1e-5
@@ -168,8 +170,12 @@ def test_a_reset_row_of_an_awake_memory_equals_a_fresh_step(awake, kind):
         np.testing.assert_allclose(logits[1], going_on[1], atol=1e-5)
     for name in after:
         for state in (after, {k: to_numpy(v) for k, v in explicit_state.items()}):
-            np.testing.assert_allclose(state[name][0], to_numpy(fresh_state[name])[0], atol=1e-5, err_msg=name)
-            np.testing.assert_allclose(state[name][1], to_numpy(going_on_state[name])[1], atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(
+                state[name][0], to_numpy(fresh_state[name])[0], atol=1e-5, err_msg=name
+            )
+            np.testing.assert_allclose(
+                state[name][1], to_numpy(going_on_state[name])[1], atol=1e-5, err_msg=name
+            )
 
 
 def test_the_memory_keeps_each_layers_normed_input(fresh):
@@ -188,7 +194,9 @@ def test_the_memory_keeps_each_layers_normed_input(fresh):
     for index, block in enumerate(backbone.transformer_layers):
         normed = to_numpy(block._self_attention_layer_norm(x))
         np.testing.assert_allclose(
-            to_numpy(state[f"layer_{index}_pending"]), normed, atol=1e-5,
+            to_numpy(state[f"layer_{index}_pending"]),
+            normed,
+            atol=1e-5,
             err_msg=f"layer {index}",
         )
         assert np.abs(normed - to_numpy(x)).max() > 1e-2  # The two differ.
@@ -208,7 +216,9 @@ def test_every_backbone_weight_is_reused_not_copied(fresh):
 
 
 def _stream(rng, rows, vocabulary, num_documents):
-    documents = [rng.integers(1, vocabulary, size=int(rng.integers(9, 30))) for _ in range(num_documents)]
+    documents = [
+        rng.integers(1, vocabulary, size=int(rng.integers(9, 30))) for _ in range(num_documents)
+    ]
     return keras_infformer.data.StreamingDataset(documents, rows, SEGMENT)
 
 
@@ -230,7 +240,9 @@ def test_memory_only_finetuning_changes_no_backbone_weight():
     # "all" trains the backbone too.
     model.set_finetune("all")
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    model.fit(_stream(np.random.default_rng(3), BATCH, model.vocabulary_size, 2), epochs=1, verbose=0)
+    model.fit(
+        _stream(np.random.default_rng(3), BATCH, model.vocabulary_size, 2), epochs=1, verbose=0
+    )
     assert any(
         np.abs(old - to_numpy(new)).max() > 0 for old, new in zip(before, model.backbone.weights)
     )
@@ -272,12 +284,11 @@ def test_memory_beats_the_same_backbone_without_memory_on_a_far_key():
     for _ in range(steps):
         first, second, targets, weights = _recall_batch(rng, rows, vocabulary)
         model({"token_ids": first, "reset": reset})  # Into the memory.
-        model.train_on_batch(
-            {"token_ids": second, "reset": ~reset}, targets, sample_weight=weights
-        )
+        model.train_on_batch({"token_ids": second, "reset": ~reset}, targets, sample_weight=weights)
         plain.train_on_batch(
             {"token_ids": second, "padding_mask": np.ones_like(second)},
-            targets, sample_weight=weights,
+            targets,
+            sample_weight=weights,
         )
 
     def answer_loss(logits, keys):
@@ -315,10 +326,12 @@ def _teacher_forced_logits(model, token_ids):
 
 @pytest.mark.parametrize(
     "kind, lengths",
-    [("sticky", (1, SEGMENT - 1, SEGMENT, 3 * SEGMENT + 5)),
-     ("uniform", (1, SEGMENT - 1, SEGMENT, 3 * SEGMENT + 5)),
-     # The shortest prompt a whole number of segments (issue 23 item 23).
-     ("sticky", (SEGMENT, 2 * SEGMENT + 3))],
+    [
+        ("sticky", (1, SEGMENT - 1, SEGMENT, 3 * SEGMENT + 5)),
+        ("uniform", (1, SEGMENT - 1, SEGMENT, 3 * SEGMENT + 5)),
+        # The shortest prompt a whole number of segments (issue 23 item 23).
+        ("sticky", (SEGMENT, 2 * SEGMENT + 3)),
+    ],
     ids=["sticky", "uniform", "sticky-whole-segments"],
 )
 def test_generation_equals_teacher_forcing(awake, kind, lengths):
@@ -333,13 +346,16 @@ def test_generation_equals_teacher_forcing(awake, kind, lengths):
     memory_before = {k: to_numpy(v) for k, v in model.get_state().items()}
     outputs, logits = model.generate(
         {"token_ids": token_ids, "padding_mask": mask},
-        stop_token_ids=None, return_logits=True,
+        stop_token_ids=None,
+        return_logits=True,
     )
     tokens = outputs["token_ids"]
     expected = _teacher_forced_logits(model, tokens)
     for row, n in enumerate(lengths):
         np.testing.assert_array_equal(tokens[row, :n], token_ids[row, :n])
-        np.testing.assert_allclose(logits[row, n - 1 :], expected[row, n - 1 :], atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(
+            logits[row, n - 1 :], expected[row, n - 1 :], atol=1e-4, rtol=1e-4
+        )
         # Greedy: each new token is the argmax of the previous position.
         np.testing.assert_array_equal(tokens[row, n:], logits[row, n - 1 : -1].argmax(-1))
     for name, value in model.get_state().items():
@@ -370,8 +386,12 @@ def test_keras_round_trip_keeps_weights_and_memory(awake, tmp_path):
     rng = np.random.default_rng(6)
     model.reset_state()
     for index in range(2):
-        model({"token_ids": _tokens(rng, BATCH, SEGMENT, model.vocabulary_size),
-               "reset": np.full((BATCH,), index == 0)})
+        model(
+            {
+                "token_ids": _tokens(rng, BATCH, SEGMENT, model.vocabulary_size),
+                "reset": np.full((BATCH,), index == 0),
+            }
+        )
     path = str(tmp_path / "gpt2_memory.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
@@ -450,8 +470,14 @@ def test_ours_saved_as_a_preset_loads_as_ours(awake, tmp_path):
 def _byte_preset(tmp_path):
     """A preset of another backbone (keras_infformer's own)."""
     backbone = keras_infformer.InfiniteFormerBackbone(
-        vocabulary_size=40, segment_length=4, batch_size=1, num_layers=1,
-        hidden_dim=8, num_heads=2, num_basis=8, num_samples=8,
+        vocabulary_size=40,
+        segment_length=4,
+        batch_size=1,
+        num_layers=1,
+        hidden_dim=8,
+        num_heads=2,
+        num_basis=8,
+        num_samples=8,
     )
     preset = str(tmp_path / "other")
     backbone.save_to_preset(preset)
@@ -492,7 +518,9 @@ def test_export_and_tensorflow_reload_equal_the_keras_model(awake, tmp_path):
     prompt = _tokens(rng, BATCH, 2 * SEGMENT + 3, model.vocabulary_size)
     new_tokens = SEGMENT
     want, want_logits = model.generate(
-        prompt, max_length=prompt.shape[1] + new_tokens, stop_token_ids=None,
+        prompt,
+        max_length=prompt.shape[1] + new_tokens,
+        stop_token_ids=None,
         return_logits=True,
     )
     tokens, logits, _ = serving_client.generate(served, prompt, new_tokens)
@@ -510,8 +538,14 @@ def test_a_segment_longer_than_the_backbone_positions_is_refused():
 
 def test_a_backbone_that_is_not_gpt2_is_refused():
     other = keras_infformer.models.InfiniteFormerBackbone(
-        vocabulary_size=50, segment_length=8, batch_size=1, num_layers=1,
-        hidden_dim=16, num_heads=2, num_basis=8, num_samples=8,
+        vocabulary_size=50,
+        segment_length=8,
+        batch_size=1,
+        num_layers=1,
+        hidden_dim=16,
+        num_heads=2,
+        num_basis=8,
+        num_samples=8,
     )
     with pytest.raises(TypeError, match=r"`backbone`.*InfiniteFormerBackbone"):
         InfiniteFormerGPT2CausalLM.from_backbone(other)
@@ -520,8 +554,12 @@ def test_a_backbone_that_is_not_gpt2_is_refused():
 def test_bad_segments_are_refused_with_memory_untouched(fresh):
     model, _ = fresh
     rng = np.random.default_rng(8)
-    model({"token_ids": _tokens(rng, BATCH, SEGMENT, model.vocabulary_size),
-           "reset": np.ones((BATCH,), bool)})
+    model(
+        {
+            "token_ids": _tokens(rng, BATCH, SEGMENT, model.vocabulary_size),
+            "reset": np.ones((BATCH,), bool),
+        }
+    )
     before = {k: to_numpy(v) for k, v in model.get_state().items()}
     too_long = _tokens(rng, BATCH, MAX_POSITIONS + 1, model.vocabulary_size)
     with pytest.raises(ValueError, match=r"`token_ids`.*token_ids.shape=\(2, 17\)"):

@@ -25,7 +25,9 @@ def test_quick_run_writes_every_field(tmp_path):
     out = tmp_path / "gpu_check.json"
     result = subprocess.run(
         [sys.executable, SCRIPT, "--quick", "--backends", BACKEND, "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     record = json.loads(out.read_text())
@@ -33,8 +35,10 @@ def test_quick_run_writes_every_field(tmp_path):
     backend = record["backends"][BACKEND]
     assert backend["dtype_policy"] == "mixed_bfloat16"
     assert backend["device_kind"] == "cpu" and backend["peak_bf16_flops"] is None
-    expected = {"paper_lm": ("infformer_sticky", "transformer_xl"),
-                "gpt2_small": ("gpt2_memory", "gpt2")}
+    expected = {
+        "paper_lm": ("infformer_sticky", "transformer_xl"),
+        "gpt2_small": ("gpt2_memory", "gpt2"),
+    }
     for pair, (candidate, baseline) in expected.items():
         systems = backend["pairs"][pair]["systems"]
         assert list(systems) == [candidate, baseline]
@@ -50,7 +54,9 @@ def test_refuses_without_a_gpu(tmp_path):
         pytest.skip("a GPU is present: the refusal is for machines without one")
     out = tmp_path / "gpu_check.json"
     result = subprocess.run(
-        [sys.executable, SCRIPT, "--out", str(out)], capture_output=True, text=True,
+        [sys.executable, SCRIPT, "--out", str(out)],
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert result.returncode == 2

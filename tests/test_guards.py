@@ -44,9 +44,17 @@ def _np(x):
 
 def _config(**overrides):
     config = dict(
-        vocabulary_size=VOCAB, segment_length=SEGMENT, batch_size=BATCH,
-        num_layers=1, hidden_dim=8, num_heads=2, intermediate_dim=16,
-        num_basis=8, num_samples=8, num_bins=8, dropout=0.0,
+        vocabulary_size=VOCAB,
+        segment_length=SEGMENT,
+        batch_size=BATCH,
+        num_layers=1,
+        hidden_dim=8,
+        num_heads=2,
+        intermediate_dim=16,
+        num_basis=8,
+        num_samples=8,
+        num_bins=8,
+        dropout=0.0,
     )
     config.update(overrides)
     return config
@@ -129,9 +137,7 @@ class _Batches(keras.utils.PyDataset):
 
 
 def _stacked(batches, inputs_only=False):
-    inputs = {
-        key: np.stack([b[0][key] for b in batches]) for key in ("token_ids", "reset")
-    }
+    inputs = {key: np.stack([b[0][key] for b in batches]) for key in ("token_ids", "reset")}
     if inputs_only:
         return inputs
     return inputs, np.stack([b[1] for b in batches]), np.stack([b[2] for b in batches])
@@ -144,9 +150,7 @@ def _as(kind, batches, inputs_only=False):
     if kind == "pydataset":
         return _Batches(batches)
     if kind == "streaming":
-        return StreamingDataset(
-            _documents(bad=True), batch_size=BATCH, segment_length=SEGMENT
-        )
+        return StreamingDataset(_documents(bad=True), batch_size=BATCH, segment_length=SEGMENT)
     if kind == "generator":
         return (b for b in batches)
     if kind == "tf_data":
@@ -217,9 +221,7 @@ def test_out_of_vocabulary_id_in_validation_data_is_refused(lm, kind):
     expected = _reference(lm, "fit", NUM_STEPS)
     _restart(lm)
     with pytest.raises(ValueError) as info:
-        lm.fit(
-            _Batches(_batches()), validation_data=_as(kind, _batches(bad=True)), verbose=0
-        )
+        lm.fit(_Batches(_batches()), validation_data=_as(kind, _batches(bad=True)), verbose=0)
     assert "of `validation_data`" in str(info.value)
     assert f"token id {BAD_ID}" in str(info.value)
     # The epoch's training steps all ran (the memory then saw validation).
@@ -264,7 +266,8 @@ def test_targets_out_of_the_vocabulary_or_float_are_refused(lm, method, kind, ba
     checked_whole = kind == "arrays" or bad == "float"
     done = 0 if checked_whole else _steps_done_before(BAD_STEP)
     expected = (
-        _reference(lm, "fit" if method == "fit" else "forward", done) if done
+        _reference(lm, "fit" if method == "fit" else "forward", done)
+        if done
         else (_restart(lm) or _snapshot(lm))
     )
     _restart(lm)
@@ -297,8 +300,12 @@ def test_bad_targets_in_one_batch_are_refused(lm, method):
     inputs, targets, weights = _batches()[0]
     lm.predict_on_batch(inputs)  # Some memory.
     before = _snapshot(lm)
-    for bad, match in [(VOCAB, f"target {VOCAB}"), (-1, "target -1"),
-                       ("float", "dtype=float32"), ("shape", r"shape=\(2, 3\)")]:
+    for bad, match in [
+        (VOCAB, f"target {VOCAB}"),
+        (-1, "target -1"),
+        ("float", "dtype=float32"),
+        ("shape", r"shape=\(2, 3\)"),
+    ]:
         if bad == "float":
             y = targets.astype("float32")
         elif bad == "shape":
@@ -467,9 +474,7 @@ def served(tmp_path_factory):
 
     keras.utils.set_random_seed(5)
     model = InfiniteFormerLM(**_config())
-    path = keras_infformer.export_for_serving(
-        model, tmp_path_factory.mktemp("guards") / "lm"
-    )
+    path = keras_infformer.export_for_serving(model, tmp_path_factory.mktemp("guards") / "lm")
     return tf.saved_model.load(path)
 
 
@@ -482,7 +487,8 @@ def test_served_step_refuses_a_non_finite_state(served, bad_value):
 
     serve = served.signatures["serving_default"]
     state = {
-        k: v.numpy() for k, v in served.signatures["initial_state"](batch_size=tf.constant(2)).items()
+        k: v.numpy()
+        for k, v in served.signatures["initial_state"](batch_size=tf.constant(2)).items()
     }
     token_ids = tf.constant(_batches()[0][0]["token_ids"])
     name = "layer_0_ltm_coefficients"

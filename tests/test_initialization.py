@@ -26,11 +26,13 @@ import pytest
 from keras import ops
 
 import keras_infformer
-from keras_infformer.layers import CompressiveMemory
-from keras_infformer.layers import ContinuousLTM
-from keras_infformer.layers import GaussianAttention
-from keras_infformer.layers import InfiniteFormerDecoder
-from keras_infformer.layers import StickyMemorySampler
+from keras_infformer.layers import (
+    CompressiveMemory,
+    ContinuousLTM,
+    GaussianAttention,
+    InfiniteFormerDecoder,
+    StickyMemorySampler,
+)
 
 BATCH, SEGMENT, HIDDEN, FFN = 2, 8, 16, 32
 
@@ -43,9 +45,16 @@ def _gaussian_attention(**kwargs):
 
 def _decoder(**kwargs):
     layer = InfiniteFormerDecoder(
-        intermediate_dim=FFN, num_heads=2, memory_length=SEGMENT, num_basis=16,
-        num_samples=16, num_bins=16, sticky_memories=True,
-        compressed_memory_length=4, compression_rate=4, **kwargs,
+        intermediate_dim=FFN,
+        num_heads=2,
+        memory_length=SEGMENT,
+        num_basis=16,
+        num_samples=16,
+        num_bins=16,
+        sticky_memories=True,
+        compressed_memory_length=4,
+        compression_rate=4,
+        **kwargs,
     )
     layer.build((BATCH, SEGMENT, HIDDEN))
     return layer
@@ -67,10 +76,19 @@ def _memory_attention(**kwargs):
 
 def _lm():
     return keras_infformer.InfiniteFormerLM(
-        vocabulary_size=20, segment_length=SEGMENT, batch_size=BATCH,
-        num_layers=2, hidden_dim=HIDDEN, num_heads=2, intermediate_dim=FFN,
-        num_basis=16, num_samples=16, num_bins=16, sticky_memories=True,
-        compressed_memory_length=4, dropout=0.0,
+        vocabulary_size=20,
+        segment_length=SEGMENT,
+        batch_size=BATCH,
+        num_layers=2,
+        hidden_dim=HIDDEN,
+        num_heads=2,
+        intermediate_dim=FFN,
+        num_basis=16,
+        num_samples=16,
+        num_bins=16,
+        sticky_memories=True,
+        compressed_memory_length=4,
+        dropout=0.0,
     )
 
 
@@ -83,7 +101,9 @@ BUILDERS = {
 }
 # Layers that take a `kernel_initializer`.
 SEEDABLE = [
-    "GaussianAttention", "InfiniteFormerDecoder", "CompressiveMemory",
+    "GaussianAttention",
+    "InfiniteFormerDecoder",
+    "CompressiveMemory",
     "ContinuousMemoryAttention",
 ]
 # Randomly initialised weights per fresh instance, at least: CompressiveMemory
@@ -94,8 +114,7 @@ MIN_RANDOM = {"CompressiveMemory": 1}
 def _values(layer):
     """Trainable weights by path, as float64 NumPy arrays."""
     return {
-        w.path: np.asarray(ops.convert_to_numpy(w), np.float64)
-        for w in layer.trainable_weights
+        w.path: np.asarray(ops.convert_to_numpy(w), np.float64) for w in layer.trainable_weights
     }
 
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from layer_test_case import run_layer_test
 
 import keras_infformer as kif
-from layer_test_case import run_layer_test
 
 B, L, D = 2, 8, 16
 
@@ -64,8 +64,13 @@ def test_sticky_memory_sampler(tmp_path):
 )
 def test_infinite_former_decoder(tmp_path, settings, non_trainable):
     kwargs = dict(
-        intermediate_dim=32, num_heads=2, memory_length=L, num_basis=16,
-        num_samples=16, dropout=0.0, **settings,
+        intermediate_dim=32,
+        num_heads=2,
+        memory_length=L,
+        num_basis=16,
+        num_samples=16,
+        dropout=0.0,
+        **settings,
     )
     trainable = 17 if settings.get("use_long_term_memory", True) else 12 + 2
     run_layer_test(

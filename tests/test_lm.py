@@ -10,16 +10,15 @@ bad input fails with a ValueError before the memory is touched.
 
 import os
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 from keras import ops
 
 import keras_infformer
 from keras_infformer.data import StreamingDataset
-from keras_infformer.models import InfiniteFormerLM
 from keras_infformer.layers import InfiniteFormerDecoder
+from keras_infformer.models import InfiniteFormerLM
 
 VOCAB = 32
 SEGMENT = 8
@@ -225,9 +224,7 @@ class _NoResetStream(keras.utils.PyDataset):
 def test_fit_on_streaming_dataset_trains_and_reset_memory_empties_it():
     model = _lm(num_layers=1, sticky_memories=True)
     dataset = _periodic_dataset()
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-2), loss=_loss(), jit_compile=JIT
-    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=_loss(), jit_compile=JIT)
     seen = []
 
     class Probe(keras.callbacks.Callback):
@@ -272,9 +269,7 @@ def test_reset_memory_callback_changes_what_fit_computes():
     dataset = _NoResetStream(_periodic_dataset(num_documents=2))
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss=_loss())
     _stream(model, _tokens(9, 3))  # Some memory before fit starts.
-    history = model.fit(
-        dataset, epochs=2, verbose=0, callbacks=[keras_infformer.ResetMemory()]
-    )
+    history = model.fit(dataset, epochs=2, verbose=0, callbacks=[keras_infformer.ResetMemory()])
     first, second = history.history["loss"]
     np.testing.assert_allclose(first, second, rtol=1e-6)
     # Without the callback the memory of the previous epoch leaks in.
@@ -300,7 +295,9 @@ def test_mixed_bfloat16(mixed_bfloat16):
     expected = _stream(reference, tokens)
     logits = np.asarray(_stream(model, tokens), np.float32)
     scale = np.abs(expected).max()
-    print(f"mixed_bfloat16 vs float32 logits: {np.abs(logits - expected).max() / scale:.1e} of scale")
+    print(
+        f"mixed_bfloat16 vs float32 logits: {np.abs(logits - expected).max() / scale:.1e} of scale"
+    )
     np.testing.assert_allclose(logits, expected, rtol=0, atol=3e-2 * scale)
     expected_state = _state_np(reference)
     for key, value in _state_np(model).items():
@@ -318,9 +315,7 @@ def test_mixed_bfloat16(mixed_bfloat16):
         assert variable.dtype == "float32", variable.path
     for value in model.get_state().values():
         assert keras.backend.standardize_dtype(value.dtype) == "float32"
-    logits = model.predict_on_batch(
-        {"token_ids": _tokens(7, 1), "reset": np.zeros(BATCH, bool)}
-    )
+    logits = model.predict_on_batch({"token_ids": _tokens(7, 1), "reset": np.zeros(BATCH, bool)})
     assert np.all(np.isfinite(np.asarray(logits, np.float32)))
 
     # generate() with its logits (issue 23 item 4: bfloat16 logits could not
@@ -332,9 +327,7 @@ def test_mixed_bfloat16(mixed_bfloat16):
         prompts, max_length=SEGMENT + 5, stop_token_ids=None, return_logits=True
     )
     assert generated.dtype == np.float32 and generated.shape == (BATCH, SEGMENT + 5, VOCAB)
-    tokens = np.concatenate(
-        [outputs["token_ids"], np.zeros((BATCH, 3), "int32")], axis=1
-    )
+    tokens = np.concatenate([outputs["token_ids"], np.zeros((BATCH, 3), "int32")], axis=1)
     state = model.get_initial_state(BATCH)
     expected = []
     for start in range(0, tokens.shape[1], SEGMENT):
@@ -365,9 +358,7 @@ def test_keras_round_trip_restores_weights_and_memory(tmp_path):
     )
 
     lines = []
-    model.summary(
-        expand_nested=True, print_fn=lambda line, *args, **kwargs: lines.append(line)
-    )
+    model.summary(expand_nested=True, print_fn=lambda line, *args, **kwargs: lines.append(line))
     text = "\n".join(lines)
     assert "decoder_layer_1" in text and "token_embedding" in text
 
@@ -414,7 +405,8 @@ def test_bad_input_raises_value_error_and_leaves_memory_untouched():
             verbose=0,
         )
     out_of_vocab = StreamingDataset(
-        [np.full(20, VOCAB + 3), np.arange(1, 20)], batch_size=BATCH,
+        [np.full(20, VOCAB + 3), np.arange(1, 20)],
+        batch_size=BATCH,
         segment_length=SEGMENT,
     )
     with pytest.raises(ValueError, match=f"token id {VOCAB + 3}"):

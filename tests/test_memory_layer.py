@@ -17,11 +17,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_infformer import distribution
-from keras_infformer import memory
-from keras_infformer.layers import CompressiveMemory
-from keras_infformer.layers import ContinuousLTM
-from keras_infformer.layers import InfiniteFormerDecoder
+from keras_infformer import distribution, memory
+from keras_infformer.layers import CompressiveMemory, ContinuousLTM, InfiniteFormerDecoder
 from keras_infformer.models import InfiniteFormerLM
 
 B, L, E = 2, 8, 4
@@ -170,8 +167,13 @@ def test_state_names_and_nesting():
     # The LM's public (served) names are unchanged.
     model = _lm("compressive")
     assert list(model.state_spec()) == [
-        "layer_0_stm", "layer_0_stm_mask", "layer_0_cmem", "layer_0_cmem_mask",
-        "layer_0_ltm_coefficients", "layer_0_ltm_filled", "layer_0_ltm_max_abs",
+        "layer_0_stm",
+        "layer_0_stm_mask",
+        "layer_0_cmem",
+        "layer_0_cmem_mask",
+        "layer_0_ltm_coefficients",
+        "layer_0_ltm_filled",
+        "layer_0_ltm_max_abs",
         "layer_0_ltm_density",
     ]
 
@@ -215,7 +217,9 @@ def test_lm_set_state_checks_every_block_before_writing():
     bad = dict(good, layer_1_stm=np.zeros((B, L + 1, HIDDEN), "float32"))
     with pytest.raises(ValueError, match=r"stm.*\(2, 9, 8\)"):
         model.set_state(bad)
-    nan = dict(good, layer_1_ltm_coefficients=np.full_like(good["layer_1_ltm_coefficients"], np.nan))
+    nan = dict(
+        good, layer_1_ltm_coefficients=np.full_like(good["layer_1_ltm_coefficients"], np.nan)
+    )
     with pytest.raises(ValueError, match=r"ltm_coefficients.*finite"):
         model.set_state(nan)
     with pytest.raises(ValueError, match=r"Missing: \['layer_1_stm_mask'\]"):
@@ -297,9 +301,15 @@ def test_explicit_path_refuses_non_finite_state():
 
 def _block(**kwargs):
     config = dict(
-        intermediate_dim=16, num_heads=2, memory_length=12, num_basis=16,
-        num_samples=16, num_bins=16, sticky_memories=True,
-        compressed_memory_length=4, dropout=0.0,
+        intermediate_dim=16,
+        num_heads=2,
+        memory_length=12,
+        num_basis=16,
+        num_samples=16,
+        num_bins=16,
+        sticky_memories=True,
+        compressed_memory_length=4,
+        dropout=0.0,
     )
     config.update(kwargs)
     return InfiniteFormerDecoder(**config)
@@ -311,13 +321,24 @@ _MODELS = {}
 def _lm(kind):
     """One small model per kind for the module (built once)."""
     if kind not in _MODELS:
-        extra = dict(sticky_memories=True, compressed_memory_length=4) if kind == "compressive" else {}
+        extra = (
+            dict(sticky_memories=True, compressed_memory_length=4) if kind == "compressive" else {}
+        )
         keras.utils.set_random_seed(len(_MODELS))
         _MODELS[kind] = InfiniteFormerLM(
-            vocabulary_size=VOCAB, segment_length=L, batch_size=B,
-            num_layers=1 if kind == "compressive" else 2, hidden_dim=HIDDEN,
-            num_heads=2, intermediate_dim=16, memory_length=12, num_basis=16,
-            num_samples=16, num_bins=16, dropout=0.0, **extra,
+            vocabulary_size=VOCAB,
+            segment_length=L,
+            batch_size=B,
+            num_layers=1 if kind == "compressive" else 2,
+            hidden_dim=HIDDEN,
+            num_heads=2,
+            intermediate_dim=16,
+            memory_length=12,
+            num_basis=16,
+            num_samples=16,
+            num_bins=16,
+            dropout=0.0,
+            **extra,
         )
     return _MODELS[kind]
 
@@ -341,8 +362,9 @@ def test_reset_row_equals_an_empty_row_even_after_nan(kind):
     reset = np.array([True, False])
     if kind == "lm":
         model = owner = _lm("compressive")
-        layer_variables = [v for v in model.non_trainable_weights
-                           if distribution.is_memory_variable(v)]
+        layer_variables = [
+            v for v in model.non_trainable_weights if distribution.is_memory_variable(v)
+        ]
 
         def run(state=None, x=_tokens(4)):
             if state is None:
@@ -455,10 +477,20 @@ def test_mixed_bfloat16_paths_agree_and_memory_stays_float32(mixed_bfloat16):
             np.testing.assert_array_equal(_np(state[key]), _np(value), err_msg=key)
 
     model = InfiniteFormerLM(
-        vocabulary_size=VOCAB, segment_length=L, batch_size=B, num_layers=2,
-        hidden_dim=HIDDEN, num_heads=2, intermediate_dim=16, memory_length=12,
-        num_basis=16, num_samples=16, num_bins=16, dropout=0.0,
-        sticky_memories=True, compressed_memory_length=4,
+        vocabulary_size=VOCAB,
+        segment_length=L,
+        batch_size=B,
+        num_layers=2,
+        hidden_dim=HIDDEN,
+        num_heads=2,
+        intermediate_dim=16,
+        memory_length=12,
+        num_basis=16,
+        num_samples=16,
+        num_bins=16,
+        dropout=0.0,
+        sticky_memories=True,
+        compressed_memory_length=4,
     )
     state = model.get_initial_state(B)
     for s in range(4):

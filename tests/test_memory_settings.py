@@ -38,9 +38,16 @@ def test_every_setting_is_in_the_config_and_a_property():
     """Backbone config keys, the LM's settings and the causal LM's
     properties all follow from `InfiniteFormerBackbone.SETTINGS`."""
     backbone = kif.InfiniteFormerBackbone(
-        vocabulary_size=11, segment_length=4, batch_size=1, num_layers=1,
-        hidden_dim=8, num_heads=2, num_basis=8, num_samples=8,
-        sticky_memories=True, sticky_uniform_share=0.25,
+        vocabulary_size=11,
+        segment_length=4,
+        batch_size=1,
+        num_layers=1,
+        hidden_dim=8,
+        num_heads=2,
+        num_basis=8,
+        num_samples=8,
+        sticky_memories=True,
+        sticky_uniform_share=0.25,
     )
     config = backbone.get_config()
     for name in kif.InfiniteFormerBackbone.SETTINGS:
@@ -57,16 +64,26 @@ def test_every_setting_is_in_the_config_and_a_property():
 def test_bad_memory_settings_fail_at_construction():
     with pytest.raises(ValueError, match="sticky_uniform_share"):
         kif.ContinuousMemoryAttention(
-            num_heads=2, key_dim=4, num_basis=8, num_samples=8,
+            num_heads=2,
+            key_dim=4,
+            num_basis=8,
+            num_samples=8,
             sticky_uniform_share=1.5,
         )
     with pytest.raises(ValueError, match="tau"):
         kif.InfiniteFormerDecoder(
-            intermediate_dim=8, num_heads=2, memory_length=4, num_basis=8,
-            num_samples=8, tau=1.0,
+            intermediate_dim=8,
+            num_heads=2,
+            memory_length=4,
+            num_basis=8,
+            num_samples=8,
+            tau=1.0,
         )
     # Unused by a Transformer-XL block: not checked.
     kif.InfiniteFormerDecoder(
-        intermediate_dim=8, num_heads=2, memory_length=4,
-        use_long_term_memory=False, tau=1.0,
+        intermediate_dim=8,
+        num_heads=2,
+        memory_length=4,
+        use_long_term_memory=False,
+        tau=1.0,
     )

@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
+from conftest import to_numpy
 
 import keras_infformer as kif
-from conftest import to_numpy
 
 
 def _padded_batch(rng):
@@ -74,7 +74,9 @@ def test_token_lengths_shorter_than_the_vocabulary_are_refused(rng):
     logits, targets, weights = _padded_batch(rng)
     vocabulary = logits.shape[-1]
     metric = kif.metrics.BitsPerToken(token_lengths=[1.0] * (vocabulary - 2))
-    with pytest.raises(ValueError, match=rf"vocabulary_size={vocabulary}.*{vocabulary - 2} token_lengths"):
+    with pytest.raises(
+        ValueError, match=rf"vocabulary_size={vocabulary}.*{vocabulary - 2} token_lengths"
+    ):
         metric.update_state(targets, logits, weights)
     assert float(metric.total_units.value) == 0.0 and float(metric.total_nats.value) == 0.0
 
@@ -90,5 +92,7 @@ def test_reset_state_forgets_every_earlier_batch(rng):
         metric.reset_state()
         metric.update_state(targets, logits, weights)
         nats = _reference_nats(logits, targets, weights) * weights.sum()
-        units = weights.sum() if metric.token_lengths is None else (lengths[targets] * weights).sum()
+        units = (
+            weights.sum() if metric.token_lengths is None else (lengths[targets] * weights).sum()
+        )
         np.testing.assert_allclose(float(metric.result()), nats / units / np.log(2), rtol=1e-5)

@@ -69,21 +69,35 @@ def multi_process(test):
 def _launch(out, num_processes=2, extra=None, timeouts=None):
     """Start one process per rank; returns the Popen objects."""
     port = _free_ports(num_processes)
-    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONUNBUFFERED="1")
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     env.pop("XLA_FLAGS", None)  # One CPU device per process.
     procs = []
     for rank in range(num_processes):
         command = [
-            sys.executable, SCRIPT, "--backend", BACKEND,
-            "--process-id", str(rank), "--num-processes", str(num_processes),
-            "--coordinator", f"127.0.0.1:{port}", "--out", str(out),
+            sys.executable,
+            SCRIPT,
+            "--backend",
+            BACKEND,
+            "--process-id",
+            str(rank),
+            "--num-processes",
+            str(num_processes),
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--out",
+            str(out),
         ]
         command += (extra or {}).get(rank, [])
-        procs.append(subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-        ))
+        procs.append(
+            subprocess.Popen(
+                command,
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return procs
 
 
@@ -235,8 +249,11 @@ def test_each_process_reads_its_block_of_the_global_rows(num_processes):
     rows = 8 // num_processes
     parts = [
         StreamingDataset(
-            _documents(), batch_size=8, segment_length=8,
-            num_processes=num_processes, process_index=p,
+            _documents(),
+            batch_size=8,
+            segment_length=8,
+            num_processes=num_processes,
+            process_index=p,
         )
         for p in range(num_processes)
     ]
@@ -263,9 +280,13 @@ def test_each_process_reads_its_block_of_the_global_rows(num_processes):
 
 def test_process_arguments_are_checked():
     docs = _documents()
-    with pytest.raises(ValueError, match=r"multiple of the number of processes.*batch_size=6.*num_processes=4"):
+    with pytest.raises(
+        ValueError, match=r"multiple of the number of processes.*batch_size=6.*num_processes=4"
+    ):
         StreamingDataset(docs, batch_size=6, segment_length=8, num_processes=4, process_index=0)
-    with pytest.raises(ValueError, match=r"process_index.*Received: process_index=2 with num_processes=2"):
+    with pytest.raises(
+        ValueError, match=r"process_index.*Received: process_index=2 with num_processes=2"
+    ):
         StreamingDataset(docs, batch_size=4, segment_length=8, num_processes=2, process_index=2)
     with pytest.raises(ValueError, match=r"both.*num_processes=2, process_index=None"):
         StreamingDataset(docs, batch_size=4, segment_length=8, num_processes=2)

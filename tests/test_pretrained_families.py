@@ -15,15 +15,17 @@ import os
 import sys
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 
-import keras_hub
 import keras_infformer
-from keras_infformer.models import InfiniteFormerGemmaCausalLM
-from keras_infformer.models import InfiniteFormerLlamaCausalLM
-from keras_infformer.models import InfiniteFormerQwen3CausalLM
-from keras_infformer.models import rotary_wiring
+from keras_infformer.models import (
+    InfiniteFormerGemmaCausalLM,
+    InfiniteFormerLlamaCausalLM,
+    InfiniteFormerQwen3CausalLM,
+    rotary_wiring,
+)
 
 BACKEND = keras.backend.backend()
 sys.path.insert(
@@ -33,8 +35,12 @@ SEGMENT = 8
 BATCH = 2
 VOCABULARY = 300
 COMMON = dict(
-    vocabulary_size=VOCABULARY, num_layers=2, num_query_heads=4,
-    num_key_value_heads=2, hidden_dim=32, intermediate_dim=64,
+    vocabulary_size=VOCABULARY,
+    num_layers=2,
+    num_query_heads=4,
+    num_key_value_heads=2,
+    hidden_dim=32,
+    intermediate_dim=64,
 )
 
 
@@ -60,29 +66,43 @@ class Family:
 
 FAMILIES = {
     "llama": Family(
-        "llama", InfiniteFormerLlamaCausalLM, keras_hub.models.LlamaCausalLM,
+        "llama",
+        InfiniteFormerLlamaCausalLM,
+        keras_hub.models.LlamaCausalLM,
         lambda **kw: keras_hub.models.LlamaBackbone(**dict(COMMON, **kw)),
         lambda block, x, mask: block(x, decoder_padding_mask=mask),
-        "_self_attention_layernorm", 1.0,
+        "_self_attention_layernorm",
+        1.0,
     ),
     "gemma": Family(
-        "gemma", InfiniteFormerGemmaCausalLM, keras_hub.models.GemmaCausalLM,
+        "gemma",
+        InfiniteFormerGemmaCausalLM,
+        keras_hub.models.GemmaCausalLM,
         lambda **kw: keras_hub.models.GemmaBackbone(
             **dict(
-                COMMON, head_dim=8, use_post_ffw_norm=True,
-                use_post_attention_norm=True, attention_logit_soft_cap=50.0,
-                final_logit_soft_cap=30.0, use_sliding_window_attention=True,
-                sliding_window_size=5, **kw,
+                COMMON,
+                head_dim=8,
+                use_post_ffw_norm=True,
+                use_post_attention_norm=True,
+                attention_logit_soft_cap=50.0,
+                final_logit_soft_cap=30.0,
+                use_sliding_window_attention=True,
+                sliding_window_size=5,
+                **kw,
             )
         ),
         lambda block, x, mask: block(x, padding_mask=mask),
-        "pre_attention_norm", float(np.sqrt(32.0)),
+        "pre_attention_norm",
+        float(np.sqrt(32.0)),
     ),
     "qwen3": Family(
-        "qwen3", InfiniteFormerQwen3CausalLM, keras_hub.models.Qwen3CausalLM,
+        "qwen3",
+        InfiniteFormerQwen3CausalLM,
+        keras_hub.models.Qwen3CausalLM,
         lambda **kw: keras_hub.models.Qwen3Backbone(**dict(COMMON, head_dim=8, **kw)),
         lambda block, x, mask: block(x, decoder_padding_mask=mask),
-        "_self_attention_layernorm", 1.0,
+        "_self_attention_layernorm",
+        1.0,
     ),
 }
 NAMES = list(FAMILIES)
@@ -169,9 +189,11 @@ def test_zero_start_equals_keras_hub_segment_by_segment(fresh, name):
         expected = _reference_logits(reference, segment)
         stateful = to_numpy(model({"token_ids": segment, "reset": np.full((BATCH,), index == 0)}))
         pure, state = model.step(segment, None, state)
-        print(f"{name} segment {index}: max |diff| stateful "
-              f"{np.abs(stateful - expected).max():.2e}, step "
-              f"{np.abs(to_numpy(pure) - expected).max():.2e}")
+        print(
+            f"{name} segment {index}: max |diff| stateful "
+            f"{np.abs(stateful - expected).max():.2e}, step "
+            f"{np.abs(to_numpy(pure) - expected).max():.2e}"
+        )
         assert np.abs(stateful - expected).max() <= 1e-5
         assert np.abs(to_numpy(pure) - expected).max() <= 1e-5
     model.reset_state()
@@ -210,7 +232,9 @@ def test_the_memory_keeps_each_layers_normed_input(fresh, name):
     for index, block in enumerate(backbone.transformer_layers):
         normed = to_numpy(getattr(block, family.norm_name)(x))
         np.testing.assert_allclose(
-            to_numpy(state[f"layer_{index}_pending"]), normed, atol=1e-5,
+            to_numpy(state[f"layer_{index}_pending"]),
+            normed,
+            atol=1e-5,
             err_msg=f"layer {index}",
         )
         assert np.abs(normed - x).max() > 1e-2  # The two differ.
@@ -267,14 +291,17 @@ def test_greedy_generation_equals_teacher_forcing(awake, name):
         mask[row, :n] = True
     outputs, logits = model.generate(
         {"token_ids": token_ids, "padding_mask": mask},
-        stop_token_ids=None, return_logits=True,
+        stop_token_ids=None,
+        return_logits=True,
     )
     tokens = to_numpy(outputs["token_ids"])
     logits = to_numpy(logits)
     expected = _teacher_forced_logits(model, tokens)
     for row, n in enumerate(lengths):
         np.testing.assert_array_equal(tokens[row, :n], token_ids[row, :n])
-        np.testing.assert_allclose(logits[row, n - 1 :], expected[row, n - 1 :], atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(
+            logits[row, n - 1 :], expected[row, n - 1 :], atol=1e-4, rtol=1e-4
+        )
         # Greedy: each new token is the argmax of the previous position.
         np.testing.assert_array_equal(tokens[row, n:], logits[row, n - 1 : -1].argmax(-1))
 
@@ -420,9 +447,8 @@ def _other_preset(family, tmp_path):
 # export costs ~17 s of tracing.
 @pytest.mark.parametrize("name", ["gemma", "qwen3"])
 def test_export_and_tensorflow_reload_equal_the_keras_model(awake, name, tmp_path):
-    import tensorflow as tf
-
     import serving_client
+    import tensorflow as tf
 
     model = awake(name)
     path = keras_infformer.export_for_serving(model, str(tmp_path / "served"))
@@ -446,7 +472,9 @@ def test_export_and_tensorflow_reload_equal_the_keras_model(awake, name, tmp_pat
     prompt = _tokens(rng, BATCH, SEGMENT + 3)
     new_tokens = SEGMENT
     want, want_logits = model.generate(
-        prompt, max_length=prompt.shape[1] + new_tokens, stop_token_ids=None,
+        prompt,
+        max_length=prompt.shape[1] + new_tokens,
+        stop_token_ids=None,
         return_logits=True,
     )
     tokens, logits, _ = serving_client.generate(served, prompt, new_tokens)
@@ -474,8 +502,12 @@ def test_bad_settings_and_other_backbones_are_refused(fresh, name):
     with pytest.raises(TypeError, match=rf"`backbone`.*{type(other_backbone).__name__}"):
         family.model_cls.from_backbone(other_backbone)
     gpt2 = keras_hub.models.GPT2Backbone(
-        vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8,
-        intermediate_dim=16, max_sequence_length=16,
+        vocabulary_size=50,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=16,
     )
     with pytest.raises(TypeError, match=r"`backbone`.*GPT2Backbone"):
         family.model_cls.from_backbone(gpt2)
@@ -560,7 +592,8 @@ def test_qwen3_with_memory_beats_the_same_backbone_without_on_a_far_key():
         model.train_on_batch({"token_ids": second, "reset": ~reset}, targets, sample_weight=weights)
         plain.train_on_batch(
             {"token_ids": second, "padding_mask": np.ones_like(second)},
-            targets, sample_weight=weights,
+            targets,
+            sample_weight=weights,
         )
     # Held-out rows, through the compiled stateful path (no new shapes).
     eval_rng = np.random.default_rng(99)
@@ -568,12 +601,12 @@ def test_qwen3_with_memory_beats_the_same_backbone_without_on_a_far_key():
     for _ in range(4):
         first, second, targets, _ = _recall_batch(eval_rng, rows, vocabulary)
         model.predict_on_batch({"token_ids": first, "reset": reset})
-        with_memory.append(to_numpy(
-            model.predict_on_batch({"token_ids": second, "reset": ~reset})
-        ))
-        without.append(to_numpy(
-            plain.predict_on_batch({"token_ids": second, "padding_mask": np.ones_like(second)})
-        ))
+        with_memory.append(to_numpy(model.predict_on_batch({"token_ids": second, "reset": ~reset})))
+        without.append(
+            to_numpy(
+                plain.predict_on_batch({"token_ids": second, "padding_mask": np.ones_like(second)})
+            )
+        )
         keys.append(targets[:, -1])
     keys = np.concatenate(keys)
     loss_memory = _answer_loss(np.concatenate(with_memory), keys)

@@ -37,7 +37,7 @@ LEFT_BEHIND = "readme_left_behind.npz"
 # Appended to each example: the memory (and weights) of every object of the
 # script's namespace that keeps memory, saved as "<name>/state/<key>" and
 # "<name>/weight/<index>".
-EPILOGUE = f'''
+EPILOGUE = f"""
 
 def _readme_test_dump(namespace):
     import keras as _keras
@@ -61,7 +61,7 @@ def _readme_test_dump(namespace):
 
 
 _readme_test_dump(dict(globals()))
-'''
+"""
 
 
 def readme_examples():
@@ -76,8 +76,13 @@ def run_example(code, directory):
     script.write_text(code + EPILOGUE, encoding="utf-8")
     env = dict(os.environ, PYTHONIOENCODING="utf-8")
     result = subprocess.run(
-        [sys.executable, str(script)], cwd=directory, env=env,
-        capture_output=True, text=True, encoding="utf-8", timeout=600,
+        [sys.executable, str(script)],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     objects = {}
@@ -131,8 +136,7 @@ def _check_memory(name, state, sizes):
     # `*filled` flags, e.g. of vectors kept for the next segment, are not
     # a memory's).
     filled_keys = [
-        k for k in state
-        if k.endswith("filled") and k[: -len("filled")] + "coefficients" in state
+        k for k in state if k.endswith("filled") and k[: -len("filled")] + "coefficients" in state
     ]
     assert filled_keys and len(filled_keys) == len(coefficient_keys), sorted(state)
     batch = {sizes[k] for k in ("batch", "batch_size") if k in sizes}
@@ -179,7 +183,8 @@ def check_readme_example(code, stdout, objects, directory):
         restored = keras.saving.load_model(path)
         weights = [keras.ops.convert_to_numpy(w) for w in restored.weights]
         owners = [
-            name for name, entry in objects.items()
+            name
+            for name, entry in objects.items()
             if [w.shape for w in entry["weight"]] == [w.shape for w in weights]
         ]
         assert len(owners) == 1, (path.name, owners)
@@ -205,8 +210,10 @@ def test_readme_example_runs_and_does_what_it_says(index, tmp_path):
     code = readme_examples()[index]
     stdout, objects = run_example(code, tmp_path)
     shapes, saved = check_readme_example(code, stdout, objects, tmp_path)
-    print(f"example {index}: printed {shapes}; memories of {sorted(objects)}; "
-          f"saved {[p.name for p in saved]}")
+    print(
+        f"example {index}: printed {shapes}; memories of {sorted(objects)}; "
+        f"saved {[p.name for p in saved]}"
+    )
 
 
 def test_the_checks_see_a_wrong_print_and_an_empty_memory(tmp_path):

@@ -14,10 +14,9 @@ The full comparison (timings, more steps) is `benchmarks/recall_task.py`.
 import importlib.util
 import os
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 from keras_infformer.models import InfiniteFormerLM
 
@@ -55,7 +54,10 @@ def _single_thread_torch():
 # One task and one pair of models for the module: each model's compiled
 # predict (and train) step is then built once, which keeps JAX fast.
 TASK = recall_task.RecallTask(
-    num_keys=4, filler_segments=2, segment_length=SEGMENT, filler_vocabulary=12,
+    num_keys=4,
+    filler_segments=2,
+    segment_length=SEGMENT,
+    filler_vocabulary=12,
     key_mode="segment",
 )
 _MODELS = {}
@@ -96,15 +98,16 @@ def _query_logits(model, tokens):
     model.reset_state()
     for s in range(tokens.shape[1] // SEGMENT):
         segment = tokens[:, s * SEGMENT : (s + 1) * SEGMENT]
-        logits = model.predict_on_batch(
-            {"token_ids": segment, "reset": np.full((BATCH,), s == 0)}
-        )
+        logits = model.predict_on_batch({"token_ids": segment, "reset": np.full((BATCH,), s == 0)})
     return np.asarray(logits, np.float32)
 
 
 def test_task_layout():
     task = recall_task.RecallTask(
-        num_keys=4, filler_segments=3, segment_length=SEGMENT, filler_vocabulary=10,
+        num_keys=4,
+        filler_segments=3,
+        segment_length=SEGMENT,
+        filler_vocabulary=10,
         key_mode="segment",
     )
     rng = np.random.default_rng(0)

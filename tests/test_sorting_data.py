@@ -5,11 +5,8 @@ import collections
 import numpy as np
 import pytest
 
-from keras_infformer.data import sorting
-from keras_infformer.data import SortingDataset
-from keras_infformer.data.sorting import NUM_SYMBOLS
-from keras_infformer.data.sorting import PAD_ID
-from keras_infformer.data.sorting import SEPARATOR_ID
+from keras_infformer.data import SortingDataset, sorting
+from keras_infformer.data.sorting import NUM_SYMBOLS, PAD_ID, SEPARATOR_ID
 
 
 def _reference_order(sequence):
@@ -46,9 +43,7 @@ def test_frequency_order_hand_made():
 
     # All symbols once: the order of appearance.
     permutation = np.random.default_rng(0).permutation(20)
-    np.testing.assert_array_equal(
-        sorting.frequency_order(permutation), permutation
-    )
+    np.testing.assert_array_equal(sorting.frequency_order(permutation), permutation)
 
     # Batched input gives the per-row answer.
     batch = np.array([[3, 1, 1, 3, 5], [5, 5, 5, 1, 1]])
@@ -88,9 +83,7 @@ def test_targets_are_the_frequency_order():
 
 
 def test_distributions():
-    _, _, p_start, p_end = sorting.generate_sequences(
-        50, 10, seed=0, return_distributions=True
-    )
+    _, _, p_start, p_end = sorting.generate_sequences(50, 10, seed=0, return_distributions=True)
     assert p_start.shape == p_end.shape == (50, 20)
     np.testing.assert_allclose(p_start.sum(-1), 1.0)
     np.testing.assert_allclose(p_end.sum(-1), 1.0)
@@ -138,9 +131,7 @@ def test_sorting_examples_layout():
     weights = examples["sample_weight"].reshape(5, -1)
     pad = num_segments * S - (T + 21)
     for i in range(5):
-        expected = np.concatenate(
-            [np.full(pad, PAD_ID), tokens[i], [SEPARATOR_ID], order[i]]
-        )
+        expected = np.concatenate([np.full(pad, PAD_ID), tokens[i], [SEPARATOR_ID], order[i]])
         np.testing.assert_array_equal(inputs[i], expected)
         np.testing.assert_array_equal(targets[i, :-1], expected[1:])
         assert targets[i, -1] == PAD_ID
@@ -162,7 +153,10 @@ def test_sorting_examples_layout():
 def test_sorting_dataset():
     T, S, B = 150, 64, 3
     dataset = SortingDataset(
-        num_sequences=7, sequence_length=T, batch_size=B, segment_length=S,
+        num_sequences=7,
+        sequence_length=T,
+        batch_size=B,
+        segment_length=S,
         seed=2,
     )
     examples = sorting.sorting_examples(7, T, S, seed=2)
@@ -179,18 +173,12 @@ def test_sorting_dataset():
         assert x["token_ids"].dtype == np.int32
         assert x["reset"].shape == (B,) and x["reset"].dtype == bool
         assert y.dtype == np.int32 and w.dtype == np.float32
-        np.testing.assert_array_equal(
-            x["token_ids"], examples["inputs"][rows, segment]
-        )
+        np.testing.assert_array_equal(x["token_ids"], examples["inputs"][rows, segment])
         np.testing.assert_array_equal(y, examples["targets"][rows, segment])
-        np.testing.assert_array_equal(
-            w, examples["sample_weight"][rows, segment]
-        )
+        np.testing.assert_array_equal(w, examples["sample_weight"][rows, segment])
         assert (x["reset"] == (segment == 0)).all()
         if segment == num_segments - 1:
-            np.testing.assert_array_equal(
-                y[:, sorting.answer_positions(S)], dataset.order[rows]
-            )
+            np.testing.assert_array_equal(y[:, sorting.answer_positions(S)], dataset.order[rows])
     with pytest.raises(IndexError):
         dataset[len(dataset)]
     with pytest.raises(ValueError, match="num_sequences=2"):

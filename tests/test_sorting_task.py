@@ -19,17 +19,28 @@ sys.path.insert(0, str(ROOT / "examples"))
 import sorting_task  # noqa: E402
 
 TINY = [
-    "--lengths", "64",
-    "--segment-length", "32",
-    "--num-layers", "1",
-    "--hidden-dim", "16",
-    "--num-heads", "2",
-    "--num-basis", "16",
-    "--batch-size", "2",
-    "--train-sequences", "4",
-    "--epochs", "1",
-    "--eval-sequences", "4",
-    "--verbose", "0",
+    "--lengths",
+    "64",
+    "--segment-length",
+    "32",
+    "--num-layers",
+    "1",
+    "--hidden-dim",
+    "16",
+    "--num-heads",
+    "2",
+    "--num-basis",
+    "16",
+    "--batch-size",
+    "2",
+    "--train-sequences",
+    "4",
+    "--epochs",
+    "1",
+    "--eval-sequences",
+    "4",
+    "--verbose",
+    "0",
 ]
 
 
@@ -70,9 +81,16 @@ def test_same_size_systems_share_block_window_and_size(extra):
 
 def test_compressive_memory_keeps_fixed_size():
     model = keras_infformer.InfiniteFormerLM(
-        vocabulary_size=sorting.VOCABULARY_SIZE, segment_length=8, batch_size=2,
-        num_layers=1, hidden_dim=16, num_heads=2, memory_length=8,
-        use_long_term_memory=False, compressed_memory_length=6, compression_rate=4,
+        vocabulary_size=sorting.VOCABULARY_SIZE,
+        segment_length=8,
+        batch_size=2,
+        num_layers=1,
+        hidden_dim=16,
+        num_heads=2,
+        memory_length=8,
+        use_long_term_memory=False,
+        compressed_memory_length=6,
+        compression_rate=4,
     )
     state = model.get_initial_state(2)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
@@ -165,10 +183,22 @@ def test_cli_runs_end_to_end(tmp_path):
     results = tmp_path / "sorting.json"
     env = dict(os.environ)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "sorting_task.py"), *TINY,
-         "--models", "infformer", "xl", "--logdir", str(tmp_path / "logs"),
-         "--results", str(results)],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "examples" / "sorting_task.py"),
+            *TINY,
+            "--models",
+            "infformer",
+            "xl",
+            "--logdir",
+            str(tmp_path / "logs"),
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(results.read_text())["runs"]
@@ -176,16 +206,24 @@ def test_cli_runs_end_to_end(tmp_path):
     assert "| infformer | 64 |" in proc.stdout
     help_text = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "sorting_task.py"), "--help"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     ).stdout
     assert "--paper" in help_text and "--sticky" in help_text
 
 
 def _compressive_block(weight=1.0):
     block = keras_infformer.InfiniteFormerDecoder(
-        intermediate_dim=32, num_heads=2, memory_length=8,
-        use_long_term_memory=False, compressed_memory_length=4,
-        compression_rate=4, reconstruction_weight=weight, dropout=0.0,
+        intermediate_dim=32,
+        num_heads=2,
+        memory_length=8,
+        use_long_term_memory=False,
+        compressed_memory_length=4,
+        compression_rate=4,
+        reconstruction_weight=weight,
+        dropout=0.0,
         stateful=False,
     )
     block.build((2, 8, 16))
@@ -290,10 +328,18 @@ def test_compressive_lm_adds_the_reconstruction_loss_in_training(to_numpy):
     tokens = [rng.integers(0, 20, (2, 8)).astype("int32") for _ in range(2)]
     for weight in (1.0, 0.0):
         model = keras_infformer.InfiniteFormerLM(
-            vocabulary_size=20, segment_length=8, batch_size=2, num_layers=1,
-            hidden_dim=16, num_heads=2, memory_length=8, dropout=0.0,
-            use_long_term_memory=False, compressed_memory_length=4,
-            compression_rate=4, reconstruction_weight=weight,
+            vocabulary_size=20,
+            segment_length=8,
+            batch_size=2,
+            num_layers=1,
+            hidden_dim=16,
+            num_heads=2,
+            memory_length=8,
+            dropout=0.0,
+            use_long_term_memory=False,
+            compressed_memory_length=4,
+            compression_rate=4,
+            reconstruction_weight=weight,
         )
         state = model.get_initial_state(2)
         first, state = collected(model, tokens[0], np.ones((2,), bool), state, True)

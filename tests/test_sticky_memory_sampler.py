@@ -70,15 +70,18 @@ def test_flat_histogram_gives_uniform_points(ref, to_numpy):
         bound = 1.0 / 512 + 1e-6 if mode == "quantile" else 1.95 / np.sqrt(512)
         assert max(ks) <= bound
     np.testing.assert_allclose(
-        to_numpy(StickyMemorySampler(num_samples=4, num_bins=8).sample(
-            np.full((1, 8), 1 / 8, "float32"))),
-        [[0.25, 0.5, 0.75, 1.0]], atol=1e-6,
+        to_numpy(
+            StickyMemorySampler(num_samples=4, num_bins=8).sample(np.full((1, 8), 1 / 8, "float32"))
+        ),
+        [[0.25, 0.5, 0.75, 1.0]],
+        atol=1e-6,
     )
     # A flat histogram reads exactly where the uniform update reads.
     flat = StickyMemorySampler(num_samples=100, num_bins=128)
     np.testing.assert_allclose(
         to_numpy(flat.sample(flat.uniform_histogram(1)))[0],
-        np.arange(1, 101) / 100, atol=2e-6,
+        np.arange(1, 101) / 100,
+        atol=2e-6,
     )
 
 
@@ -123,9 +126,7 @@ def test_quantile_mode_is_the_inverse_cdf(ref, to_numpy):
 def test_random_mode_follows_the_histogram(ref, to_numpy):
     mu, sigma_sq = _two_bump_density()
     num_samples, num_bins = 2048, 40
-    sampler = StickyMemorySampler(
-        num_samples=num_samples, num_bins=num_bins, mode="random", seed=7
-    )
+    sampler = StickyMemorySampler(num_samples=num_samples, num_bins=num_bins, mode="random", seed=7)
     points = to_numpy(sampler(mu, sigma_sq))
     # The default sampler reads from the attention histogram mixed with
     # the flat one (uniform_share = 1/2).
@@ -224,10 +225,10 @@ def test_bad_densities_in_compiled_code_give_finite_points(to_numpy):
     import keras_infformer.layers.sticky_memory_sampler as module
 
     sampler = StickyMemorySampler(num_samples=16, num_bins=16)
-    mu = np.array([[0.2, 0.8, np.nan], [0.3, 0.3, 0.3], [np.inf, 0.5, 0.5]],
-                  "float32")
-    sigma_sq = np.array([[-1.0, 0.0, 0.01], [np.nan, 1e-40, -0.0],
-                         [0.01, np.nan, np.inf]], "float32")
+    mu = np.array([[0.2, 0.8, np.nan], [0.3, 0.3, 0.3], [np.inf, 0.5, 0.5]], "float32")
+    sigma_sq = np.array(
+        [[-1.0, 0.0, 0.01], [np.nan, 1e-40, -0.0], [0.01, np.nan, np.inf]], "float32"
+    )
     hist = to_numpy(sampler.histogram(mu, sigma_sq))
     points = to_numpy(sampler.sample(hist))
     assert np.isfinite(hist).all() and np.isfinite(points).all()
@@ -245,7 +246,8 @@ def test_bad_densities_in_compiled_code_give_finite_points(to_numpy):
     np.testing.assert_allclose(
         to_numpy(sampler.histogram(good_mu, good_sigma_sq)),
         to_numpy(sampler.histogram(good_mu, np.maximum(good_sigma_sq, 1e-9))),
-        rtol=0, atol=0,
+        rtol=0,
+        atol=0,
     )
 
 

@@ -53,9 +53,7 @@ def _expected_row(documents, doc_ids, segment_length, total_length):
     "seed,num_documents,batch_size,segment_length",
     [(0, 25, 4, 16), (1, 3, 3, 7), (2, 10, 1, 32), (3, 40, 5, 1)],
 )
-def test_rows_targets_and_resets(
-    seed, num_documents, batch_size, segment_length
-):
+def test_rows_targets_and_resets(seed, num_documents, batch_size, segment_length):
     documents = _random_documents(seed, num_documents)
     dataset = StreamingDataset(documents, batch_size, segment_length)
     assert dataset.batch_size == batch_size
@@ -83,9 +81,7 @@ def test_rows_targets_and_resets(
         expected_resets = np.zeros(len(dataset), dtype=bool)
         expected_resets[[s // segment_length for s in starts]] = True
         np.testing.assert_array_equal(resets[b], expected_resets)
-        lengths.append(
-            sum(-(-len(documents[i]) // segment_length) for i in doc_ids)
-        )
+        lengths.append(sum(-(-len(documents[i]) // segment_length) for i in doc_ids))
     # The longest stream sets the length; nothing is dropped.
     assert len(dataset) == max(lengths)
     # Step 0 resets every row.
@@ -95,17 +91,13 @@ def test_rows_targets_and_resets(
 def test_targets_never_cross_documents():
     # Each document uses its own token range, so a crossing target would show.
     lengths = [5, 16, 17, 3, 40, 1, 33]
-    documents = [
-        np.arange(100 * k + 1, 100 * k + 1 + n) for k, n in enumerate(lengths)
-    ]
+    documents = [np.arange(100 * k + 1, 100 * k + 1 + n) for k, n in enumerate(lengths)]
     dataset = StreamingDataset(documents, batch_size=3, segment_length=8)
     for s in range(len(dataset)):
         x, y, w = dataset[s]
         weighted = w > 0
         # Within a document, target = next token = input + 1.
-        np.testing.assert_array_equal(
-            y[weighted], x["token_ids"][weighted] + 1
-        )
+        np.testing.assert_array_equal(y[weighted], x["token_ids"][weighted] + 1)
         assert (y[weighted] // 100 == x["token_ids"][weighted] // 100).all()
         # The last token of every document has weight 0.
         ends = np.isin(x["token_ids"], [d[-1] for d in documents])
@@ -139,9 +131,7 @@ def test_batch_format_and_no_partial_batch():
 
 def test_greedy_packing_and_pad_id():
     documents = [np.arange(1, 40), np.arange(100, 110), np.arange(200, 270)]
-    dataset = StreamingDataset(
-        documents, batch_size=2, segment_length=16, pad_id=7
-    )
+    dataset = StreamingDataset(documents, batch_size=2, segment_length=16, pad_id=7)
     # 3, 1 and 5 segments: the third document goes to the shorter row 1.
     assert dataset.stream_documents == [[0], [1, 2]]
     assert len(dataset) == 6
@@ -178,9 +168,7 @@ def test_positions_locate_every_token_in_its_document():
 
 def test_from_array():
     tokens = np.arange(1, 104)  # 103 tokens
-    dataset = StreamingDataset.from_array(
-        tokens, batch_size=4, segment_length=8
-    )
+    dataset = StreamingDataset.from_array(tokens, batch_size=4, segment_length=8)
     assert dataset.batch_size == 4
     rows, targets, weights, resets = _collect(dataset)
     parts = np.array_split(tokens, 4)
@@ -200,9 +188,7 @@ def test_from_array():
 
 
 def test_pydataset_kwargs_are_passed():
-    dataset = StreamingDataset(
-        [np.arange(1, 50)], 1, 8, workers=2, use_multiprocessing=False
-    )
+    dataset = StreamingDataset([np.arange(1, 50)], 1, 8, workers=2, use_multiprocessing=False)
     assert dataset.workers == 2
     assert dataset.use_multiprocessing is False
     default = StreamingDataset([np.arange(1, 50)], 1, 8)
@@ -219,19 +205,15 @@ def test_pydataset_kwargs_are_passed():
         (dict(segment_length="8"), TypeError, "segment_length"),
         (dict(documents=[]), ValueError, "documents"),
         (dict(documents=[np.array([1.0, 2.0])]), TypeError, r"documents\[0\]"),
-        (dict(documents=[np.array([1, 2]), np.array([3, -1])]), ValueError,
-         r"documents\[1\].*-1"),
-        (dict(documents=[np.array([1, 2]), np.array([], int)]), ValueError,
-         r"documents\[1\]"),
+        (dict(documents=[np.array([1, 2]), np.array([3, -1])]), ValueError, r"documents\[1\].*-1"),
+        (dict(documents=[np.array([1, 2]), np.array([], int)]), ValueError, r"documents\[1\]"),
         (dict(documents=[np.ones((2, 2), int)]), ValueError, "shape"),
         (dict(documents=np.arange(10)), TypeError, "from_array"),
         (dict(pad_id=-1), ValueError, "pad_id=-1"),
     ],
 )
 def test_invalid_arguments(kwargs, error, match):
-    arguments = dict(
-        documents=[np.arange(1, 10)], batch_size=2, segment_length=4
-    )
+    arguments = dict(documents=[np.arange(1, 10)], batch_size=2, segment_length=4)
     arguments.update(kwargs)
     with pytest.raises(error, match=match):
         StreamingDataset(**arguments)
@@ -253,9 +235,7 @@ def test_fit_consumes_the_batches():
     # batches feed `model.fit` on the active backend.
     import keras
 
-    token_ids = keras.Input(
-        (8,), batch_size=2, dtype="int32", name="token_ids"
-    )
+    token_ids = keras.Input((8,), batch_size=2, dtype="int32", name="token_ids")
     reset = keras.Input((), batch_size=2, dtype="bool", name="reset")
     hidden = keras.layers.Embedding(50, 4)(token_ids)
     scale = keras.ops.cast(reset, "float32")[:, None, None]
@@ -287,9 +267,7 @@ def test_fit_consumes_the_batches():
 )
 def test_ragged_documents_are_a_clear_error(documents, index):
     """Defect 9: a ragged nested document gave a raw NumPy error."""
-    with pytest.raises(
-        ValueError, match=rf"`documents\[{index}\]` must be a flat 1-D.*nested"
-    ):
+    with pytest.raises(ValueError, match=rf"`documents\[{index}\]` must be a flat 1-D.*nested"):
         StreamingDataset(documents, batch_size=1, segment_length=4)
 
 
@@ -320,17 +298,13 @@ def test_every_row_resets_at_step_0_even_without_a_document():
     assert not resets[:, 1:].any()
     # The empty rows are padding of weight 0.
     assert (tokens[1:] == PAD).all() and (weights[1:] == 0).all()
-    two = StreamingDataset(
-        [np.arange(1, 30), np.arange(1, 3)], batch_size=3, segment_length=8
-    )
+    two = StreamingDataset([np.arange(1, 30), np.arange(1, 3)], batch_size=3, segment_length=8)
     np.testing.assert_array_equal(two.get_batch(0)[0]["reset"], [True] * 3)
 
 
 def _steps_dataset(num_steps=6, batch_size=2, segment_length=4, **kwargs):
     tokens = np.arange(1, num_steps * segment_length * batch_size + 1)
-    dataset = StreamingDataset.from_array(
-        tokens, batch_size, segment_length, **kwargs
-    )
+    dataset = StreamingDataset.from_array(tokens, batch_size, segment_length, **kwargs)
     assert len(dataset) == num_steps
     return dataset
 
@@ -396,7 +370,9 @@ def _tiny_stream_model(batch_size=2, segment_length=4, vocabulary=200):
     import keras
 
     token_ids = keras.Input(
-        (segment_length,), batch_size=batch_size, dtype="int32",
+        (segment_length,),
+        batch_size=batch_size,
+        dtype="int32",
         name="token_ids",
     )
     reset = keras.Input((), batch_size=batch_size, dtype="bool", name="reset")
@@ -437,15 +413,17 @@ def test_plain_keras_fit_with_shuffle_raises():
 def test_plain_keras_fit_without_shuffle_trains():
     model = _tiny_stream_model()
     dataset = _steps_dataset(num_steps=6)
-    history = model.fit(
-        dataset, epochs=2, shuffle=False, validation_data=dataset, verbose=0
-    )
+    history = model.fit(dataset, epochs=2, shuffle=False, validation_data=dataset, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert np.isfinite(history.history["val_loss"]).all()
     # Validation on the same dataset in the middle of its passes.
     history = model.fit(
-        dataset, epochs=3, steps_per_epoch=2, shuffle=False,
-        validation_data=dataset, verbose=0,
+        dataset,
+        epochs=3,
+        steps_per_epoch=2,
+        shuffle=False,
+        validation_data=dataset,
+        verbose=0,
     )
     assert len(history.history["val_loss"]) == 3
     model.evaluate(dataset, verbose=0)

@@ -47,11 +47,31 @@ def record(tmp_path_factory):
     base = tmp_path_factory.mktemp("text_lm")
     corpus = write_corpus(base / "corpus")
     argv = [
-        "--quick", "--parts", "1", "--corpus", str(corpus), "--held-out", "0.3",
-        "--steps", "24",
-        "--num-layers", "1", "--hidden-dim", "16", "--buckets", "0", "128", "512",
-        "--probe-documents", "4", "--bootstrap", "100",
-        "--logdir", str(base / "logs"), "--out", str(base / "text_lm.json"),
+        "--quick",
+        "--parts",
+        "1",
+        "--corpus",
+        str(corpus),
+        "--held-out",
+        "0.3",
+        "--steps",
+        "24",
+        "--num-layers",
+        "1",
+        "--hidden-dim",
+        "16",
+        "--buckets",
+        "0",
+        "128",
+        "512",
+        "--probe-documents",
+        "4",
+        "--bootstrap",
+        "100",
+        "--logdir",
+        str(base / "logs"),
+        "--out",
+        str(base / "text_lm.json"),
     ]
     return dict(record=text_lm.main(argv), base=base, corpus=corpus)
 
@@ -63,11 +83,33 @@ def merged(record):
     with open(base / "text_lm.json") as f:
         before = json.load(f)
     argv = [
-        "--quick", "--parts", "2", "--corpus", str(record["corpus"]), "--held-out",
-        "0.3", "--pretrain-steps", "12", "--finetune-steps", "8", "--gpt2-layers", "1",
-        "--gpt2-hidden-dim", "16", "--buckets", "0", "128", "512",
-        "--probe-documents", "4", "--bootstrap", "100",
-        "--logdir", str(base / "logs"), "--out", str(base / "text_lm.json"),
+        "--quick",
+        "--parts",
+        "2",
+        "--corpus",
+        str(record["corpus"]),
+        "--held-out",
+        "0.3",
+        "--pretrain-steps",
+        "12",
+        "--finetune-steps",
+        "8",
+        "--gpt2-layers",
+        "1",
+        "--gpt2-hidden-dim",
+        "16",
+        "--buckets",
+        "0",
+        "128",
+        "512",
+        "--probe-documents",
+        "4",
+        "--bootstrap",
+        "100",
+        "--logdir",
+        str(base / "logs"),
+        "--out",
+        str(base / "text_lm.json"),
     ]
     return dict(record=text_lm.main(argv), before=before, base=base)
 
@@ -78,8 +120,14 @@ def test_json_structure_and_files(record):
     assert set(r["results"]) == set(text_lm.SYSTEMS)
     assert r["corpus"]["documents"] == 10
     assert r["steps"] == 24
-    for key in ("settings", "train_wall_seconds", "wall_seconds", "environment",
-                "transformer_xl_reach_bytes", "probe_bytes"):
+    for key in (
+        "settings",
+        "train_wall_seconds",
+        "wall_seconds",
+        "environment",
+        "transformer_xl_reach_bytes",
+        "probe_bytes",
+    ):
         assert key in r
     # TensorBoard logs of every run, one folder per system.
     for name in text_lm.SYSTEMS:
@@ -121,7 +169,8 @@ def check_results(results, targets, baseline):
         for key in ("copy1_bits_per_byte", "copy2_bits_per_byte"):
             assert 0 < probe[key] < 9
         assert probe["drop"] == pytest.approx(
-            probe["copy1_bits_per_byte"] - probe["copy2_bits_per_byte"], abs=1e-9)
+            probe["copy1_bits_per_byte"] - probe["copy2_bits_per_byte"], abs=1e-9
+        )
         lo, hi = probe["drop_ci95"]
         assert lo - 1e-9 <= probe["drop"] <= hi + 1e-9
 
@@ -137,15 +186,25 @@ def test_part2_structure_and_merge(merged):
         on_disk = json.load(f)
     # Part 1's record survives as it was; part 2 is added.
     assert {k: v for k, v in on_disk.items() if k != "part2"} == before
-    assert "part2" not in before and on_disk["part2"]["results"].keys() == r["part2"][
-        "results"].keys()
+    assert (
+        "part2" not in before and on_disk["part2"]["results"].keys() == r["part2"]["results"].keys()
+    )
     assert (base / "text_lm_gpt2.png").exists() or not _has_matplotlib()
     part2 = r["part2"]
     assert set(part2["results"]) == set(text_lm.GPT2_SYSTEMS)
     assert part2["pretrain_steps"] == 12 and part2["finetune_steps"] == 8
-    for key in ("settings", "pretrain", "zero_start", "pretrain_wall_seconds",
-                "finetune_wall_seconds", "wall_seconds", "environment", "probe_bytes",
-                "corpus", "split"):
+    for key in (
+        "settings",
+        "pretrain",
+        "zero_start",
+        "pretrain_wall_seconds",
+        "finetune_wall_seconds",
+        "wall_seconds",
+        "environment",
+        "probe_bytes",
+        "corpus",
+        "split",
+    ):
         assert key in part2
     assert part2["split"] == before["split"]  # The same documents held out.
     assert math.isfinite(part2["pretrain"]["final_train_bits_per_byte"])
@@ -154,16 +213,14 @@ def test_part2_structure_and_merge(merged):
     # (b) adds the memories' weights to (a)'s.
     sizes = {n: s["trainable_parameters"] for n, s in part2["results"].items()}
     assert sizes["gpt2_memory"] > sizes["gpt2"] == part2["pretrain"]["trainable_parameters"]
-    check_results(part2["results"], part2["corpus"]["evaluated_targets"],
-                  text_lm.GPT2_BASELINE)
+    check_results(part2["results"], part2["corpus"]["evaluated_targets"], text_lm.GPT2_BASELINE)
 
 
 def test_part2_fine_tunes_start_from_the_same_weights(merged):
     zero = merged["record"]["part2"]["zero_start"]
     assert zero["bytes"] > 0
     assert 0 < zero["gpt2_bits_per_byte"] < 9
-    assert zero["gpt2_memory_bits_per_byte"] == pytest.approx(
-        zero["gpt2_bits_per_byte"], abs=1e-4)
+    assert zero["gpt2_memory_bits_per_byte"] == pytest.approx(zero["gpt2_bits_per_byte"], abs=1e-4)
     assert zero["max_abs_bits_difference"] <= 1e-4
 
 

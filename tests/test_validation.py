@@ -8,18 +8,26 @@ from keras_infformer.models import stream_guards
 
 CASES = [
     (
-        "token_ids", np.array([[1, 2], [9, 3]], "int32"), 5, None,
+        "token_ids",
+        np.array([[1, 2], [9, 3]], "int32"),
+        5,
+        None,
         "`token_ids` must lie in [0, vocabulary_size=5). Received a token id 9",
         " (row 1, position 0; 1 id(s) out of range in all).",
     ),
     (
-        "targets", np.array([[1, -1], [7, 3]], "int32"), 5, "y",
-        "`y` (the next-token targets) must lie in [0, vocabulary_size=5). "
-        "Received a target -1",
+        "targets",
+        np.array([[1, -1], [7, 3]], "int32"),
+        5,
+        "y",
+        "`y` (the next-token targets) must lie in [0, vocabulary_size=5). Received a target -1",
         " at index (0, 1) (2 target(s) out of range in all).",
     ),
     (
-        "reset", np.array([0.0, 2.0], "float32"), None, None,
+        "reset",
+        np.array([0.0, 2.0], "float32"),
+        None,
+        None,
         "`reset` must hold booleans or the numbers 0 and 1 (1 = the row "
         "starts a new document). Received: reset=[0.0, 2.0]",
         " (e.g. np.float32(2.0))",

@@ -25,17 +25,14 @@ _CHUNK_TOKENS = 1 << 22
 
 def _check_seed(seed):
     if seed is not None and (
-        isinstance(seed, (bool, np.bool_))
-        or not isinstance(seed, (int, np.integer))
+        isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
     ):
         raise TypeError(
             "`seed` must be an integer or None. Received: "
             f"seed={seed!r} (of type {type(seed).__name__})"
         )
     if seed is not None and seed < 0:
-        raise ValueError(
-            f"`seed` must be a non-negative integer. Received: seed={seed}"
-        )
+        raise ValueError(f"`seed` must be a non-negative integer. Received: seed={seed}")
     return seed
 
 
@@ -63,13 +60,11 @@ def frequency_order(tokens):
     tokens = np.asarray(tokens)
     if tokens.ndim not in (1, 2):
         raise ValueError(
-            "`tokens` must have shape (T,) or (n, T). Received: tokens with "
-            f"shape {tokens.shape}"
+            f"`tokens` must have shape (T,) or (n, T). Received: tokens with shape {tokens.shape}"
         )
     if tokens.dtype.kind not in "iu":
         raise TypeError(
-            "`tokens` must hold integer symbols. Received: tokens with dtype "
-            f"{tokens.dtype}"
+            f"`tokens` must hold integer symbols. Received: tokens with dtype {tokens.dtype}"
         )
     single = tokens.ndim == 1
     tokens = tokens.reshape(-1, tokens.shape[-1])
@@ -84,9 +79,7 @@ def frequency_order(tokens):
     for symbol in range(NUM_SYMBOLS):
         mask = tokens == symbol
         counts[:, symbol] = np.count_nonzero(mask, axis=1)
-        first[:, symbol] = np.where(
-            counts[:, symbol] > 0, mask.argmax(axis=1), length
-        )
+        first[:, symbol] = np.where(counts[:, symbol] > 0, mask.argmax(axis=1), length)
     index = np.broadcast_to(np.arange(NUM_SYMBOLS), (n, NUM_SYMBOLS))
     # lexsort: the last key is the primary one.
     order = np.lexsort((index, first, -counts), axis=-1).astype(np.int32)
@@ -94,15 +87,11 @@ def frequency_order(tokens):
 
 
 def _sample_distributions(rng, num_sequences):
-    weights = rng.integers(
-        _MIN_WEIGHT, _MAX_WEIGHT + 1, size=(num_sequences, 2, NUM_SYMBOLS)
-    )
+    weights = rng.integers(_MIN_WEIGHT, _MAX_WEIGHT + 1, size=(num_sequences, 2, NUM_SYMBOLS))
     return weights
 
 
-def generate_sequences(
-    num_sequences, sequence_length, seed=None, return_distributions=False
-):
+def generate_sequences(num_sequences, sequence_length, seed=None, return_distributions=False):
     """Draws sorting-task sequences and their frequency-order targets.
 
     Per sequence, two distributions `p_start` and `p_end` over the 20
@@ -152,9 +141,7 @@ def generate_sequences(
         total = np.take_along_axis(totals[start:stop], component, axis=1)
         slot = rng.integers(0, total)
         flat = component * _MAX_TOTAL_WEIGHT + slot
-        tokens[start:stop] = np.take_along_axis(
-            table[start:stop], flat, axis=1
-        )
+        tokens[start:stop] = np.take_along_axis(table[start:stop], flat, axis=1)
     targets = np.empty((n, NUM_SYMBOLS), dtype=np.int32)
     for start in range(0, n, rows_per_chunk):
         stop = min(n, start + rows_per_chunk)
@@ -165,9 +152,7 @@ def generate_sequences(
     return tokens, targets
 
 
-def sorting_examples(
-    num_sequences, sequence_length, segment_length, seed=None
-):
+def sorting_examples(num_sequences, sequence_length, segment_length, seed=None):
     """Builds the model-ready segmented streams of the sorting task.
 
     Per sequence, the input stream is `[tokens (T), SEPARATOR_ID,
@@ -237,8 +222,7 @@ def answer_positions(segment_length):
     S = _check_positive_int("segment_length", segment_length)
     if S < NUM_SYMBOLS + 1:
         raise ValueError(
-            f"`segment_length` must be at least {NUM_SYMBOLS + 1}. "
-            f"Received: segment_length={S}"
+            f"`segment_length` must be at least {NUM_SYMBOLS + 1}. Received: segment_length={S}"
         )
     return slice(S - NUM_SYMBOLS - 1, S - 1)
 
@@ -263,8 +247,7 @@ def sorting_accuracy(predicted_order, true_order):
         )
     if true_order.size == 0 or true_order.shape[-1] != NUM_SYMBOLS:
         raise ValueError(
-            f"The orders must have a last axis of {NUM_SYMBOLS}. Received: "
-            f"shape {true_order.shape}"
+            f"The orders must have a last axis of {NUM_SYMBOLS}. Received: shape {true_order.shape}"
         )
     return float(np.mean(predicted_order == true_order))
 
@@ -334,16 +317,10 @@ class SortingDataset(keras.utils.PyDataset):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_sequences = _check_positive_int(
-            "num_sequences", num_sequences
-        )
-        self.sequence_length = _check_positive_int(
-            "sequence_length", sequence_length
-        )
+        self.num_sequences = _check_positive_int("num_sequences", num_sequences)
+        self.sequence_length = _check_positive_int("sequence_length", sequence_length)
         self.batch_size = _check_positive_int("batch_size", batch_size)
-        self.segment_length = _check_positive_int(
-            "segment_length", segment_length
-        )
+        self.segment_length = _check_positive_int("segment_length", segment_length)
         self.seed = _check_seed(seed)
         if self.num_sequences < self.batch_size:
             raise ValueError(
@@ -366,9 +343,7 @@ class SortingDataset(keras.utils.PyDataset):
 
         def to_steps(array):
             # (kept, segments, S) -> (groups * segments, B, S), step-major.
-            array = array[:kept].reshape(
-                self.num_groups, B, self.num_segments, S
-            )
+            array = array[:kept].reshape(self.num_groups, B, self.num_segments, S)
             array = array.transpose(0, 2, 1, 3)
             return np.ascontiguousarray(array).reshape(self.num_steps, B, S)
 
@@ -381,12 +356,8 @@ class SortingDataset(keras.utils.PyDataset):
         return self.num_steps
 
     def __getitem__(self, index):
-        if isinstance(index, (bool, np.bool_)) or not isinstance(
-            index, (int, np.integer)
-        ):
-            raise TypeError(
-                f"Step index must be an integer. Received: {index!r}"
-            )
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"Step index must be an integer. Received: {index!r}")
         if index < 0:
             index += self.num_steps
         if not 0 <= index < self.num_steps:
@@ -394,9 +365,7 @@ class SortingDataset(keras.utils.PyDataset):
                 f"Step index out of range for a dataset of {self.num_steps} "
                 f"steps. Received: index={index}"
             )
-        reset = np.full(
-            (self.batch_size,), index % self.num_segments == 0, dtype=bool
-        )
+        reset = np.full((self.batch_size,), index % self.num_segments == 0, dtype=bool)
         inputs = {"token_ids": self._token_ids[index].copy(), "reset": reset}
         return (
             inputs,

@@ -8,8 +8,7 @@ import threading
 import keras
 import numpy as np
 
-from keras_infformer import distribution
-from keras_infformer import utils
+from keras_infformer import distribution, utils
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -25,8 +24,7 @@ def _check_token_id(name, value):
     value = utils.check_positive_int(value, name, minimum=0)
     if value > _INT32_MAX:
         raise ValueError(
-            f"`{name}` must be a non-negative int32 token id. Received: "
-            f"{name}={value}"
+            f"`{name}` must be a non-negative int32 token id. Received: {name}={value}"
         )
     return value
 
@@ -45,8 +43,7 @@ def _as_token_array(tokens, name):
         ) from None
     if array.ndim != 1:
         raise ValueError(
-            f"`{name}` must be a 1-D array of token ids. Received: "
-            f"{name} with shape {array.shape}"
+            f"`{name}` must be a 1-D array of token ids. Received: {name} with shape {array.shape}"
         )
     if array.size == 0:
         raise ValueError(
@@ -71,8 +68,7 @@ def _as_token_array(tokens, name):
     low, high = array.min(), array.max()
     if low < 0:
         raise ValueError(
-            f"`{name}` must hold non-negative token ids. Received: {name} "
-            f"with a token id of {low}"
+            f"`{name}` must hold non-negative token ids. Received: {name} with a token id of {low}"
         )
     if high > _INT32_MAX:
         raise ValueError(
@@ -257,10 +253,7 @@ class StreamingDataset(keras.utils.PyDataset):
         stream_documents = kwargs.pop("_stream_documents", None)
         super().__init__(**kwargs)
         if not isinstance(check_order, (bool, np.bool_)):
-            raise TypeError(
-                "`check_order` must be a bool. Received: "
-                f"check_order={check_order!r}"
-            )
+            raise TypeError(f"`check_order` must be a bool. Received: check_order={check_order!r}")
         self.check_order = bool(check_order)
         self._order_lock = threading.Lock()
         self._order_pid = os.getpid()
@@ -273,9 +266,7 @@ class StreamingDataset(keras.utils.PyDataset):
         )
         self.process_rows = self._process_rows(num_processes, process_index)
         self.local_batch_size = self.process_rows[1] - self.process_rows[0]
-        self.segment_length = _check_positive_int(
-            "segment_length", segment_length
-        )
+        self.segment_length = _check_positive_int("segment_length", segment_length)
         self.pad_id = _check_token_id("pad_id", pad_id)
 
         if isinstance(documents, np.ndarray) and documents.ndim == 1:
@@ -300,13 +291,9 @@ class StreamingDataset(keras.utils.PyDataset):
             )
         if len(documents) == 0:
             raise ValueError(
-                "`documents` must contain at least one document. Received: "
-                "documents=[] (empty)"
+                "`documents` must contain at least one document. Received: documents=[] (empty)"
             )
-        docs = [
-            _as_token_array(doc, f"documents[{i}]")
-            for i, doc in enumerate(documents)
-        ]
+        docs = [_as_token_array(doc, f"documents[{i}]") for i, doc in enumerate(documents)]
         self.num_documents = len(docs)
         S = self.segment_length
         doc_segments = [-(-len(doc) // S) for doc in docs]
@@ -315,9 +302,7 @@ class StreamingDataset(keras.utils.PyDataset):
             stream_documents = self._assign_greedily(doc_segments)
         self.stream_documents = [list(row) for row in stream_documents]
 
-        stream_segments = [
-            sum(doc_segments[i] for i in row) for row in self.stream_documents
-        ]
+        stream_segments = [sum(doc_segments[i] for i in row) for row in self.stream_documents]
         self.num_steps = max(stream_segments)
 
         # Built as (batch_size, num_steps * segment_length) streams, stored
@@ -407,9 +392,7 @@ class StreamingDataset(keras.utils.PyDataset):
         return rows
 
     @classmethod
-    def from_array(
-        cls, tokens, batch_size, segment_length, pad_id=0, **kwargs
-    ):
+    def from_array(cls, tokens, batch_size, segment_length, pad_id=0, **kwargs):
         """Splits one long token stream into `batch_size` contiguous rows.
 
         Like Transformer-XL's `batchify`, row `b` gets the `b`-th contiguous
@@ -450,12 +433,8 @@ class StreamingDataset(keras.utils.PyDataset):
         return self.num_steps
 
     def _check_index(self, index):
-        if isinstance(index, (bool, np.bool_)) or not isinstance(
-            index, (int, np.integer)
-        ):
-            raise TypeError(
-                f"Step index must be an integer. Received: {index!r}"
-            )
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"Step index must be an integer. Received: {index!r}")
         index = int(index)
         if index < 0:
             index += self.num_steps
@@ -489,9 +468,7 @@ class StreamingDataset(keras.utils.PyDataset):
             for k, frontier in enumerate(passes):
                 low = frontier + 1 if tolerance == 0 else frontier - tolerance
                 if low <= index <= frontier + 1 + tolerance:
-                    if best is None or abs(index - frontier - 1) < abs(
-                        index - passes[best] - 1
-                    ):
+                    if best is None or abs(index - frontier - 1) < abs(index - passes[best] - 1):
                         best = k
             if best is not None:
                 frontier = max(passes.pop(best), index)
@@ -511,10 +488,7 @@ class StreamingDataset(keras.utils.PyDataset):
         else:
             where = "no pass is under way"
         if tolerance:
-            rule = (
-                f"within {tolerance} steps (workers + max_queue_size) of a "
-                "pass"
-            )
+            rule = f"within {tolerance} steps (workers + max_queue_size) of a pass"
         else:
             rule = f"step {index - 1} just before it, in the same pass"
         return (

@@ -37,10 +37,7 @@ def read_text_files(directory, max_files=None):
         ) from e
     if max_files is not None:
         dataset = dataset.take(int(max_files))
-    return [
-        bytes(item).decode("utf-8", errors="replace")
-        for item in dataset.as_numpy_iterator()
-    ]
+    return [bytes(item).decode("utf-8", errors="replace") for item in dataset.as_numpy_iterator()]
 
 
 def tokenize_documents(tokenizer, texts, append_id=None, keep_empty=False):
@@ -57,15 +54,13 @@ def tokenize_documents(tokenizer, texts, append_id=None, keep_empty=False):
     """
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
         raise TypeError(
-            "`texts` must be a list of strings. Received: "
-            f"texts of type {type(texts).__name__}"
+            f"`texts` must be a list of strings. Received: texts of type {type(texts).__name__}"
         )
     documents = []
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(
-                f"`texts` must hold strings only. Received {type(text).__name__} "
-                f"at index {index}"
+                f"`texts` must hold strings only. Received {type(text).__name__} at index {index}"
             )
         ids = np.asarray(_to_numpy(tokenizer(text)), dtype=np.int64).reshape(-1)
         if append_id is not None:

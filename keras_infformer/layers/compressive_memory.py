@@ -1,8 +1,7 @@
 import keras
 from keras import ops
 
-from keras_infformer import memory
-from keras_infformer import utils
+from keras_infformer import memory, utils
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
@@ -148,9 +147,9 @@ class CompressiveMemory(memory.MemoryLayer):
         num_new = compressed.shape[1]
         # First in, first out: the new slots enter on the right.
         appended = ops.concatenate([slots, compressed], axis=1)[:, num_new:]
-        appended_mask = ops.concatenate(
-            [mask, ops.ones_like(compressed[:, :, 0])], axis=1
-        )[:, num_new:]
+        appended_mask = ops.concatenate([mask, ops.ones_like(compressed[:, :, 0])], axis=1)[
+            :, num_new:
+        ]
         if absorb is not None:
             absorbs = ops.cast(absorb, "bool")
             appended = memory.select_rows(absorbs, appended, slots)
@@ -172,9 +171,7 @@ class CompressiveMemory(memory.MemoryLayer):
 
     def named_state_spec(self, batch_size=None):
         """`state_spec()` under the block's names (`STATE_NAMES`)."""
-        return {
-            self.STATE_NAMES[k]: v for k, v in self.state_spec(batch_size).items()
-        }
+        return {self.STATE_NAMES[k]: v for k, v in self.state_spec(batch_size).items()}
 
     def absorb_named(self, inputs, state, absorb=None):
         """The `STATE_NAMES` entries of a block's `state` after absorbing
@@ -233,14 +230,11 @@ class CompressiveMemory(memory.MemoryLayer):
         block = ops.stop_gradient(ops.cast(block, "float32"))
         query = ops.stop_gradient(ops.cast(query, "float32"))
         kernels = [
-            ops.stop_gradient(ops.cast(kernel, "float32"))
-            for kernel in (key_kernel, value_kernel)
+            ops.stop_gradient(ops.cast(kernel, "float32")) for kernel in (key_kernel, value_kernel)
         ]
 
         def attend(memory):
-            key, value = (
-                ops.einsum("btd,dhk->bthk", memory, kernel) for kernel in kernels
-            )
+            key, value = (ops.einsum("btd,dhk->bthk", memory, kernel) for kernel in kernels)
             return ops.dot_product_attention(query, key, value)
 
         compressed = self.compress(block)
@@ -250,9 +244,7 @@ class CompressiveMemory(memory.MemoryLayer):
     def compute_step_output_spec(self, inputs, absorb=None):
         batch = inputs.shape[0]
         return (
-            keras.KerasTensor(
-                (batch, self.memory_length, inputs.shape[-1]), dtype="float32"
-            ),
+            keras.KerasTensor((batch, self.memory_length, inputs.shape[-1]), dtype="float32"),
             keras.KerasTensor((batch, self.memory_length), dtype="float32"),
         )
 
@@ -262,10 +254,7 @@ class CompressiveMemory(memory.MemoryLayer):
             {
                 "memory_length": self.memory_length,
                 "compression_rate": self.compression_rate,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             }
         )
         return config
-

@@ -2,9 +2,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_infformer import basis
-from keras_infformer import memory
-from keras_infformer import utils
+from keras_infformer import basis, memory, utils
 
 # Reads of the old signal are clipped to this multiple of the largest |value|
 # the row has absorbed (`max_abs` in the state).
@@ -245,8 +243,10 @@ class ContinuousLTM(memory.MemoryLayer):
         batch = inputs.shape[0]
         if sample_points is not None:
             shape = tuple(sample_points.shape)
-            if len(shape) != 2 or shape[1] != self.num_samples or (
-                batch is not None and shape[0] is not None and shape[0] != batch
+            if (
+                len(shape) != 2
+                or shape[1] != self.num_samples
+                or (batch is not None and shape[0] is not None and shape[0] != batch)
             ):
                 raise ValueError(
                     "`sample_points` must have shape "
@@ -255,9 +255,7 @@ class ContinuousLTM(memory.MemoryLayer):
                 )
             points = utils.concrete_value(sample_points)
             if points is not None and (
-                not np.all(np.isfinite(points))
-                or points.min() < 0.0
-                or points.max() > 1.0
+                not np.all(np.isfinite(points)) or points.min() < 0.0 or points.max() > 1.0
             ):
                 raise ValueError(
                     "`sample_points` must lie in [0, 1]. Received values in "
@@ -265,8 +263,7 @@ class ContinuousLTM(memory.MemoryLayer):
                 )
         if absorb is not None and tuple(absorb.shape) not in ((batch,), (None,)):
             raise ValueError(
-                f"`absorb` must have shape ({batch},). Received: "
-                f"absorb.shape={tuple(absorb.shape)}"
+                f"`absorb` must have shape ({batch},). Received: absorb.shape={tuple(absorb.shape)}"
             )
 
     def step(self, inputs, state, reset=None, sample_points=None, absorb=None):
@@ -310,9 +307,7 @@ class ContinuousLTM(memory.MemoryLayer):
         if absorb is not None:
             absorbs = ops.cast(absorb, "bool")
             coefficients = memory.select_rows(absorbs, coefficients, old)
-            new_state = {
-                k: memory.select_rows(absorbs, v, state[k]) for k, v in new_state.items()
-            }
+            new_state = {k: memory.select_rows(absorbs, v, state[k]) for k, v in new_state.items()}
         new_state["coefficients"] = ops.stop_gradient(coefficients)
         return coefficients, new_state
 

@@ -1,8 +1,7 @@
 import keras
 from keras import ops
 
-from keras_infformer import memory
-from keras_infformer import utils
+from keras_infformer import memory, utils
 from keras_infformer.layers import memory_settings
 from keras_infformer.layers.long_term_memory import LongTermMemory
 
@@ -200,8 +199,10 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
         utils.check_rank(inputs, 3, "inputs")
         if query is None:
             raise ValueError("ContinuousMemoryAttention needs `query=`.")
-        if inputs.shape[0] is not None and query.shape[0] is not None and (
-            inputs.shape[0] != query.shape[0]
+        if (
+            inputs.shape[0] is not None
+            and query.shape[0] is not None
+            and (inputs.shape[0] != query.shape[0])
         ):
             raise ValueError(
                 "`inputs` and `query` must have the same batch size. Received: "
@@ -217,13 +218,9 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
 
     def call(self, inputs, query=None, reset=None, state=None, training=None):
         # `query` named here (not in **kwargs) so Keras builds with its shape.
-        return super().call(
-            inputs, reset=reset, state=state, training=training, query=query
-        )
+        return super().call(inputs, reset=reset, state=state, training=training, query=query)
 
-    def compute_output_spec(
-        self, inputs, query=None, reset=None, state=None, training=None
-    ):
+    def compute_output_spec(self, inputs, query=None, reset=None, state=None, training=None):
         return super().compute_output_spec(
             inputs, reset=reset, state=state, training=training, query=query
         )
@@ -284,14 +281,10 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
         width = self.output_dim
         if width is None:
             width = query.shape[-1] if self.project_query else self.num_heads * self.key_dim
-        return keras.KerasTensor(
-            (query.shape[0], query.shape[1], width), dtype=self.compute_dtype
-        )
+        return keras.KerasTensor((query.shape[0], query.shape[1], width), dtype=self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
         config.update(memory_settings.config(self, self.SETTINGS))
-        config["kernel_initializer"] = keras.initializers.serialize(
-            self.kernel_initializer
-        )
+        config["kernel_initializer"] = keras.initializers.serialize(self.kernel_initializer)
         return config

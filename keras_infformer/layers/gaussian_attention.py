@@ -3,8 +3,7 @@ import math
 import keras
 from keras import ops
 
-from keras_infformer import basis
-from keras_infformer import utils
+from keras_infformer import basis, utils
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
@@ -100,9 +99,7 @@ class GaussianAttention(keras.layers.Layer):
         self.num_heads = utils.check_positive_int(num_heads, "num_heads")
         self.key_dim = utils.check_positive_int(key_dim, "key_dim")
         self.value_dim = (
-            self.key_dim
-            if value_dim is None
-            else utils.check_positive_int(value_dim, "value_dim")
+            self.key_dim if value_dim is None else utils.check_positive_int(value_dim, "value_dim")
         )
         self.output_dim = (
             None if output_dim is None else utils.check_positive_int(output_dim, "output_dim")
@@ -112,9 +109,7 @@ class GaussianAttention(keras.layers.Layer):
         self.kl_weight = utils.check_range(
             kl_weight, "kl_weight", 0.0, float("inf"), low_open=False
         )
-        self.min_variance = utils.check_range(
-            min_variance, "min_variance", 0.0, float("inf")
-        )
+        self.min_variance = utils.check_range(min_variance, "min_variance", 0.0, float("inf"))
         self.project_query = bool(project_query)
         self.zero_output = bool(zero_output)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -131,7 +126,6 @@ class GaussianAttention(keras.layers.Layer):
                 f"N and e. Received: coefficients_shape={coefficients_shape}"
             )
         self.num_basis = int(coefficients_shape[1])
-        memory_dim = int(coefficients_shape[2])
         centers, widths = basis.basis_parameters(self.num_basis, self.basis_widths)
         self.centers = utils.constant(centers)
         self.widths = utils.constant(widths)
@@ -184,9 +178,7 @@ class GaussianAttention(keras.layers.Layer):
         self._output_dense = keras.layers.EinsumDense(
             "bqhk,hko->bqo",
             output_shape=(None, output_dim),
-            kernel_initializer=(
-                "zeros" if self.zero_output else self._initializer("output")
-            ),
+            kernel_initializer=("zeros" if self.zero_output else self._initializer("output")),
             dtype=self.dtype_policy,
             name="output",
         )
@@ -241,9 +233,7 @@ class GaussianAttention(keras.layers.Layer):
             ),
             (0, 2, 3, 1),
         )  # (B, h, d_h, 2)
-        values = ops.cast(
-            self._value_dense(ops.cast(coefficients, self.compute_dtype)), "float32"
-        )
+        values = ops.cast(self._value_dense(ops.cast(coefficients, self.compute_dtype)), "float32")
         return weighted_keys, values
 
     def density(self, query, coefficients=None, view=None):
@@ -255,9 +245,9 @@ class GaussianAttention(keras.layers.Layer):
         if view is None:
             view = self.memory_view(coefficients)
         weighted_keys = view[0]
-        logits = ops.einsum(
-            "bqhk,bhkj->bhqj", ops.cast(q, "float32"), weighted_keys
-        ) / math.sqrt(self.key_dim)
+        logits = ops.einsum("bqhk,bhkj->bhqj", ops.cast(q, "float32"), weighted_keys) / math.sqrt(
+            self.key_dim
+        )
         mu = ops.sigmoid(logits[..., 0])
         sigma_sq = ops.maximum(ops.softplus(logits[..., 1]), self.min_variance)
         return mu, sigma_sq
@@ -279,9 +269,7 @@ class GaussianAttention(keras.layers.Layer):
         mu, sigma_sq = self.density(query, view=view)
         # r[b, h, q, w, c] is basis function c·W + w: read the values
         # grouped the same way, (B, N, h, k) -> (B, C, W, h, k).
-        r = basis.gaussian_expectation_by_width(
-            mu, sigma_sq, self._grid_centers, self._grid_widths
-        )
+        r = basis.gaussian_expectation_by_width(mu, sigma_sq, self._grid_centers, self._grid_widths)
         values = view[1]
         num_widths = len(self.basis_widths)
         values = ops.reshape(
@@ -300,13 +288,9 @@ class GaussianAttention(keras.layers.Layer):
             return outputs, mu, sigma_sq
         return outputs
 
-    def compute_output_spec(
-        self, query, coefficients, return_density=False, training=None
-    ):
+    def compute_output_spec(self, query, coefficients, return_density=False, training=None):
         batch, length = query.shape[0], query.shape[1]
-        outputs = keras.KerasTensor(
-            (batch, length, self._output_dim), dtype=self.compute_dtype
-        )
+        outputs = keras.KerasTensor((batch, length, self._output_dim), dtype=self.compute_dtype)
         if not return_density:
             return outputs
         density = keras.KerasTensor((batch, self.num_heads, length), dtype="float32")
@@ -326,9 +310,7 @@ class GaussianAttention(keras.layers.Layer):
                 "min_variance": self.min_variance,
                 "project_query": self.project_query,
                 "zero_output": self.zero_output,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             }
         )
         return config

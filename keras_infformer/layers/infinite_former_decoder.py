@@ -2,12 +2,10 @@ import keras
 import keras_hub
 from keras import ops
 
-from keras_infformer import memory
-from keras_infformer import utils
+from keras_infformer import memory, utils
 from keras_infformer.layers import memory_settings
 from keras_infformer.layers.compressive_memory import CompressiveMemory
-from keras_infformer.layers.long_term_memory import VIEW_NAMES
-from keras_infformer.layers.long_term_memory import LongTermMemory
+from keras_infformer.layers.long_term_memory import VIEW_NAMES, LongTermMemory
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
@@ -150,8 +148,12 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         + ("zero_memory_output",)
         + tuple(memory_settings.COMPRESSIVE_MEMORY)
         + (
-            "dropout", "activation", "layer_norm_epsilon", "normalize_first",
-            "rotary_max_wavelength", "kernel_initializer",
+            "dropout",
+            "activation",
+            "layer_norm_epsilon",
+            "normalize_first",
+            "rotary_max_wavelength",
+            "kernel_initializer",
         )
     )
 
@@ -186,9 +188,7 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         **kwargs,
     ):
         super().__init__(stateful=stateful, **kwargs)
-        self.intermediate_dim = utils.check_positive_int(
-            intermediate_dim, "intermediate_dim"
-        )
+        self.intermediate_dim = utils.check_positive_int(intermediate_dim, "intermediate_dim")
         self.num_heads = utils.check_positive_int(num_heads, "num_heads")
         self.memory_length = utils.check_positive_int(memory_length, "memory_length")
         self.use_long_term_memory = bool(use_long_term_memory)
@@ -262,49 +262,58 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
             )
 
         self._attention_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
+            epsilon=self.layer_norm_epsilon,
+            dtype=self.dtype_policy,
             name="attention_norm",
         )
         self._attention_norm.build(window_shape)
         self._query_dense = keras.layers.EinsumDense(
-            "btd,dhk->bthk", output_shape=(None, self.num_heads, head_dim),
+            "btd,dhk->bthk",
+            output_shape=(None, self.num_heads, head_dim),
             **dense("query"),
         )
         self._query_dense.build(window_shape)
         self._key_dense = keras.layers.EinsumDense(
-            "btd,dhk->bthk", output_shape=(None, self.num_heads, head_dim),
+            "btd,dhk->bthk",
+            output_shape=(None, self.num_heads, head_dim),
             **dense("key"),
         )
         self._key_dense.build(window_shape)
         self._value_dense = keras.layers.EinsumDense(
-            "btd,dhk->bthk", output_shape=(None, self.num_heads, head_dim),
+            "btd,dhk->bthk",
+            output_shape=(None, self.num_heads, head_dim),
             **dense("value"),
         )
         self._value_dense.build(window_shape)
         self._attention_output_dense = keras.layers.EinsumDense(
-            "bthk,hkd->btd", output_shape=(None, hidden_dim),
+            "bthk,hkd->btd",
+            output_shape=(None, hidden_dim),
             **dense("attention_output"),
         )
         self._attention_output_dense.build((batch_size, None, self.num_heads, head_dim))
         self._rotary = keras_hub.layers.RotaryEmbedding(
-            max_wavelength=self.rotary_max_wavelength, dtype=self.dtype_policy,
+            max_wavelength=self.rotary_max_wavelength,
+            dtype=self.dtype_policy,
             name="rotary_embedding",
         )
         self._attention_dropout = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy, name="attention_dropout"
         )
         self._feedforward_norm = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
+            epsilon=self.layer_norm_epsilon,
+            dtype=self.dtype_policy,
             name="feedforward_norm",
         )
         self._feedforward_norm.build(window_shape)
         self._feedforward_intermediate = keras.layers.Dense(
-            self.intermediate_dim, activation=self.activation,
+            self.intermediate_dim,
+            activation=self.activation,
             **dense("feedforward_intermediate"),
         )
         self._feedforward_intermediate.build(window_shape)
         self._feedforward_output = keras.layers.Dense(
-            hidden_dim, **dense("feedforward_output"),
+            hidden_dim,
+            **dense("feedforward_output"),
         )
         self._feedforward_output.build((batch_size, None, self.intermediate_dim))
         self._feedforward_dropout = keras.layers.Dropout(
@@ -379,9 +388,7 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
             "stm": keras.KerasTensor(
                 (batch_size, self.memory_length, self.hidden_dim), dtype="float32"
             ),
-            "stm_mask": keras.KerasTensor(
-                (batch_size, self.memory_length), dtype="float32"
-            ),
+            "stm_mask": keras.KerasTensor((batch_size, self.memory_length), dtype="float32"),
         }
         if self.compressed_memory_length > 0:
             spec.update(self._compressive.named_state_spec(batch_size))
@@ -439,9 +446,7 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         if self.compressed_memory_length > 0 and training and self.reconstruction_weight > 0:
             self.add_loss(
                 self.reconstruction_weight
-                * self.attention_reconstruction_loss(
-                    query, context["leaving"], context["leaves"]
-                )
+                * self.attention_reconstruction_loss(query, context["leaving"], context["leaves"])
             )
         mass = None
         if self.use_long_term_memory and self.sticky_memories:
@@ -498,9 +503,7 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         mem = self.memory_length
         length = self.segment_length
         steps = int(x.shape[1])
-        normed_segment = (
-            self._attention_norm(segment) if self.normalize_first else segment
-        )
+        normed_segment = self._attention_norm(segment) if self.normalize_first else segment
         if x is segment:
             normed_x = normed_segment
         else:
@@ -523,20 +526,18 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         mask = ops.logical_and(causal[None, :, :], key_valid[:, None, :])
         if self.compressed_memory_length > 0:
             key, value, mask = self._with_compressed_slots(context, key, value, mask)
-        attended = ops.dot_product_attention(
-            rotated_query, key, value, mask=mask[:, None, :, :]
-        )
+        attended = ops.dot_product_attention(rotated_query, key, value, mask=mask[:, None, :, :])
         attention_output = self._attention_output_dense(attended)
         mu = sigma_sq = None
         if self.use_long_term_memory:
             # Decoding (`regularize=False`) collects no loss and adds none.
             ltm_output, mu, sigma_sq = self._long_term.read(
-                query, context["ltm"], regularize=regularize,
+                query,
+                context["ltm"],
+                regularize=regularize,
                 view=context.get("ltm_view"),
             )
-            attention_output = attention_output + ops.cast(
-                ltm_output, attention_output.dtype
-            )
+            attention_output = attention_output + ops.cast(ltm_output, attention_output.dtype)
         outputs = self._feedforward(x, attention_output, training)
         return outputs, query, mu, sigma_sq
 
@@ -599,9 +600,7 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
             )
         if self.compressed_memory_length > 0:
             ended.update(
-                self._compressive.absorb_named(
-                    leaving, begun, absorb=stm_mask[:, 0] > 0.5
-                )
+                self._compressive.absorb_named(leaving, begun, absorb=stm_mask[:, 0] > 0.5)
             )
         return ended
 
@@ -620,9 +619,7 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
             # read by the others.
             spec.update(self._long_term.view_spec(batch_size))
         if self.use_long_term_memory and self.sticky_memories:
-            spec["segment_mass"] = keras.KerasTensor(
-                (batch_size, self.num_bins), dtype="float32"
-            )
+            spec["segment_mass"] = keras.KerasTensor((batch_size, self.num_bins), dtype="float32")
         return spec
 
     def decode_state(self, state):
@@ -632,9 +629,7 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         decode_state = dict(state)
         for name, spec in self.decode_state_spec().items():
             if name not in state:
-                decode_state[name] = ops.zeros(
-                    (batch,) + tuple(spec.shape[1:]), dtype="float32"
-                )
+                decode_state[name] = ops.zeros((batch,) + tuple(spec.shape[1:]), dtype="float32")
         return decode_state
 
     def decode(self, inputs, state, position):
@@ -675,7 +670,12 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
             if view_names:
                 context["ltm_view"] = tuple(begun[k] for k in view_names)
             outputs, _, mu, sigma_sq = self._attend(
-                x, segment, position, context, training=False, regularize=False,
+                x,
+                segment,
+                position,
+                context,
+                training=False,
+                regularize=False,
             )
             new_state = dict(begun)
             new_state["segment"] = ops.cast(segment, "float32")
@@ -742,7 +742,5 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         config = super().get_config()
         config.update(memory_settings.config(self, self.SETTINGS))
         config["activation"] = keras.activations.serialize(self.activation)
-        config["kernel_initializer"] = keras.initializers.serialize(
-            self.kernel_initializer
-        )
+        config["kernel_initializer"] = keras.initializers.serialize(self.kernel_initializer)
         return config

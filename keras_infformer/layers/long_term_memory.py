@@ -71,7 +71,13 @@ class LongTermMemory:
         self.attention = None
 
     def make_attention(
-        self, name, key_dim, num_heads, output_dim, project_query, zero_output,
+        self,
+        name,
+        key_dim,
+        num_heads,
+        output_dim,
+        project_query,
+        zero_output,
         kernel_initializer,
     ):
         """The Gaussian attention over this memory (built by `build`)."""

@@ -81,12 +81,14 @@ def check_long_term_memory(settings):
             checked["num_samples"], checked["num_bins"], settings["sticky_mode"]
         )
     checked["sticky_uniform_share"] = utils.check_range(
-        settings["sticky_uniform_share"], "sticky_uniform_share", 0.0, 1.0,
-        low_open=False, high_open=False,
+        settings["sticky_uniform_share"],
+        "sticky_uniform_share",
+        0.0,
+        1.0,
+        low_open=False,
+        high_open=False,
     )
-    checked["sigma_0"] = utils.check_range(
-        settings["sigma_0"], "sigma_0", 0.0, float("inf")
-    )
+    checked["sigma_0"] = utils.check_range(settings["sigma_0"], "sigma_0", 0.0, float("inf"))
     checked["kl_weight"] = utils.check_range(
         settings["kl_weight"], "kl_weight", 0.0, float("inf"), low_open=False
     )
@@ -102,8 +104,11 @@ def check_compressive_memory(settings):
             settings["compression_rate"], "compression_rate"
         )
     checked["reconstruction_weight"] = utils.check_range(
-        settings["reconstruction_weight"], "reconstruction_weight", 0.0,
-        float("inf"), low_open=False,
+        settings["reconstruction_weight"],
+        "reconstruction_weight",
+        0.0,
+        float("inf"),
+        low_open=False,
     )
     return checked
 

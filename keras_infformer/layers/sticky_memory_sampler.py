@@ -106,8 +106,13 @@ class StickyMemorySampler(keras.layers.Layer):
     """
 
     def __init__(
-        self, num_samples, num_bins=128, mode="quantile", uniform_share=0.5,
-        seed=None, **kwargs,
+        self,
+        num_samples,
+        num_bins=128,
+        mode="quantile",
+        uniform_share=0.5,
+        seed=None,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self.uniform_share = utils.check_range(
@@ -138,9 +143,7 @@ class StickyMemorySampler(keras.layers.Layer):
         num_samples = utils.check_positive_int(num_samples, "num_samples")
         num_bins = utils.check_positive_int(num_bins, "num_bins")
         if mode not in _MODES:
-            raise ValueError(
-                f"`mode` must be one of {_MODES}. Received: mode={mode!r}"
-            )
+            raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode!r}")
         return num_samples, num_bins, mode
 
     @property
@@ -178,9 +181,7 @@ class StickyMemorySampler(keras.layers.Layer):
         sigma_sq = ops.reshape(sigma_sq, (batch, count, 1))
         valid = ops.logical_and(ops.isfinite(mu), ops.isfinite(sigma_sq))
         mu = ops.where(valid, mu, 0.5)
-        sigma = ops.sqrt(
-            ops.where(valid, ops.maximum(sigma_sq, _MIN_SIGMA_SQ), 1.0)
-        )
+        sigma = ops.sqrt(ops.where(valid, ops.maximum(sigma_sq, _MIN_SIGMA_SQ), 1.0))
         cdf = 0.5 * (1.0 + ops.erf(ops.subtract(self.bin_edges, mu) / (sigma * np.sqrt(2.0))))
         mass = ops.where(valid, cdf[..., 1:] - cdf[..., :-1], 0.0)
         return ops.sum(mass, axis=1)
@@ -205,8 +206,7 @@ class StickyMemorySampler(keras.layers.Layer):
         if not hasattr(histogram, "shape"):
             histogram = ops.convert_to_tensor(histogram, "float32")
         if len(histogram.shape) != 2 or (
-            histogram.shape[-1] is not None
-            and int(histogram.shape[-1]) != self.num_bins
+            histogram.shape[-1] is not None and int(histogram.shape[-1]) != self.num_bins
         ):
             raise ValueError(
                 "`histogram` must have shape (batch_size, num_bins) = "
@@ -245,17 +245,13 @@ class StickyMemorySampler(keras.layers.Layer):
             ops.cast(ops.expand_dims(levels, -1) >= ops.expand_dims(upper, 1), "int32"),
             axis=-1,
         )
-        cdf_below = ops.take_along_axis(
-            ops.pad(cdf, ((0, 0), (1, 0)))[:, :-1], index, axis=-1
-        )
+        cdf_below = ops.take_along_axis(ops.pad(cdf, ((0, 0), (1, 0)))[:, :-1], index, axis=-1)
         mass = ops.take_along_axis(histogram, index, axis=-1)
         # A level lands in an empty bin only past the last bin with mass (a
         # level at or above the total, after rounding): it reads the end of
         # that last bin with mass, not 0 / 0.
         nonempty = mass > 0.0
-        within = ops.clip(
-            (levels - cdf_below) / ops.where(nonempty, mass, 1.0), 0.0, 1.0
-        )
+        within = ops.clip((levels - cdf_below) / ops.where(nonempty, mass, 1.0), 0.0, 1.0)
         points = (ops.cast(index, "float32") + within) / self.num_bins
         bin_ends = ops.cast(ops.arange(1, self.num_bins + 1), "float32")
         last_end = ops.max(

@@ -146,25 +146,19 @@ class GPT2Wiring(BackboneWiring):
         h = parts["attention_norm"](x)
         query = attention.query_dense(h)
         start = [0, position, 0, 0]
-        key = ops.slice_update(
-            ops.cast(cache[:, 0], query.dtype), start, attention.key_dense(h)
-        )
+        key = ops.slice_update(ops.cast(cache[:, 0], query.dtype), start, attention.key_dense(h))
         value = ops.slice_update(
             ops.cast(cache[:, 1], query.dtype), start, attention.value_dense(h)
         )
         cache = ops.stack((key, value), axis=1)
         mask = compat.transformer_decoder_causal_mask(block, x, cache, position)
-        attended = compat.multi_head_attention(
-            attention, query, key, value, mask, training=False
-        )
+        attended = compat.multi_head_attention(attention, query, key, value, mask, training=False)
         return self._finish(parts, x, attended, read(h, query), False), cache
 
     def _finish(self, parts, x, attended, memory_output, training):
         attention_output = parts["attention"].output_dense(attended)
         # The paper's sum: short-term attention plus the memory read.
-        attention_output = attention_output + ops.cast(
-            memory_output, attention_output.dtype
-        )
+        attention_output = attention_output + ops.cast(memory_output, attention_output.dtype)
         x = parts["attention_dropout"](attention_output, training=training) + x
         residual = x
         h = parts["ffn_norm"](x)

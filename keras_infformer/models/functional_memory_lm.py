@@ -13,8 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_infformer import compat
-from keras_infformer import memory
+from keras_infformer import compat, memory
 from keras_infformer.models import stream_guards
 from keras_infformer.models.streaming_causal_lm import StreamingCausalLM
 
@@ -153,8 +152,7 @@ class FunctionalMemoryLM(StreamingCausalLM):
         memory.check_state(state, self.state_spec(self.batch_size), float_only=True)
         checked = [
             layer._checked_state(
-                {name: state[memory.state_name(layer.name, name)]
-                 for name in layer.state_spec()},
+                {name: state[memory.state_name(layer.name, name)] for name in layer.state_spec()},
                 "state",
             )
             for layer in self.memory_layers
@@ -186,7 +184,8 @@ class FunctionalMemoryLM(StreamingCausalLM):
             ops.cast(ops.convert_to_tensor(token_ids), "int32"), self.vocabulary_size
         )
         flags = (
-            ops.zeros(ops.shape(token_ids)[:1], "bool") if reset is None
+            ops.zeros(ops.shape(token_ids)[:1], "bool")
+            if reset is None
             else ops.cast(reset, "bool")
         )
         size = self.batch_size
@@ -245,9 +244,7 @@ class FunctionalMemoryLM(StreamingCausalLM):
         length = self.segment_length
         position = ops.cast(state["position"], "float32")
         here = ops.one_hot(ops.cast(position, "int32"), length, dtype="float32")
-        segment = state["segment_tokens"] * (1.0 - here) + here * ops.cast(
-            token_ids, "float32"
-        )
+        segment = state["segment_tokens"] * (1.0 - here) + here * ops.cast(token_ids, "float32")
         memory_state = {key: state[key] for key in self.state_spec()}
         logits, moved_on = self.step(ops.cast(segment, "int32"), None, memory_state)
         logits = ops.sum(ops.cast(logits, "float32") * here[:, :, None], axis=1)

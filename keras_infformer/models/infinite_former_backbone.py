@@ -2,8 +2,7 @@ import keras
 import keras_hub
 from keras import ops
 
-from keras_infformer import memory
-from keras_infformer import utils
+from keras_infformer import memory, utils
 from keras_infformer.layers import memory_settings
 from keras_infformer.layers.infinite_former_decoder import InfiniteFormerDecoder
 
@@ -88,9 +87,19 @@ class InfiniteFormerBackbone(keras_hub.models.Backbone):
     # Every setting of the config, in order (also properties of the task
     # models over this backbone).
     SETTINGS = (
-        "vocabulary_size", "segment_length", "batch_size", "num_layers",
-        "hidden_dim", "num_heads", "intermediate_dim", "memory_length",
-    ) + BLOCK_SETTINGS + ("tie_weights",)
+        (
+            "vocabulary_size",
+            "segment_length",
+            "batch_size",
+            "num_layers",
+            "hidden_dim",
+            "num_heads",
+            "intermediate_dim",
+            "memory_length",
+        )
+        + BLOCK_SETTINGS
+        + ("tie_weights",)
+    )
 
     def __init__(
         self,
@@ -154,9 +163,7 @@ class InfiniteFormerBackbone(keras_hub.models.Backbone):
             )
             for i in range(num_layers)
         ]
-        final_norm = keras.layers.LayerNormalization(
-            epsilon=1e-5, dtype=dtype, name="final_norm"
-        )
+        final_norm = keras.layers.LayerNormalization(epsilon=1e-5, dtype=dtype, name="final_norm")
 
         # === Functional model ===
         token_ids = keras.Input(
@@ -208,10 +215,7 @@ class InfiniteFormerBackbone(keras_hub.models.Backbone):
     def get_state(self):
         """The memory held in the variables, as a flat dict (copies)."""
         return memory.flatten_state(
-            {
-                self._prefix(i): block.get_state()
-                for i, block in enumerate(self.decoder_blocks)
-            }
+            {self._prefix(i): block.get_state() for i, block in enumerate(self.decoder_blocks)}
         )
 
     def set_state(self, state):
@@ -232,9 +236,7 @@ class InfiniteFormerBackbone(keras_hub.models.Backbone):
 
     def _nested(self, state, spec, what="state"):
         structure = {
-            self._prefix(i): {
-                name: None for name in block.state_spec()
-            }
+            self._prefix(i): {name: None for name in block.state_spec()}
             for i, block in enumerate(self.decoder_blocks)
         }
         memory.check_state_keys(state, spec, what)
@@ -255,7 +257,10 @@ class InfiniteFormerBackbone(keras_hub.models.Backbone):
         for i, block in enumerate(self.decoder_blocks):
             with_density = return_density and block.use_long_term_memory
             outputs, new_state[self._prefix(i)] = block(
-                x, reset=reset, state=nested[self._prefix(i)], training=training,
+                x,
+                reset=reset,
+                state=nested[self._prefix(i)],
+                training=training,
                 return_density=with_density,
             )
             if with_density:
@@ -316,9 +321,7 @@ class InfiniteFormerBackbone(keras_hub.models.Backbone):
         x = self.token_embedding(token_ids)
         new_state = {}
         for i, block in enumerate(self.decoder_blocks):
-            x, new_state[self._prefix(i)] = block.decode(
-                x, nested[self._prefix(i)], position
-            )
+            x, new_state[self._prefix(i)] = block.decode(x, nested[self._prefix(i)], position)
         if self.normalize_first:
             x = self.final_norm(x)
         new_state = memory.flatten_state(new_state)

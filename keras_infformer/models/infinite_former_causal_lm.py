@@ -92,7 +92,6 @@ class InfiniteFormerCausalLM(StreamingCausalLM):
         outputs = backbone.token_embedding(hidden_states, reverse=True)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
-
     # -- memory ------------------------------------------------------------
 
     def reset_state(self):

@@ -61,8 +61,12 @@ class InfiniteFormerCausalLMPreprocessor(keras_hub.models.Preprocessor):
     """
 
     def __init__(
-        self, tokenizer=None, add_end_token=False, pad_token_id=None,
-        sequence_length=None, **kwargs,
+        self,
+        tokenizer=None,
+        add_end_token=False,
+        pad_token_id=None,
+        sequence_length=None,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self.sequence_length = sequence_length
@@ -212,7 +216,9 @@ class InfiniteFormerCausalLMPreprocessor(keras_hub.models.Preprocessor):
         """
         if sequence_length is None:
             sequence_length = self.sequence_length
-        packed = self.generate_preprocess(x, None if sequence_length is None else sequence_length + 1)
+        packed = self.generate_preprocess(
+            x, None if sequence_length is None else sequence_length + 1
+        )
         token_ids, mask = packed["token_ids"], packed["padding_mask"]
         inputs = {
             "token_ids": token_ids[:, :-1],

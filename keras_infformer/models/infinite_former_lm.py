@@ -3,6 +3,7 @@ import keras
 from keras_infformer.models.infinite_former_backbone import InfiniteFormerBackbone
 from keras_infformer.models.infinite_former_causal_lm import InfiniteFormerCausalLM
 
+
 @keras.saving.register_keras_serializable(package="keras_infformer")
 class InfiniteFormerLM(InfiniteFormerCausalLM):
     """A causal language model of stacked ∞-former decoder blocks, from flat settings.

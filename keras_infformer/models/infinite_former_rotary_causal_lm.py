@@ -7,10 +7,7 @@ import keras_hub
 
 from keras_infformer import compat
 from keras_infformer.models.pretrained_memory_causal_lm import PretrainedMemoryCausalLM
-from keras_infformer.models.rotary_wiring import GemmaWiring
-from keras_infformer.models.rotary_wiring import LlamaWiring
-from keras_infformer.models.rotary_wiring import Qwen3Wiring
-
+from keras_infformer.models.rotary_wiring import GemmaWiring, LlamaWiring, Qwen3Wiring
 
 # Each family's backbone under a name of our own, as
 # `InfiniteFormerGPT2Backbone`: keras-hub's `CausalLM.from_preset(preset)`
@@ -74,9 +71,7 @@ class _RotaryFamilyCausalLM(PretrainedMemoryCausalLM):
             "preprocessor" not in kwargs
             and isinstance(preset, str)
             and os.path.isdir(preset)
-            and not os.path.exists(
-                os.path.join(preset, compat.preset_tokenizer_file())
-            )
+            and not os.path.exists(os.path.join(preset, compat.preset_tokenizer_file()))
         ):
             kwargs["preprocessor"] = None
         return loader.load_task(cls, load_weights, True, **kwargs)
@@ -105,46 +100,46 @@ _ARGS = """
 class InfiniteFormerLlamaCausalLM(_RotaryFamilyCausalLM):
     """A pretrained keras-hub Llama with a continuous long-term memory.
 
-    The ∞-former's fine-tuning setting (paper §5.2) on a
-    `keras_hub.models.LlamaBackbone`: every layer keeps its RMS-normed
-    input of the previous segment; at the next segment a
-    `keras_infformer.layers.ContinuousMemoryAttention` absorbs it into a
-    `ContinuousLTM` and reads it with the layer's own projected query heads
-    (all `num_query_heads`, without rotary positions: the memory is a
-    continuous signal over [0, 1], not token positions; memory keys and
-    values per query head from the memory's own projections). The read is
-    added to Llama's attention output. Llama's grouped-query causal
-    attention over the segment is the short-term part. Every backbone layer
-    object is used as it is; the memories' output projections start at
-    zero, so before fine-tuning the logits equal
-    `keras_hub.models.LlamaCausalLM`'s on each segment alone. See
-    `keras_infformer.models.rotary_wiring.LlamaWiring`.
-{args}
-    Examples:
+        The ∞-former's fine-tuning setting (paper §5.2) on a
+        `keras_hub.models.LlamaBackbone`: every layer keeps its RMS-normed
+        input of the previous segment; at the next segment a
+        `keras_infformer.layers.ContinuousMemoryAttention` absorbs it into a
+        `ContinuousLTM` and reads it with the layer's own projected query heads
+        (all `num_query_heads`, without rotary positions: the memory is a
+        continuous signal over [0, 1], not token positions; memory keys and
+        values per query head from the memory's own projections). The read is
+        added to Llama's attention output. Llama's grouped-query causal
+        attention over the segment is the short-term part. Every backbone layer
+        object is used as it is; the memories' output projections start at
+        zero, so before fine-tuning the logits equal
+        `keras_hub.models.LlamaCausalLM`'s on each segment alone. See
+        `keras_infformer.models.rotary_wiring.LlamaWiring`.
+    {args}
+        Examples:
 
-    ```python
-    import keras_hub
-    import numpy as np
-    import keras_infformer
+        ```python
+        import keras_hub
+        import numpy as np
+        import keras_infformer
 
-    backbone = keras_hub.models.LlamaBackbone(
-        vocabulary_size=300, num_layers=2, num_query_heads=4,
-        num_key_value_heads=2, hidden_dim=32, intermediate_dim=64,
-    )
-    model = keras_infformer.models.InfiniteFormerLlamaCausalLM.from_backbone(
-        backbone, segment_length=16, batch_size=2, num_basis=32,
-        finetune="memory",
-    )
-    documents = [np.random.randint(1, 300, 100) for _ in range(4)]
-    stream = keras_infformer.data.StreamingDataset(
-        documents, batch_size=2, segment_length=16
-    )
-    model.fit(stream, epochs=1)
-    ```
+        backbone = keras_hub.models.LlamaBackbone(
+            vocabulary_size=300, num_layers=2, num_query_heads=4,
+            num_key_value_heads=2, hidden_dim=32, intermediate_dim=64,
+        )
+        model = keras_infformer.models.InfiniteFormerLlamaCausalLM.from_backbone(
+            backbone, segment_length=16, batch_size=2, num_basis=32,
+            finetune="memory",
+        )
+        documents = [np.random.randint(1, 300, 100) for _ in range(4)]
+        stream = keras_infformer.data.StreamingDataset(
+            documents, batch_size=2, segment_length=16
+        )
+        model.fit(stream, epochs=1)
+        ```
 
-    References:
-     - [Martins et al., 2022](https://arxiv.org/abs/2109.00301)
-     - [Touvron et al., 2023](https://arxiv.org/abs/2307.09288)
+        References:
+         - [Martins et al., 2022](https://arxiv.org/abs/2109.00301)
+         - [Touvron et al., 2023](https://arxiv.org/abs/2307.09288)
     """
 
     backbone_cls = InfiniteFormerLlamaBackbone
@@ -156,36 +151,36 @@ class InfiniteFormerLlamaCausalLM(_RotaryFamilyCausalLM):
 class InfiniteFormerGemmaCausalLM(_RotaryFamilyCausalLM):
     """A pretrained keras-hub Gemma (or Gemma 2) with a continuous memory.
 
-    As `InfiniteFormerLlamaCausalLM`, on a `keras_hub.models.GemmaBackbone`:
-    each layer's normed input (Gemma's `x * (1 + w)` RMS norm, the layer's
-    own) of earlier segments is absorbed into a continuous memory, read
-    with the layer's `query_dense` heads without rotary positions, and
-    added to Gemma's attention output (before Gemma 2's post-attention
-    norm). The embedding scale `sqrt(hidden_dim)`, the approximate-GELU
-    gate, attention and final logit soft-capping and Gemma 2's sliding
-    windows are Gemma's own. Before fine-tuning the logits equal
-    `keras_hub.models.GemmaCausalLM`'s on each segment alone. See
-    `keras_infformer.models.rotary_wiring.GemmaWiring`.
-{args}
-    Examples:
+        As `InfiniteFormerLlamaCausalLM`, on a `keras_hub.models.GemmaBackbone`:
+        each layer's normed input (Gemma's `x * (1 + w)` RMS norm, the layer's
+        own) of earlier segments is absorbed into a continuous memory, read
+        with the layer's `query_dense` heads without rotary positions, and
+        added to Gemma's attention output (before Gemma 2's post-attention
+        norm). The embedding scale `sqrt(hidden_dim)`, the approximate-GELU
+        gate, attention and final logit soft-capping and Gemma 2's sliding
+        windows are Gemma's own. Before fine-tuning the logits equal
+        `keras_hub.models.GemmaCausalLM`'s on each segment alone. See
+        `keras_infformer.models.rotary_wiring.GemmaWiring`.
+    {args}
+        Examples:
 
-    ```python
-    import keras_hub
-    import keras_infformer
+        ```python
+        import keras_hub
+        import keras_infformer
 
-    backbone = keras_hub.models.GemmaBackbone(
-        vocabulary_size=300, num_layers=2, num_query_heads=4,
-        num_key_value_heads=2, hidden_dim=32, intermediate_dim=64,
-        head_dim=8,
-    )
-    model = keras_infformer.models.InfiniteFormerGemmaCausalLM.from_backbone(
-        backbone, segment_length=16, num_basis=32
-    )
-    ```
+        backbone = keras_hub.models.GemmaBackbone(
+            vocabulary_size=300, num_layers=2, num_query_heads=4,
+            num_key_value_heads=2, hidden_dim=32, intermediate_dim=64,
+            head_dim=8,
+        )
+        model = keras_infformer.models.InfiniteFormerGemmaCausalLM.from_backbone(
+            backbone, segment_length=16, num_basis=32
+        )
+        ```
 
-    References:
-     - [Martins et al., 2022](https://arxiv.org/abs/2109.00301)
-     - [Gemma Team, 2024](https://arxiv.org/abs/2403.08295)
+        References:
+         - [Martins et al., 2022](https://arxiv.org/abs/2109.00301)
+         - [Gemma Team, 2024](https://arxiv.org/abs/2403.08295)
     """
 
     backbone_cls = InfiniteFormerGemmaBackbone
@@ -197,32 +192,32 @@ class InfiniteFormerGemmaCausalLM(_RotaryFamilyCausalLM):
 class InfiniteFormerQwen3CausalLM(_RotaryFamilyCausalLM):
     """A pretrained keras-hub Qwen3 with a continuous long-term memory.
 
-    As `InfiniteFormerLlamaCausalLM`, on a `keras_hub.models.Qwen3Backbone`
-    (Llama's layer plus per-head RMS norms of the projected queries and
-    keys): the memory reads with the layer's *normed* query heads, without
-    rotary positions. Before fine-tuning the logits equal
-    `keras_hub.models.Qwen3CausalLM`'s on each segment alone. See
-    `keras_infformer.models.rotary_wiring.Qwen3Wiring`.
-{args}
-    Examples:
+        As `InfiniteFormerLlamaCausalLM`, on a `keras_hub.models.Qwen3Backbone`
+        (Llama's layer plus per-head RMS norms of the projected queries and
+        keys): the memory reads with the layer's *normed* query heads, without
+        rotary positions. Before fine-tuning the logits equal
+        `keras_hub.models.Qwen3CausalLM`'s on each segment alone. See
+        `keras_infformer.models.rotary_wiring.Qwen3Wiring`.
+    {args}
+        Examples:
 
-    ```python
-    import keras_hub
-    import keras_infformer
+        ```python
+        import keras_hub
+        import keras_infformer
 
-    backbone = keras_hub.models.Qwen3Backbone(
-        vocabulary_size=300, num_layers=2, num_query_heads=4,
-        num_key_value_heads=2, head_dim=8, hidden_dim=32,
-        intermediate_dim=64,
-    )
-    model = keras_infformer.models.InfiniteFormerQwen3CausalLM.from_backbone(
-        backbone, segment_length=16, num_basis=32
-    )
-    ```
+        backbone = keras_hub.models.Qwen3Backbone(
+            vocabulary_size=300, num_layers=2, num_query_heads=4,
+            num_key_value_heads=2, head_dim=8, hidden_dim=32,
+            intermediate_dim=64,
+        )
+        model = keras_infformer.models.InfiniteFormerQwen3CausalLM.from_backbone(
+            backbone, segment_length=16, num_basis=32
+        )
+        ```
 
-    References:
-     - [Martins et al., 2022](https://arxiv.org/abs/2109.00301)
-     - [Qwen Team, 2025](https://arxiv.org/abs/2505.09388)
+        References:
+         - [Martins et al., 2022](https://arxiv.org/abs/2109.00301)
+         - [Qwen Team, 2025](https://arxiv.org/abs/2505.09388)
     """
 
     backbone_cls = InfiniteFormerQwen3Backbone

@@ -4,8 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_infformer import memory
-from keras_infformer import utils
+from keras_infformer import memory, utils
 from keras_infformer.data import text as text_utils
 from keras_infformer.layers import memory_settings
 from keras_infformer.layers.continuous_memory_attention import ContinuousMemoryAttention
@@ -152,9 +151,7 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
             name="segment",
         )(token_ids, reset)
         memory_layers = self.memory_layers
-        super().__init__(
-            inputs={"token_ids": token_ids, "reset": reset}, outputs=logits, **kwargs
-        )
+        super().__init__(inputs={"token_ids": token_ids, "reset": reset}, outputs=logits, **kwargs)
         # Tracked again now that the model is initialised: the graph holds
         # no weight (one `_Segment` node), and on PyTorch attributes set
         # before `Model.__init__` are not registered as sub-modules.
@@ -239,9 +236,7 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
     def _forward(self, token_ids, reset, state, training):
         """Logits of one segment; the memories read (and keep) through
         their variables (`state=None`) or through `state`."""
-        nested = None if state is None else self._nested(
-            state, lambda layer: layer.state_spec()
-        )
+        nested = None if state is None else self._nested(state, lambda layer: layer.state_spec())
         new_state = {}
         x = self._wiring.embed(token_ids, 0, training=training)
         for i, layer in enumerate(self.memory_layers):
@@ -251,7 +246,10 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
                 if nested is None:
                     return layer(inputs, query=query, reset=reset, training=training)
                 outputs, new_state[prefix] = layer(
-                    inputs, query=query, reset=reset, state=nested[prefix],
+                    inputs,
+                    query=query,
+                    reset=reset,
+                    state=nested[prefix],
                     training=training,
                 )
                 return outputs
@@ -297,9 +295,7 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
             ),
         }
         if layer.sticky_memories:
-            extras["segment_mass"] = keras.KerasTensor(
-                (batch_size, layer.num_bins), "float32"
-            )
+            extras["segment_mass"] = keras.KerasTensor((batch_size, layer.num_bins), "float32")
         return extras
 
     def decode_state_spec(self, batch_size=None):
@@ -392,9 +388,7 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
             )
         logits = self._wiring.logits(x)
         new_state = memory.flatten_state(new_state)
-        new_state["position"] = ops.mod(
-            state["position"] + 1.0, float(self.segment_length)
-        )
+        new_state["position"] = ops.mod(state["position"] + 1.0, float(self.segment_length))
         return logits[:, 0], new_state
 
     # -- text (keras-hub causal LM preprocessors) ------------------------------

@@ -58,9 +58,12 @@ import keras_hub
 from keras import ops
 
 from keras_infformer import compat
-from keras_infformer.compat import KERAS_HUB_VERSION  # noqa: F401 (public here before)
-from keras_infformer.compat import keras_hub_part  # noqa: F401 (public here before)
+from keras_infformer.compat import (
+    KERAS_HUB_VERSION,  # noqa: F401 (public here before)
+    keras_hub_part,  # noqa: F401 (public here before)
+)
 from keras_infformer.models.backbone_wiring import BackboneWiring
+
 
 def causal_mask(batch_size, query_length, key_length, start=0):
     """Boolean `(batch_size, query_length, key_length)`: query `i` (at
@@ -69,9 +72,7 @@ def causal_mask(batch_size, query_length, key_length, start=0):
     i = ops.arange(query_length, dtype="float32") + ops.cast(start, "float32")
     j = ops.arange(key_length, dtype="float32")
     mask = ops.greater_equal(ops.expand_dims(i, 1), ops.expand_dims(j, 0))
-    return ops.broadcast_to(
-        ops.expand_dims(mask, 0), (batch_size, query_length, key_length)
-    )
+    return ops.broadcast_to(ops.expand_dims(mask, 0), (batch_size, query_length, key_length))
 
 
 class RotaryDecoderWiring(BackboneWiring):
@@ -148,7 +149,8 @@ class RotaryDecoderWiring(BackboneWiring):
         h = parts["attention_norm"](x)
         batch_size, length = ops.shape(x)[0], ops.shape(x)[1]
         attended = parts["attention"](
-            h, attention_mask=causal_mask(batch_size, length, length),
+            h,
+            attention_mask=causal_mask(batch_size, length, length),
             training=training,
         )
         memory_output = read(h, self._memory_query(parts, h))
@@ -164,7 +166,10 @@ class RotaryDecoderWiring(BackboneWiring):
         cache = ops.cast(cache, h.dtype)
         mask = causal_mask(ops.shape(x)[0], 1, ops.shape(cache)[2], position)
         attended, cache = parts["attention"](
-            h, attention_mask=mask, cache=cache, cache_update_index=position,
+            h,
+            attention_mask=mask,
+            cache=cache,
+            cache_update_index=position,
             training=False,
         )
         memory_output = read(h, self._memory_query(parts, h))

@@ -63,11 +63,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_infformer import compat
-from keras_infformer import distribution
-from keras_infformer import memory
-from keras_infformer import utils
-from keras_infformer import validation
+from keras_infformer import compat, distribution, memory, utils, validation
 
 # -- the checks of one batch ------------------------------------------------------
 
@@ -108,13 +104,14 @@ def check_token_ids(token_ids, vocabulary_size, segment_length, batch_size=None)
         token_ids = np.asarray(token_ids)
     check_token_dtype(token_ids)
     shape = tuple(token_ids.shape)
-    if len(shape) != 2 or shape[1] != segment_length or (
-        batch_size is not None and shape[0] is not None and shape[0] != batch_size
+    if (
+        len(shape) != 2
+        or shape[1] != segment_length
+        or (batch_size is not None and shape[0] is not None and shape[0] != batch_size)
     ):
         expected = (batch_size or "batch_size", segment_length)
         raise ValueError(
-            f"`token_ids` must have shape {expected}. Received: "
-            f"token_ids.shape={shape}"
+            f"`token_ids` must have shape {expected}. Received: token_ids.shape={shape}"
         )
     tokens = utils.concrete_value(token_ids)
     if tokens is not None:
@@ -244,9 +241,7 @@ class BatchChecker:
             return element
         try:
             self.check_inputs(inputs)
-            check_targets(
-                _targets_of(element), self.vocabulary_size, inputs["token_ids"]
-            )
+            check_targets(_targets_of(element), self.vocabulary_size, inputs["token_ids"])
         except (ValueError, TypeError) as error:
             raise type(error)(self.prefix(index) + str(error)) from None
         return element
@@ -326,8 +321,7 @@ class BatchChecker:
                     tf.debugging.Assert(
                         tf.equal(tf.size(reset), rows),
                         [
-                            prefix + "`reset` must have one flag per row. "
-                            "Received: reset.shape=",
+                            prefix + "`reset` must have one flag per row. Received: reset.shape=",
                             tf.shape(reset),
                         ],
                     )
@@ -337,15 +331,11 @@ class BatchChecker:
             targets = _targets_of(structure)
             if targets is not None:
                 try:
-                    check_targets(
-                        targets, checker.vocabulary_size, token_ids, values=False
-                    )
+                    check_targets(targets, checker.vocabulary_size, token_ids, values=False)
                 except ValueError as error:
                     raise ValueError(checker.prefix() + str(error)) from None
                 checks.append(
-                    validation.tf_assert(
-                        "targets", targets, checker.vocabulary_size, prefix=prefix
-                    )
+                    validation.tf_assert("targets", targets, checker.vocabulary_size, prefix=prefix)
                 )
             with tf.control_dependencies(checks):
                 inputs = dict(inputs, token_ids=tf.identity(token_ids))
@@ -535,8 +525,10 @@ def check_validation_data(model, validation_data, batch_size=None):
         checked, _ = check_data(model, validation_data[0], batch_size, "validation_data")
         if len(validation_data) > 1 and isinstance(validation_data[0], dict):
             check_targets(
-                validation_data[1], model.vocabulary_size,
-                validation_data[0].get("token_ids"), "validation_data[1]",
+                validation_data[1],
+                model.vocabulary_size,
+                validation_data[0].get("token_ids"),
+                "validation_data[1]",
             )
         return type(validation_data)((checked,) + tuple(validation_data[1:]))
     checked, _ = check_data(model, validation_data, batch_size, "validation_data")
@@ -620,6 +612,7 @@ def refusals_as_errors():
 
 
 # -- JAX: keep the variables when a step fails -------------------------------------
+
 
 def guard_step_function(model, attribute):
     """Wrap `model.<attribute>` (JAX `train_function` / `test_function` /

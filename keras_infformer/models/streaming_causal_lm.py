@@ -14,10 +14,7 @@ import keras_hub
 import numpy as np
 from keras import ops
 
-from keras_infformer import compat
-from keras_infformer import distribution
-from keras_infformer import memory
-from keras_infformer import metrics
+from keras_infformer import compat, distribution, memory, metrics
 from keras_infformer.models import stream_guards
 
 
@@ -74,7 +71,9 @@ class StreamingCausalLM(compat.SymbolicBuildBatch, keras_hub.models.CausalLM):
         if (
             getattr(self, "compiled", False)
             and getattr(self, "optimizer", None) is not None
-            and _is_auto(optimizer) and _is_auto(loss) and _is_auto(weighted_metrics)
+            and _is_auto(optimizer)
+            and _is_auto(loss)
+            and _is_auto(weighted_metrics)
             and not kwargs
         ):
             self.sampler = keras_hub.samplers.get(sampler)
@@ -97,9 +96,7 @@ class StreamingCausalLM(compat.SymbolicBuildBatch, keras_hub.models.CausalLM):
     @staticmethod
     def _check_sampler_argument(sampler):
         try:
-            valid = isinstance(
-                keras_hub.samplers.get(sampler), keras_hub.samplers.Sampler
-            )
+            valid = isinstance(keras_hub.samplers.get(sampler), keras_hub.samplers.Sampler)
         except (ValueError, TypeError):
             valid = False
         if not valid:
@@ -230,7 +227,6 @@ class StreamingCausalLM(compat.SymbolicBuildBatch, keras_hub.models.CausalLM):
         # which fails on the bool `reset`; replica 0's part builds the same.
         return distribution.first_replica_batch(self, iterator)
 
-
     # -- generation ----------------------------------------------------------
 
     def _check_sampler(self):
@@ -271,9 +267,7 @@ class StreamingCausalLM(compat.SymbolicBuildBatch, keras_hub.models.CausalLM):
         # 1. Mid-segment (a continued state): single tokens up to a boundary.
         def partial_cond(consumed, state, buffer):
             at_boundary = ops.equal(ops.cast(state["position"][0], "int32"), 0)
-            return ops.logical_and(
-                ops.logical_not(at_boundary), consumed < prompt_end - 1
-            )
+            return ops.logical_and(ops.logical_not(at_boundary), consumed < prompt_end - 1)
 
         def partial_body(consumed, state, buffer):
             logits, state = self.decode(token(consumed), state)
@@ -300,12 +294,16 @@ class StreamingCausalLM(compat.SymbolicBuildBatch, keras_hub.models.CausalLM):
             partial = lambda c, s: partial_body(c, s, None)[:2]  # noqa: E731
             whole = lambda c, s: segment_body(c, s, None)[:2]  # noqa: E731
             consumed, state = ops.while_loop(
-                lambda c, s: partial_cond(c, s, None), partial, loop_vars,
+                lambda c, s: partial_cond(c, s, None),
+                partial,
+                loop_vars,
                 maximum_iterations=length,
             )
             if total >= length:
                 consumed, state = ops.while_loop(
-                    lambda c, s: segment_cond(c, s, None), whole, (consumed, state),
+                    lambda c, s: segment_cond(c, s, None),
+                    whole,
+                    (consumed, state),
                 )
         else:
             consumed, state, collected = ops.while_loop(
@@ -347,19 +345,22 @@ class StreamingCausalLM(compat.SymbolicBuildBatch, keras_hub.models.CausalLM):
             body = lambda p, s, i: _drop_buffer(sample_body(p, s, None, i))  # noqa: E731
             cond = lambda p, s, i: sample_cond(p, s, None, i)  # noqa: E731
             token_ids, state, index = sampler.run_loop(
-                cond, body, loop_vars=(token_ids, state, consumed + 1),
-                maximum_iterations=total - consumed - 1, model=self,
+                cond,
+                body,
+                loop_vars=(token_ids, state, consumed + 1),
+                maximum_iterations=total - consumed - 1,
+                model=self,
             )
         else:
             token_ids, state, collected, index = sampler.run_loop(
-                sample_cond, sample_body,
+                sample_cond,
+                sample_body,
                 loop_vars=(token_ids, state, collected, consumed + 1),
-                maximum_iterations=total - consumed - 1, model=self,
+                maximum_iterations=total - consumed - 1,
+                model=self,
             )
         # The state reads every position up to the last one generated.
-        logits, state = self.decode(
-            ops.slice(token_ids, [0, index - 1], [batch, 1]), state
-        )
+        logits, state = self.decode(ops.slice(token_ids, [0, index - 1], [batch, 1]), state)
         if collected is not None:
             collected = _write_logits(collected, index - 1, logits[:, None, :])
 
@@ -447,17 +448,14 @@ class StreamingCausalLM(compat.SymbolicBuildBatch, keras_hub.models.CausalLM):
             )
         if token_ids.ndim != 2 or (lengths == 0).any():
             raise ValueError(
-                "Every prompt needs at least one token. Received prompt "
-                f"lengths {lengths.tolist()}"
+                f"Every prompt needs at least one token. Received prompt lengths {lengths.tolist()}"
             )
         if not (padding_mask == (np.arange(token_ids.shape[1]) < lengths[:, None])).all():
             raise ValueError(
                 "Each prompt must start at position 0 (left-aligned, "
                 "`padding_mask` True over the prompt only)."
             )
-        self._validate_inputs(
-            token_ids[padding_mask][None, :], None, length=int(lengths.sum())
-        )
+        self._validate_inputs(token_ids[padding_mask][None, :], None, length=int(lengths.sum()))
         rows = token_ids.shape[0]
         if state is None:
             state = self.decode_state(batch_size=rows)
@@ -465,10 +463,14 @@ class StreamingCausalLM(compat.SymbolicBuildBatch, keras_hub.models.CausalLM):
             memory.check_state(state, self.decode_state_spec(rows), "state")
             positions = np.asarray(ops.convert_to_numpy(state["position"]))
             bad = (
-                (positions != np.round(positions))
-                | (positions < 0)
-                | (positions >= self.segment_length)
-            ) if positions.dtype.kind in "iuf" else np.ones(positions.shape, bool)
+                (
+                    (positions != np.round(positions))
+                    | (positions < 0)
+                    | (positions >= self.segment_length)
+                )
+                if positions.dtype.kind in "iuf"
+                else np.ones(positions.shape, bool)
+            )
             if bad.any():
                 raise ValueError(
                     "`state['position']` must hold whole numbers in [0, "
@@ -493,9 +495,7 @@ class StreamingCausalLM(compat.SymbolicBuildBatch, keras_hub.models.CausalLM):
             "state": {k: ops.convert_to_tensor(v, "float32") for k, v in state.items()},
         }
         if return_logits:
-            step_inputs["logits"] = np.zeros(
-                token_ids.shape + (self.vocabulary_size,), "float32"
-            )
+            step_inputs["logits"] = np.zeros(token_ids.shape + (self.vocabulary_size,), "float32")
         generate_function = self.make_generate_function()
         outputs = generate_function(step_inputs, stop_token_ids=stop_token_ids)
         result = {
@@ -531,8 +531,11 @@ class StreamingCausalLM(compat.SymbolicBuildBatch, keras_hub.models.CausalLM):
             raise ValueError(message) from None
         if (
             isinstance(stop_token_ids, (str, bytes, dict))
-            or ids.ndim != 1 or ids.size == 0 or ids.dtype.kind not in "iu"
-            or (ids < 0).any() or (ids >= self.vocabulary_size).any()
+            or ids.ndim != 1
+            or ids.size == 0
+            or ids.dtype.kind not in "iu"
+            or (ids < 0).any()
+            or (ids >= self.vocabulary_size).any()
         ):
             raise ValueError(message)
         return tuple(int(t) for t in ids)
@@ -544,8 +547,7 @@ class StreamingCausalLM(compat.SymbolicBuildBatch, keras_hub.models.CausalLM):
         prompts; `max_length` `None`: the longest prompt plus a segment."""
         if max_length is None:
             longest = max(
-                len(self.preprocessor.generate_preprocess([p])["token_ids"][0])
-                for p in prompts
+                len(self.preprocessor.generate_preprocess([p])["token_ids"][0]) for p in prompts
             )
             max_length = longest + self.segment_length
         return self.preprocessor.generate_preprocess(prompts, sequence_length=max_length)
@@ -604,24 +606,19 @@ class StreamingCausalLM(compat.SymbolicBuildBatch, keras_hub.models.CausalLM):
                 f"Received shape {prompts.shape}"
             )
         if prompts.dtype.kind not in "iu":
-            raise TypeError(
-                f"Prompt token ids must be integers. Received dtype {prompts.dtype}"
-            )
+            raise TypeError(f"Prompt token ids must be integers. Received dtype {prompts.dtype}")
         length = prompts.shape[1]
         if max_length is None:
             max_length = length + self.segment_length
         if max_length < length:
             raise ValueError(
-                f"`max_length` ({max_length}) must be at least the prompt "
-                f"length ({length})."
+                f"`max_length` ({max_length}) must be at least the prompt length ({length})."
             )
         token_ids = np.zeros((prompts.shape[0], max_length), "int32")
         token_ids[:, :length] = prompts
         padding_mask = np.zeros_like(token_ids, dtype=bool)
         padding_mask[:, :length] = True
         return {"token_ids": token_ids, "padding_mask": padding_mask}
-
-
 
 
 def _is_auto(value):
