@@ -486,3 +486,14 @@ def test_empty_texts_keep_the_callers_document_indices():
             assert inputs["token_ids"][b, i] == text[offset[b, i]]
             seen.add((int(document[b, i]), int(offset[b, i])))
     assert seen == {(d, o) for d in (1, 4, 5) for o in range(len(texts[d]))}
+
+
+def test_a_stream_too_large_to_hold_is_refused_before_allocating():
+    # Found by the fuzz test: segment_length 2**40 asked numpy for 4 TiB.
+    tokens = np.arange(1, 6, dtype=np.int32)
+    with pytest.raises(ValueError, match=r"segment_length=1099511627776"):
+        StreamingDataset.from_array(tokens, 1, 2**40, num_shards=1)
+    with pytest.raises(ValueError, match=r"batch_size=1048576.*segment_length=4096"):
+        StreamingDataset([tokens], 2**20, 4096, num_shards=1)
+    # The largest allowed size is not refused by the check (a small one builds).
+    assert len(StreamingDataset.from_array(tokens, 1, 8, num_shards=1)) == 1

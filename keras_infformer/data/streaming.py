@@ -15,6 +15,9 @@ _INT32_MAX = np.iinfo(np.int32).max
 # The order check remembers this many passes (the most recently read).
 _MAX_PASSES = 8
 
+# The most tokens a dataset's streams may hold (int32 positions).
+_MAX_STREAM_TOKENS = 2**31 - 1
+
 
 def _check_positive_int(name, value):
     return utils.check_positive_int(value, name)
@@ -309,6 +312,15 @@ class StreamingDataset(keras.utils.PyDataset):
         # as (num_steps, batch_size, segment_length): a step is one
         # contiguous slice.
         shape = (self.batch_size, self.num_steps * S)
+        if shape[0] * shape[1] > _MAX_STREAM_TOKENS:
+            # Refused before allocating: a huge segment or batch is almost all
+            # padding, and numpy would fail with a bare MemoryError.
+            raise ValueError(
+                f"`batch_size` x padded stream length must be at most "
+                f"{_MAX_STREAM_TOKENS:,} tokens; these documents need {self.num_steps} "
+                f"segment(s) per row. Received: batch_size={self.batch_size}, "
+                f"segment_length={S}"
+            )
         tokens = np.full(shape, self.pad_id, dtype=np.int32)
         targets = np.full(shape, self.pad_id, dtype=np.int32)
         weights = np.zeros(shape, dtype=np.float32)
