@@ -3,7 +3,6 @@
 import importlib
 import pathlib
 import re
-import sys
 
 import keras
 import pytest
@@ -14,9 +13,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="`make demo` runs on JAX (the record is the same)"
 )
-def test_the_demo_summarises_every_recall_system():
+def test_the_demo_summarises_every_recall_system(monkeypatch):
     for folder in ("examples", "benchmarks"):
-        sys.path.insert(0, str(ROOT / folder))
+        monkeypatch.syspath_prepend(str(ROOT / folder))
     recall_task = importlib.import_module("recall_task")
     demo = importlib.import_module("demo")
     record = recall_task.main(["--steps", "2", "--out", ""])
