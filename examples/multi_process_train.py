@@ -342,7 +342,7 @@ def _local_rows_match(model, start, stop):
     start:stop of the gathered memory."""
     import numpy as np
 
-    from keras_infformer import compat, distribution
+    from keras_infformer import compat, memory
     from keras_infformer.memory import MemoryLayer
 
     for layer in compat.flatten_layers(model, include_self=True):
@@ -350,7 +350,7 @@ def _local_rows_match(model, start, stop):
             continue
         gathered = layer.get_state()
         for name, variable in layer._state_variables.items():
-            local = distribution.local_memory(variable)
+            local = memory.local_memory(variable)
             if not np.array_equal(local, np.asarray(gathered[name])[start:stop]):
                 return False
     return True

@@ -448,12 +448,7 @@ def _serving_function(model, tf, jit_compile):
         with tf.control_dependencies(checks):
             token_ids = tf.identity(token_ids)
         logits, new_state = step(token_ids, reset, state)
-        missing = sorted(set(state_signature) - set(new_state))
-        if missing:
-            raise ValueError(f"`model.step` must return the whole new state; missing: {missing}")
-        outputs = {"logits": tf.cast(logits, tf.float32)}
-        outputs.update(_float_outputs(new_state, state_signature, tf))
-        return outputs
+        return _step_outputs(logits, new_state, state_signature, "model.step", tf)
 
     function = tf.function(serving_default, input_signature=[signature], autograph=False)
     function.get_concrete_function()
@@ -503,6 +498,17 @@ def _checked_state(inputs, state_signature, batch, reset, checks, tf):
 
 def _float_outputs(values, names, tf):
     return {name: tf.cast(values[name], tf.float32) for name in names}
+
+
+def _step_outputs(logits, new_state, names, function, tf):
+    """A signature's outputs: float32 logits and every state tensor `names`
+    lists, which `function` must have returned."""
+    missing = sorted(set(names) - set(new_state))
+    if missing:
+        raise ValueError(f"`{function}` must return the whole new state; missing: {missing}")
+    outputs = {"logits": tf.cast(logits, tf.float32)}
+    outputs.update(_float_outputs(new_state, names, tf))
+    return outputs
 
 
 def _decoding_functions(model, tf, jit_compile):
@@ -566,12 +572,7 @@ def _decoding_functions(model, tf, jit_compile):
             token_ids = tf.identity(token_ids)
             state = {name: tf.identity(value) for name, value in state.items()}
         logits, new_state = decode(token_ids, state)
-        missing = sorted(set(decode_signature) - set(new_state))
-        if missing:
-            raise ValueError(f"`model.decode` must return the whole new state; missing: {missing}")
-        outputs = {"logits": tf.cast(logits, tf.float32)}
-        outputs.update(_float_outputs(new_state, decode_signature, tf))
-        return outputs
+        return _step_outputs(logits, new_state, decode_signature, "model.decode", tf)
 
     token_spec = tf.TensorSpec((None, 1), tf.int32, name="token_ids")
     functions = (

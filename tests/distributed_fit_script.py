@@ -164,11 +164,11 @@ def max_diff(a, b):
 
 def layouts(model, backend):
     """How each memory variable sits on the devices."""
-    from keras_infformer import distribution
+    from keras_infformer import memory
 
     out = {}
     for variable in model.non_trainable_variables:
-        if not distribution.is_memory_variable(variable):
+        if not memory.is_memory_variable(variable):
             continue
         if backend == "jax":
             value = variable.value
@@ -180,7 +180,7 @@ def layouts(model, backend):
                 "devices": sorted(str(s.device) for s in value.addressable_shards),
             }
         else:
-            parts = distribution._replica_parts(variable)
+            parts = memory.storage.replica_parts(variable)
             out[variable.path] = {
                 "shape": list(variable.shape),
                 "num_shards": 1 if parts is None else len(parts),

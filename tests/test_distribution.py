@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_infformer import distribution
+from keras_infformer import distribution, memory
 from keras_infformer.data import StreamingDataset
 from keras_infformer.models import InfiniteFormerLM
 
@@ -87,15 +87,15 @@ def test_memory_variables_are_found_by_the_layout_rules():
     ltm.build((4, 8, 4))
     cmem = CompressiveMemory(memory_length=4)
     cmem.build((4, 8, 4))
-    patterns = distribution.memory_path_patterns()
+    patterns = memory.DECLARED_STATES.path_patterns()
     variables = model.variables + ltm.variables + cmem.variables
-    memory = [v for v in variables if distribution.is_memory_variable(v)]
-    assert len(memory) == 8 + 3 + 2
+    memory_variables = [v for v in variables if memory.is_memory_variable(v)]
+    assert len(memory_variables) == 8 + 3 + 2
     for variable in variables:
         matches = [
             rank for rank, pattern in patterns.items() if re.fullmatch(pattern, variable.path)
         ]
-        if distribution.is_memory_variable(variable):
+        if memory.is_memory_variable(variable):
             assert matches == [len(variable.shape)], variable.path
             assert not variable.trainable and variable.dtype == "float32"
         else:

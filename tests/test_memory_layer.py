@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_infformer import distribution, memory
+from keras_infformer import memory
 from keras_infformer.layers import CompressiveMemory, ContinuousLTM, InfiniteFormerDecoder
 from keras_infformer.models import InfiniteFormerLM
 
@@ -96,14 +96,14 @@ def test_user_subclass_gets_the_plumbing(tmp_path):
     assert [v.name for v in layer.non_trainable_weights] == ["total", "decay"]
     assert layer.trainable_weights == []
     assert layer.total.shape == (B, E) and layer.decay.dtype == "float32"
-    assert distribution.is_memory_variable(layer.total)
+    assert memory.is_memory_variable(layer.total)
     np.testing.assert_array_equal(_np(layer.decay), 1.0)  # the initial state
     # ... found by the layout rules of keras_infformer.distribution.
-    assert distribution.memory_state_ranks()["total"] == 2
-    assert distribution.memory_state_ranks()["decay"] == 1
+    assert memory.DECLARED_STATES.ranks()["total"] == 2
+    assert memory.DECLARED_STATES.ranks()["decay"] == 1
     import re
 
-    patterns = distribution.memory_path_patterns()
+    patterns = memory.DECLARED_STATES.path_patterns()
     assert re.fullmatch(patterns[2], layer.total.path)
     assert re.fullmatch(patterns[1], layer.decay.path)
 
@@ -362,9 +362,7 @@ def test_reset_row_equals_an_empty_row_even_after_nan(kind):
     reset = np.array([True, False])
     if kind == "lm":
         model = owner = _lm("compressive")
-        layer_variables = [
-            v for v in model.non_trainable_weights if distribution.is_memory_variable(v)
-        ]
+        layer_variables = [v for v in model.non_trainable_weights if memory.is_memory_variable(v)]
 
         def run(state=None, x=_tokens(4)):
             if state is None:

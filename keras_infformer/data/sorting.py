@@ -9,7 +9,7 @@ their frequency in the sequence. Everything here is vectorised NumPy.
 import keras
 import numpy as np
 
-from keras_infformer.data.streaming import _check_positive_int
+from keras_infformer.data.streaming import _check_positive_int, check_step_index
 
 NUM_SYMBOLS = 20
 SEPARATOR_ID = 20
@@ -356,15 +356,7 @@ class SortingDataset(keras.utils.PyDataset):
         return self.num_steps
 
     def __getitem__(self, index):
-        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"Step index must be an integer. Received: {index!r}")
-        if index < 0:
-            index += self.num_steps
-        if not 0 <= index < self.num_steps:
-            raise IndexError(
-                f"Step index out of range for a dataset of {self.num_steps} "
-                f"steps. Received: index={index}"
-            )
+        index = check_step_index(index, self.num_steps)
         reset = np.full((self.batch_size,), index % self.num_segments == 0, dtype=bool)
         inputs = {"token_ids": self._token_ids[index].copy(), "reset": reset}
         return (

@@ -19,6 +19,21 @@ _MAX_PASSES = 8
 _MAX_STREAM_TOKENS = 2**31 - 1
 
 
+def check_step_index(index, num_steps):
+    """A step index of a dataset of `num_steps` steps, negative ones counted
+    from the end (as a sequence's); a TypeError or IndexError otherwise."""
+    if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+        raise TypeError(f"Step index must be an integer. Received: {index!r}")
+    index = int(index)
+    if index < 0:
+        index += num_steps
+    if not 0 <= index < num_steps:
+        raise IndexError(
+            f"Step index out of range for a dataset of {num_steps} steps. Received: index={index}"
+        )
+    return index
+
+
 def _check_positive_int(name, value):
     return utils.check_positive_int(value, name)
 
@@ -445,17 +460,7 @@ class StreamingDataset(keras.utils.PyDataset):
         return self.num_steps
 
     def _check_index(self, index):
-        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"Step index must be an integer. Received: {index!r}")
-        index = int(index)
-        if index < 0:
-            index += self.num_steps
-        if not 0 <= index < self.num_steps:
-            raise IndexError(
-                f"Step index out of range for a dataset of {self.num_steps} "
-                f"steps. Received: index={index}"
-            )
-        return index
+        return check_step_index(index, self.num_steps)
 
     def _order_tolerance(self):
         """How far a read may stray from a pass: 0 when one reader reads in

@@ -7,6 +7,7 @@ from keras_infformer.layers.long_term_memory import LongTermMemory
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
+@memory_settings.keyword_settings(memory_settings.LONG_TERM_MEMORY)
 class ContinuousMemoryAttention(memory.MemoryLayer):
     """Attention over a continuous memory of everything before this segment.
 
@@ -113,22 +114,12 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
         key_dim,
         output_dim=None,
         project_query=True,
-        num_basis=512,
-        basis_widths=(0.01, 0.05),
-        ridge_penalty=1.0,
-        tau=0.75,
-        num_samples=512,
-        sticky_memories=False,
-        sticky_mode="quantile",
-        num_bins=128,
-        sticky_uniform_share=0.5,
-        sigma_0=0.05,
-        kl_weight=1e-6,
         zero_output=True,
         kernel_initializer="glorot_uniform",
         stateful=True,
         **kwargs,
     ):
+        long_term = memory_settings.take(kwargs, memory_settings.LONG_TERM_MEMORY)
         super().__init__(stateful=stateful, **kwargs)
         self.num_heads = utils.check_positive_int(num_heads, "num_heads")
         self.key_dim = utils.check_positive_int(key_dim, "key_dim")
@@ -138,9 +129,7 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
         self.project_query = bool(project_query)
         memory_settings.assign(
             self,
-            memory_settings.check_long_term_memory(
-                memory_settings.collect(locals(), self.LONG_TERM_SETTINGS)
-            ),
+            memory_settings.check_long_term_memory(long_term),
         )
         self.zero_output = bool(zero_output)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)

@@ -9,6 +9,9 @@ from keras_infformer.layers.long_term_memory import VIEW_NAMES, LongTermMemory
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
+@memory_settings.keyword_settings(
+    memory_settings.LONG_TERM_MEMORY, memory_settings.COMPRESSIVE_MEMORY
+)
 class InfiniteFormerDecoder(memory.MemoryLayer):
     """∞-former decoder block: short-term cache plus continuous long-term memory.
 
@@ -163,21 +166,7 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         num_heads,
         memory_length,
         use_long_term_memory=True,
-        num_basis=512,
-        basis_widths=(0.01, 0.05),
-        ridge_penalty=1.0,
-        tau=0.75,
-        num_samples=512,
-        sticky_memories=False,
-        sticky_mode="quantile",
-        num_bins=128,
-        sticky_uniform_share=0.5,
-        sigma_0=0.05,
-        kl_weight=1e-6,
         zero_memory_output=True,
-        compressed_memory_length=0,
-        compression_rate=4,
-        reconstruction_weight=1.0,
         dropout=0.1,
         activation="relu",
         layer_norm_epsilon=1e-5,
@@ -187,6 +176,8 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         stateful=True,
         **kwargs,
     ):
+        long_term = memory_settings.take(kwargs, memory_settings.LONG_TERM_MEMORY)
+        compressive = memory_settings.take(kwargs, memory_settings.COMPRESSIVE_MEMORY)
         super().__init__(stateful=stateful, **kwargs)
         self.intermediate_dim = utils.check_positive_int(intermediate_dim, "intermediate_dim")
         self.num_heads = utils.check_positive_int(num_heads, "num_heads")
@@ -194,18 +185,15 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         self.use_long_term_memory = bool(use_long_term_memory)
         # The memories inside the block are made in build(); their settings
         # are checked now, so that bad ones fail at construction.
-        long_term = memory_settings.collect(locals(), self.LONG_TERM_SETTINGS)
         if self.use_long_term_memory:
             long_term = memory_settings.check_long_term_memory(long_term)
         else:  # Unused, kept for the config (a tuple, as JSON gives back).
-            long_term["basis_widths"] = tuple(float(w) for w in basis_widths)
+            long_term["basis_widths"] = tuple(float(w) for w in long_term["basis_widths"])
         memory_settings.assign(self, long_term)
         self.zero_memory_output = bool(zero_memory_output)
         memory_settings.assign(
             self,
-            memory_settings.check_compressive_memory(
-                memory_settings.collect(locals(), memory_settings.COMPRESSIVE_MEMORY)
-            ),
+            memory_settings.check_compressive_memory(compressive),
         )
         self.dropout = utils.check_range(dropout, "dropout", 0.0, 1.0, low_open=False)
         self.activation = keras.activations.get(activation)

@@ -2,15 +2,18 @@
 
 Every class that takes the long-term memory's settings (the decoder block,
 `ContinuousMemoryAttention`, the backbone, the LM and the pretrained memory
-models) reads their names, defaults and checks from here: its constructor
-collects them with `collect(locals(), ...)`, sets them as attributes with
-`assign`, and writes them into its config with `config`. A new setting is
-one entry below plus its keyword argument in the constructors that expose
-it (their signatures stay explicit, for documentation; a test compares
-their defaults with these).
+models) reads their names, defaults and checks from here: the class is
+decorated with `keyword_settings(...)` (its signature then shows them as
+keyword arguments with these defaults), its constructor takes them out of
+`**kwargs` with `take`, sets them as attributes with `assign`, and writes
+them into its config with `config`. A new setting is one entry below (and
+its check in `check_long_term_memory`, and its use in the layer that
+reads it).
 
 The settings are documented in `InfiniteFormerDecoder`'s docstring.
 """
+
+import inspect
 
 from keras_infformer import utils
 
@@ -47,6 +50,38 @@ COMPRESSIVE_MEMORY = {
     "compression_rate": 4,
     "reconstruction_weight": 1.0,
 }
+
+
+def take(kwargs, declaration):
+    """The settings of `declaration` taken out of a constructor's `kwargs`:
+    each given value, else its declared default, in declaration order."""
+    return {name: kwargs.pop(name, default) for name, default in declaration.items()}
+
+
+def keyword_settings(*declarations):
+    """A class decorator: the constructor's signature lists the settings of
+    `declarations` as keyword-only arguments with their defaults.
+
+    The constructor itself takes them from `**kwargs` (`take`); this makes
+    `help()`, `inspect.signature` and Keras' argument binding see them as
+    if written out.
+    """
+
+    def decorate(cls):
+        init = cls.__init__
+        signature = inspect.signature(init)
+        parameters = list(signature.parameters.values())
+        rest = [p for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        var_keyword = [p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD]
+        settings = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+            for declaration in declarations
+            for name, default in declaration.items()
+        ]
+        init.__signature__ = signature.replace(parameters=rest + settings + var_keyword)
+        return cls
+
+    return decorate
 
 
 def collect(values, names):

@@ -8,6 +8,9 @@ from keras_infformer.layers.infinite_former_decoder import InfiniteFormerDecoder
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
+@memory_settings.keyword_settings(
+    memory_settings.LONG_TERM_MEMORY, memory_settings.COMPRESSIVE_MEMORY
+)
 class InfiniteFormerBackbone(keras_hub.models.Backbone):
     """The ∞-former decoder stack: token ids and resets to hidden states.
 
@@ -112,27 +115,16 @@ class InfiniteFormerBackbone(keras_hub.models.Backbone):
         intermediate_dim=None,
         memory_length=None,
         use_long_term_memory=True,
-        num_basis=512,
-        basis_widths=(0.01, 0.05),
-        ridge_penalty=1.0,
-        tau=0.75,
-        num_samples=512,
-        sticky_memories=False,
-        sticky_mode="quantile",
-        num_bins=128,
-        sticky_uniform_share=0.5,
-        sigma_0=0.05,
-        kl_weight=1e-6,
         zero_memory_output=True,
-        compressed_memory_length=0,
-        compression_rate=4,
-        reconstruction_weight=1.0,
         dropout=0.1,
         normalize_first=True,
         tie_weights=True,
         dtype=None,
         **kwargs,
     ):
+        memory = memory_settings.take(kwargs, memory_settings.LONG_TERM_MEMORY)
+        memory.update(memory_settings.take(kwargs, memory_settings.COMPRESSIVE_MEMORY))
+        memory["basis_widths"] = tuple(memory["basis_widths"])
         vocabulary_size = utils.check_positive_int(vocabulary_size, "vocabulary_size")
         segment_length = utils.check_positive_int(segment_length, "segment_length")
         batch_size = utils.check_positive_int(batch_size, "batch_size")
@@ -140,8 +132,7 @@ class InfiniteFormerBackbone(keras_hub.models.Backbone):
         hidden_dim = utils.check_positive_int(hidden_dim, "hidden_dim")
         intermediate_dim = intermediate_dim or 4 * hidden_dim
         memory_length = memory_length or segment_length
-        basis_widths = tuple(basis_widths)
-        settings = memory_settings.collect(locals(), self.SETTINGS)
+        settings = memory_settings.collect(dict(locals(), **memory), self.SETTINGS)
 
         # === Layers ===
         token_embedding = keras.layers.ReversibleEmbedding(

@@ -1,10 +1,7 @@
 import keras
-import numpy as np
 from keras import ops
 
-from keras_infformer import memory
 from keras_infformer.layers import memory_settings
-from keras_infformer.models import stream_guards
 from keras_infformer.models.infinite_former_backbone import InfiniteFormerBackbone
 from keras_infformer.models.infinite_former_causal_lm_preprocessor import (
     InfiniteFormerCausalLMPreprocessor,
@@ -121,15 +118,7 @@ class InfiniteFormerCausalLM(StreamingCausalLM):
         holds bools (or 0/1) per row. With `return_density=True` a third
         output lists, per block, the LTM attention's `(mu, sigma_sq)`.
         """
-        if not hasattr(token_ids, "shape"):
-            token_ids = np.asarray(token_ids)
-        self._validate_inputs(token_ids, reset)
-        token_ids = stream_guards.clip_traced_token_ids(
-            ops.convert_to_tensor(token_ids), self.vocabulary_size
-        )
-        memory.check_state(state, self.state_spec(token_ids.shape[0]), "state", reset)
-        if reset is not None:
-            reset = ops.cast(reset, "bool")
+        token_ids, reset = self._step_inputs(token_ids, reset, state)
         outputs = self.backbone.step(
             token_ids, reset, state, training=training, return_density=return_density
         )

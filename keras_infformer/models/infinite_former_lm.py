@@ -26,32 +26,15 @@ class InfiniteFormerLM(InfiniteFormerCausalLM):
     serving; `get_initial_state(batch_size)` makes the empty state.
 
     Args:
-        vocabulary_size: int. Size of the token vocabulary.
-        segment_length: int. Tokens per segment (per call).
-        batch_size: int. Number of parallel streams (static).
-        num_layers: int. Number of decoder blocks. Defaults to `3`.
-        hidden_dim: int. Model width. Defaults to `300`.
-        num_heads: int. Attention heads. Defaults to `6`.
-        intermediate_dim: int. Feed-forward width. Defaults to
-            `4 * hidden_dim`.
-        memory_length: int. Short-term memory length. Defaults to
-            `segment_length`.
-        use_long_term_memory: bool. `False` gives the Transformer-XL
-            baseline. Defaults to `True`.
-        num_basis, basis_widths, ridge_penalty, tau, num_samples,
-        sticky_memories, sticky_mode, num_bins, sticky_uniform_share,
-        sigma_0, kl_weight,
-        zero_memory_output: the long-term memory's settings, see
-            `InfiniteFormerDecoder`.
-        compressed_memory_length, compression_rate, reconstruction_weight: a
-            Compressive Transformer memory (0 slots by default, i.e. none)
-            and the weight of its attention-reconstruction loss; with
-            `use_long_term_memory=False` this is that baseline.
-        dropout: float. Dropout rate. Defaults to `0.1`.
-        normalize_first: bool. Pre-norm blocks. Defaults to `True`.
-        tie_weights: bool. Share the input embedding with the output
-            projection. Defaults to `True`.
-        **kwargs: passed to `keras.Model` (e.g. `name`).
+        vocabulary_size, segment_length, batch_size: as the backbone's.
+        preprocessor: optional `InfiniteFormerCausalLMPreprocessor` (text
+            for `generate()`).
+        dtype: the dtype policy of every layer. Defaults to Keras' global
+            policy.
+        name: optional model name.
+        **kwargs: every other `InfiniteFormerBackbone` argument (the model
+            size, the long-term memory's settings, `dropout`, ...: the same
+            names and defaults), then `keras.Model`'s.
 
     Examples:
 

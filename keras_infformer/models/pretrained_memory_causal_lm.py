@@ -14,6 +14,7 @@ from keras_infformer.models.streaming_causal_lm import StreamingCausalLM
 _FINETUNE = ("all", "memory")
 
 
+@memory_settings.keyword_settings(memory_settings.PRETRAINED_LONG_TERM_MEMORY)
 class PretrainedMemoryCausalLM(StreamingCausalLM):
     """A pretrained decoder whose every layer also reads a continuous memory.
 
@@ -77,17 +78,6 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
         preprocessor=None,
         segment_length=None,
         batch_size=1,
-        num_basis=512,
-        basis_widths=(0.005, 0.01),
-        ridge_penalty=0.5,
-        tau=0.5,
-        num_samples=None,
-        sticky_memories=True,
-        sticky_mode="quantile",
-        num_bins=128,
-        sticky_uniform_share=0.5,
-        sigma_0=0.05,
-        kl_weight=1e-6,
         finetune="all",
         **kwargs,
     ):
@@ -108,10 +98,10 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
             raise ValueError(
                 f"`finetune` must be one of {_FINETUNE}. Received: finetune={finetune!r}"
             )
-        num_samples = num_basis if num_samples is None else num_samples
-        settings = memory_settings.check_long_term_memory(
-            memory_settings.collect(locals(), self.LONG_TERM_SETTINGS)
-        )
+        settings = memory_settings.take(kwargs, memory_settings.PRETRAINED_LONG_TERM_MEMORY)
+        if settings["num_samples"] is None:
+            settings["num_samples"] = settings["num_basis"]
+        settings = memory_settings.check_long_term_memory(settings)
 
         # === Layers ===
         self.backbone = backbone
@@ -272,15 +262,7 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
 
         Any batch size; no memory variable is read or assigned.
         """
-        if not hasattr(token_ids, "shape"):
-            token_ids = np.asarray(token_ids)
-        self._validate_inputs(token_ids, reset)
-        token_ids = stream_guards.clip_traced_token_ids(
-            ops.convert_to_tensor(token_ids), self.vocabulary_size
-        )
-        memory.check_state(state, self.state_spec(token_ids.shape[0]), "state", reset)
-        if reset is not None:
-            reset = ops.cast(reset, "bool")
+        token_ids, reset = self._step_inputs(token_ids, reset, state)
         return self._forward(token_ids, reset, state, training)
 
     # -- token-by-token decoding ----------------------------------------------

@@ -138,6 +138,20 @@ class StreamingCausalLM(compat.SymbolicBuildBatch, keras_hub.models.CausalLM):
         stream_guards.check_token_ids(token_ids, self.vocabulary_size, length, batch_size)
         memory.check_reset(reset, tuple(token_ids.shape)[0])
 
+    def _step_inputs(self, token_ids, reset, state):
+        """`step()`'s inputs checked (tokens, reset flags, the state against
+        `state_spec`) and converted: `(token_ids, reset)` as tensors."""
+        if not hasattr(token_ids, "shape"):
+            token_ids = np.asarray(token_ids)
+        self._validate_inputs(token_ids, reset)
+        token_ids = stream_guards.clip_traced_token_ids(
+            ops.convert_to_tensor(token_ids), self.vocabulary_size
+        )
+        memory.check_state(state, self.state_spec(token_ids.shape[0]), "state", reset)
+        if reset is not None:
+            reset = ops.cast(reset, "bool")
+        return token_ids, reset
+
     # -- training on streams ------------------------------------------------
 
     def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
