@@ -127,14 +127,14 @@ class InfiniteFormerLlamaCausalLM(_RotaryFamilyCausalLM):
             num_key_value_heads=2, hidden_dim=32, intermediate_dim=64,
         )
         model = keras_infformer.models.InfiniteFormerLlamaCausalLM.from_backbone(
-            backbone, segment_length=16, batch_size=2, num_basis=32,
-            finetune="memory",
+            backbone, segment_length=16, num_basis=32
         )
-        documents = [np.random.randint(1, 300, 100) for _ in range(4)]
-        stream = keras_infformer.data.StreamingDataset(
-            documents, batch_size=2, segment_length=16
+        # A prompt of 40 tokens: two whole segments go into the memory.
+        prompt = np.random.randint(1, 300, (1, 40)).astype("int32")
+        output = model.generate(
+            {"token_ids": prompt, "padding_mask": np.ones_like(prompt, bool)},
+            max_length=48, stop_token_ids=None,
         )
-        model.fit(stream, epochs=1)
         ```
 
         References:
@@ -166,6 +166,7 @@ class InfiniteFormerGemmaCausalLM(_RotaryFamilyCausalLM):
 
         ```python
         import keras_hub
+        import numpy as np
         import keras_infformer
 
         backbone = keras_hub.models.GemmaBackbone(
@@ -176,6 +177,10 @@ class InfiniteFormerGemmaCausalLM(_RotaryFamilyCausalLM):
         model = keras_infformer.models.InfiniteFormerGemmaCausalLM.from_backbone(
             backbone, segment_length=16, num_basis=32
         )
+        # The pure step over an explicit state (what serving runs).
+        state = model.get_initial_state(2)
+        tokens = np.random.randint(1, 300, (2, 16)).astype("int32")
+        logits, state = model.step(tokens, np.array([True, True]), state)
         ```
 
         References:
@@ -202,6 +207,7 @@ class InfiniteFormerQwen3CausalLM(_RotaryFamilyCausalLM):
         Examples:
 
         ```python
+        import keras
         import keras_hub
         import keras_infformer
 
@@ -210,9 +216,12 @@ class InfiniteFormerQwen3CausalLM(_RotaryFamilyCausalLM):
             num_key_value_heads=2, head_dim=8, hidden_dim=32,
             intermediate_dim=64,
         )
+        # Train the memories first, the frozen backbone's weights later.
         model = keras_infformer.models.InfiniteFormerQwen3CausalLM.from_backbone(
-            backbone, segment_length=16, num_basis=32
+            backbone, segment_length=16, finetune="memory"
         )
+        model.set_finetune("all")
+        model.compile(optimizer=keras.optimizers.Adam(1e-5))
         ```
 
         References:
