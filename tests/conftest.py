@@ -7,10 +7,16 @@ independent computation.
 """
 
 import math
+import os
+import sys
 
 import keras
 import numpy as np
 import pytest
+
+# tests/ mirrors the package folder by folder; the shared helpers
+# (layer_test_case, model_test_case, repo_paths) live here, importable from any folder.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 if keras.backend.backend() == "torch":
     import torch

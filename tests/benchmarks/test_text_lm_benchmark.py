@@ -13,14 +13,15 @@ import sys
 
 import numpy as np
 import pytest
+import repo_paths
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = repo_paths.ROOT
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import text_lm  # noqa: E402
 
 # A benchmark script's smoke run: on the benchmark backend (`make bench-text`
-# runs JAX) only, like those of tests/test_benchmarks.py; the pieces it
+# runs JAX) only, like those of tests/benchmarks/test_benchmarks.py; the pieces it
 # trains (the LM, the GPT-2 model, StreamingDataset) are tested on every
 # backend in their own files.
 pytestmark = pytest.mark.skipif(

@@ -19,12 +19,13 @@ import sys
 import keras
 import numpy as np
 import pytest
+import repo_paths
 
 from keras_infformer import distribution
 from keras_infformer.data import StreamingDataset
 
 BACKEND = keras.backend.backend()
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = repo_paths.ROOT
 SCRIPT = os.path.join(ROOT, "examples", "multi_process_train.py")
 # Losses and memory of 2 processes vs 1: float32 sums in another order.
 TOLERANCE = 1e-5

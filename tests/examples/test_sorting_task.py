@@ -13,7 +13,7 @@ import pytest
 import keras_infformer
 from keras_infformer.data import sorting
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
 
 import sorting_task  # noqa: E402

@@ -1,7 +1,7 @@
 """Stateful memory on several devices (keras_infformer.distribution).
 
 The multi-device runs need simulated devices set up before the backend
-starts, so each runs tests/distributed_fit_script.py in its own process:
+starts, so each runs tests/distribution/distributed_fit_script.py in its own process:
 JAX with 2 and 4 host CPU devices (`ModelParallel` + `layout_map`),
 TensorFlow with 2 logical CPU devices (`MirroredStrategy`). Each fits the
 same small InfiniteFormerLM on one device and distributed, from the same

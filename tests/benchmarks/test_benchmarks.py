@@ -18,11 +18,12 @@ import sys
 import keras
 import numpy as np
 import pytest
+import repo_paths
 from keras import ops
 
 from keras_infformer.layers import ContinuousLTM
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = repo_paths.ROOT
 BENCH = os.path.join(ROOT, "benchmarks")
 
 

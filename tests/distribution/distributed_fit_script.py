@@ -1,9 +1,9 @@
 """One distributed-vs-single-device run, in its own process.
 
-Used by tests/test_distribution.py (and runnable by hand): simulated devices
+Used by tests/distribution/test_distribution.py (and runnable by hand): simulated devices
 must be set up before the backend starts, so each run is a fresh process.
 
-    python tests/distributed_fit_script.py --backend jax --devices 4 --out r.json
+    python tests/distribution/distributed_fit_script.py --backend jax --devices 4 --out r.json
 
 JAX: `--xla_force_host_platform_device_count` host CPU devices and a
 `ModelParallel` distribution with `keras_infformer.distribution.layout_map`.
@@ -46,7 +46,7 @@ def setup_backend(backend, devices):
         os.environ["XLA_FLAGS"] = (
             f"{flags} --xla_force_host_platform_device_count={devices}".strip()
         )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if root not in sys.path:
         sys.path.insert(0, root)
     if backend == "tensorflow":

@@ -9,8 +9,9 @@ import sys
 import keras
 import numpy as np
 import pytest
+import repo_paths
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = repo_paths.ROOT
 sys.path.insert(0, os.path.join(ROOT, "examples"))
 
 import train_text  # noqa: E402

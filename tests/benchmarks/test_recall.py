@@ -17,6 +17,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import repo_paths
 
 from keras_infformer.models import InfiniteFormerLM
 
@@ -24,11 +25,7 @@ BACKEND = keras.backend.backend()
 SEGMENT = 8
 BATCH = 4
 
-_PATH = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "benchmarks",
-    "recall_task.py",
-)
+_PATH = os.path.join(repo_paths.BENCHMARKS, "recall_task.py")
 _spec = importlib.util.spec_from_file_location("recall_task", _PATH)
 recall_task = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(recall_task)

@@ -11,13 +11,13 @@ object and keras-hub's decoder layers called one by one; for generation,
 teacher-forced streaming through `step`.
 """
 
-import os
 import sys
 
 import keras
 import keras_hub
 import numpy as np
 import pytest
+import repo_paths
 
 import keras_infformer
 from keras_infformer.models import (
@@ -28,9 +28,7 @@ from keras_infformer.models import (
 )
 
 BACKEND = keras.backend.backend()
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-)
+sys.path.insert(0, repo_paths.EXAMPLES)
 SEGMENT = 8
 BATCH = 2
 VOCABULARY = 300
@@ -440,7 +438,7 @@ def _other_preset(family, tmp_path):
 @pytest.mark.skipif(
     BACKEND != "tensorflow",
     reason="the served graph is traced by TensorFlow from any backend; tested "
-    "once here, under TF (as tests/test_gpt2.py does)",
+    "once here, under TF (as tests/models/test_gpt2.py does)",
 )
 # Gemma (sliding window under a traced cache index, soft-caps, post-norms)
 # and Qwen3 (Llama's layer plus the q-norm) cover Llama's path too; each

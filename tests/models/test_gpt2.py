@@ -7,21 +7,19 @@ same backbone object; the reference for generation is teacher-forced
 streaming through `step`.
 """
 
-import os
 import sys
 
 import keras
 import keras_hub
 import numpy as np
 import pytest
+import repo_paths
 
 import keras_infformer
 from keras_infformer.models import InfiniteFormerGPT2CausalLM
 
 BACKEND = keras.backend.backend()
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-)
+sys.path.insert(0, repo_paths.EXAMPLES)
 SEGMENT = 8
 BATCH = 2
 MAX_POSITIONS = 16

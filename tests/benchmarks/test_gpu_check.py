@@ -8,8 +8,9 @@ import sys
 
 import keras
 import pytest
+import repo_paths
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = repo_paths.ROOT
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_check.py")
 BACKEND = keras.backend.backend()
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))

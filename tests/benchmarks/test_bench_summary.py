@@ -16,8 +16,9 @@ import os
 import shutil
 
 import pytest
+import repo_paths
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = repo_paths.ROOT
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
