@@ -41,6 +41,14 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--sticky", type=int, default=1, help="sticky memories (1/0)")
+    parser.add_argument(
+        "--systems",
+        nargs="+",
+        default=["memory_all", "memory_only"],
+        choices=["memory_all", "memory_only"],
+        help="memory systems timed beside GPT-2",
+    )
     parser.add_argument("--tiny", action="store_true", help="smoke test: tiny sizes")
     parser.add_argument("--no-plot", action="store_true", help="accepted; nothing is plotted")
     default_out = os.path.join(os.path.dirname(__file__), "results", "gpt2_finetune_step.json")
@@ -78,11 +86,14 @@ def main():
     gpt2.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss())
     systems["gpt2"] = gpt2
     for name, finetune in (("memory_all", "all"), ("memory_only", "memory")):
+        if name not in args.systems:
+            continue
         model = kif.models.InfiniteFormerGPT2CausalLM.from_backbone(
             keras_hub.models.GPT2Backbone(**backbone_settings),
             segment_length=args.segment,
             batch_size=args.batch,
             num_basis=args.num_basis,
+            sticky_memories=bool(args.sticky),
             finetune=finetune,
         )
         model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss(), weighted_metrics=[])
@@ -159,7 +170,7 @@ def main():
             "segment_length": args.segment,
             "batch_size": args.batch,
             "num_basis": args.num_basis,
-            "sticky_memories": True,
+            "sticky_memories": bool(args.sticky),
             "rounds": args.rounds,
             "warmup_steps": args.warmup,
             "optimizer": "Adam(1e-4)",

@@ -34,7 +34,15 @@ RESULTS_DIR = os.path.join(HERE, "results")
 README = os.path.join(os.path.dirname(HERE), "README.md")
 START = "<!-- summary-table:start -->"
 END = "<!-- summary-table:end -->"
-SOURCES = ("context_scaling", "layer_throughput", "decode_speed", "memory_stability")
+SOURCES = (
+    "context_scaling",
+    "layer_throughput",
+    "decode_speed",
+    "memory_stability",
+    "ltm_step",
+    "gpt2_finetune_step",
+    "serving_warmup",
+)
 
 # The targets of issue 16: (id, what, source, bound, limit).
 #   bound "max": met when every value <= limit; "min": when every value >= limit.
@@ -42,10 +50,25 @@ OVERHEAD_SMALL_LM = 0.20
 OVERHEAD_PAPER = 0.15
 FLOOR_RATIO = 1.5
 DECODE_RATIO = 0.8
+# Issue 26's targets.
+LTM_STEP_BACKENDS = 1.1
+GPT2_STEP = 1.25
+FIRST_REQUEST = 2.0
+# The values before issue 26's work, as its report measured them (the
+# "before" of each of its rows; the "after" is read from the result files).
+BEFORE = {
+    "ltm_step/jax": "1.43× (JAX 0.142 s, TensorFlow 0.100 s, PyTorch 0.099 s)",
+    "gpt2_step/train": "1.52×",
+    "serving/first_request": "1,305× (3.4–4.3 s for the first token)",
+    "ltm_overhead/paper_block/infer": "+18.4% / +20.1%",
+}
 SHORT = {  # how the list of sources under the table names the rows
     "ltm_overhead": "LTM overhead",
     "ltm_ops_vs_floor": "LTM ops vs floor",
     "decode": "decoding",
+    "ltm_step": "LTM step by backend",
+    "gpt2_step": "GPT-2 + memory step",
+    "serving": "first served request",
     "context_scaling/time": "step time vs context",
     "context_scaling/peak_memory": "peak memory",
     "context_scaling/full_attention": "full attention",
@@ -122,8 +145,20 @@ def source_info(name, data, directory, backend=None):
         entry = data.get("backends", {}).get(backend) or {}
         return _describe(file, entry.get("environment"), entry.get("mode"), directory)
     environment = data.get("environment")
-    if environment is None and name == "decode_speed":
-        environment = {"machine": data.get("machine"), "backend": data.get("backend")}
+    if environment is None and name in ("decode_speed", "gpt2_finetune_step"):
+        environment = {
+            "machine": data.get("machine"),
+            "cpu_count": data.get("cpu_count"),
+            "backend": data.get("backend"),
+        }
+    if environment is None and name == "serving_warmup":
+        machine = data.get("machine") or {}
+        environment = {
+            "machine": machine.get("processor"),
+            "cpu_count": machine.get("cpus"),
+            "backend": "tensorflow",
+            "time": data.get("date"),
+        }
     return _describe(file, environment, data.get("mode"), directory)
 
 
@@ -195,6 +230,27 @@ def decode_batches(ds):
         if m:
             found.add(int(m.group(1)))
     return sorted(found) or [1, 8]
+
+
+def ltm_step_ratio(ls):
+    """JAX's LTM step time over the faster of TensorFlow's and PyTorch's."""
+    return {"JAX / fastest other": (ls or {}).get("jax_over_fastest_other")}
+
+
+def gpt2_step_ratio(gs):
+    """The GPT-2 + memory fine-tuning step (every weight) over GPT-2's."""
+    return {"every weight": ((gs or {}).get("step_time_ratio_to_gpt2") or {}).get("memory_all")}
+
+
+def first_request_ratios(sw):
+    """First `decode_step` request over a warm one, warmed-up exports."""
+    results = (sw or {}).get("results") or {}
+    out = {}
+    for export, export_label in (("xla", "XLA"), ("plain_tf", "plain TF")):
+        for mode, mode_label in (("warmup_file", "warm-up file"), ("client_warm_up", "client")):
+            entry = (results.get(export) or {}).get(mode) or {}
+            out[f"{export_label}, {mode_label}"] = entry.get("first_over_warm_decode_step")
+    return out
 
 
 def _met(values, bound, limit):
@@ -306,6 +362,52 @@ def target_rows(results, directory):
             _join(values, _x),
             src_ds,
         )
+    ls, gs, sw = (results.get(k) for k in ("ltm_step", "gpt2_finetune_step", "serving_warmup"))
+    size = ((ls or {}).get("size")) or {}
+    values = ltm_step_ratio(ls)
+    add(
+        "ltm_step/jax",
+        "LTM step (absorb + Gaussian attention, fwd+bwd"
+        + (
+            f", L {size.get('length')}, N {size.get('num_basis')}, e {size.get('dim')}"
+            if size
+            else ""
+        )
+        + "), JAX over the faster of TensorFlow and PyTorch",
+        values,
+        "max",
+        LTM_STEP_BACKENDS,
+        f"≤ {LTM_STEP_BACKENDS}×",
+        _join(values, _x),
+        source_info("ltm_step", ls, directory),
+    )
+    values = gpt2_step_ratio(gs)
+    add(
+        "gpt2_step/train",
+        "GPT-2 small's shape + memory, fine-tuning step over GPT-2's (every weight trained)",
+        values,
+        "max",
+        GPT2_STEP,
+        f"≤ {GPT2_STEP}×",
+        _join(values, _x),
+        source_info("gpt2_finetune_step", gs, directory),
+    )
+    values = first_request_ratios(sw)
+    add(
+        "serving/first_request",
+        "first `decode_step` request over a warm one, after loading an export "
+        "(XLA / plain TF export; warm-up file / client warm-up)",
+        values,
+        "max",
+        FIRST_REQUEST,
+        f"≤ {FIRST_REQUEST:g}×",
+        _join(values, _x),
+        source_info("serving_warmup", sw, directory),
+    )
+    for row in rows:
+        if row["id"] in BEFORE:
+            row["before"] = BEFORE[row["id"]]
+            row["measured"] = f"{row['measured']} (before: {BEFORE[row['id']]})"
     return rows
 
 

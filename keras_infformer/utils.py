@@ -155,3 +155,22 @@ def check_positive_int(value, name, minimum=1):
     if value < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}. Received: {name}={value!r}")
     return int(value)
+
+
+# What Keras' functional models and keras-hub's tasks accept beyond their own
+# arguments. Functional models drop any other keyword silently.
+MODEL_KEYWORDS = ("name", "trainable", "compile")
+
+
+def check_model_keywords(kwargs, owner, allowed=MODEL_KEYWORDS):
+    """A TypeError naming every keyword of `kwargs` not in `allowed`.
+
+    For the constructors of functional models, which Keras would let
+    ignore a misspelt setting without a word.
+    """
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"{owner} got unexpected keyword arguments: {unknown}. "
+            f"Received: {{{', '.join(f'{k}={kwargs[k]!r}' for k in unknown)}}}"
+        )

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_infformer import compat, memory
+from keras_infformer import compat, memory, utils
 from keras_infformer.models import stream_guards
 from keras_infformer.models.streaming_causal_lm import StreamingCausalLM
 
@@ -91,6 +91,7 @@ class FunctionalMemoryLM(StreamingCausalLM):
     backbone_cls = None
 
     def __init__(self, backbone, preprocessor=None, **kwargs):
+        utils.check_model_keywords(kwargs, type(self).__name__)
         _check_network(backbone)
         self.backbone = backbone
         self.preprocessor = preprocessor

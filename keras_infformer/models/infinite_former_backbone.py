@@ -125,6 +125,7 @@ class InfiniteFormerBackbone(keras_hub.models.Backbone):
         memory = memory_settings.take(kwargs, memory_settings.LONG_TERM_MEMORY)
         memory.update(memory_settings.take(kwargs, memory_settings.COMPRESSIVE_MEMORY))
         memory["basis_widths"] = tuple(memory["basis_widths"])
+        utils.check_model_keywords(kwargs, type(self).__name__, ("name", "trainable"))
         vocabulary_size = utils.check_positive_int(vocabulary_size, "vocabulary_size")
         segment_length = utils.check_positive_int(segment_length, "segment_length")
         batch_size = utils.check_positive_int(batch_size, "batch_size")

@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_infformer import utils
 from keras_infformer.layers import memory_settings
 from keras_infformer.models.infinite_former_backbone import InfiniteFormerBackbone
 from keras_infformer.models.infinite_former_causal_lm_preprocessor import (
@@ -79,6 +80,7 @@ class InfiniteFormerCausalLM(StreamingCausalLM):
                 "`backbone` must be a keras_infformer.models.InfiniteFormerBackbone. "
                 f"Received: backbone of type {type(backbone).__name__}"
             )
+        utils.check_model_keywords(kwargs, type(self).__name__)
         # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor

@@ -99,6 +99,7 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
                 f"`finetune` must be one of {_FINETUNE}. Received: finetune={finetune!r}"
             )
         settings = memory_settings.take(kwargs, memory_settings.PRETRAINED_LONG_TERM_MEMORY)
+        utils.check_model_keywords(kwargs, type(self).__name__)
         if settings["num_samples"] is None:
             settings["num_samples"] = settings["num_basis"]
         settings = memory_settings.check_long_term_memory(settings)

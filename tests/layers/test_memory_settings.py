@@ -2,6 +2,7 @@
 
 import inspect
 
+import keras_hub
 import pytest
 
 import keras_infformer as kif
@@ -87,3 +88,79 @@ def test_bad_memory_settings_fail_at_construction():
         use_long_term_memory=False,
         tau=1.0,
     )
+
+
+@pytest.mark.parametrize(
+    "cls, declarations",
+    [
+        (
+            kif.InfiniteFormerDecoder,
+            (memory_settings.LONG_TERM_MEMORY, memory_settings.COMPRESSIVE_MEMORY),
+        ),
+        (kif.ContinuousMemoryAttention, (memory_settings.LONG_TERM_MEMORY,)),
+        (
+            kif.InfiniteFormerBackbone,
+            (memory_settings.LONG_TERM_MEMORY, memory_settings.COMPRESSIVE_MEMORY),
+        ),
+        (PretrainedMemoryCausalLM, (memory_settings.PRETRAINED_LONG_TERM_MEMORY,)),
+    ],
+)
+def test_the_settings_are_keyword_arguments_in_declaration_order(cls, declarations):
+    """Declared once, the settings still show in the signature (help(),
+    Keras' argument binding): keyword-only, in order, before **kwargs."""
+    parameters = list(inspect.signature(cls.__init__).parameters.values())
+    names = [name for declaration in declarations for name in declaration]
+    settings = [p for p in parameters if p.name in names]
+    assert [p.name for p in settings] == names
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in settings)
+    assert parameters[-1].kind is inspect.Parameter.VAR_KEYWORD
+
+
+def test_a_misspelt_setting_is_refused_by_name():
+    """Keras' functional models drop unknown keywords silently; ours name them."""
+    # Keras refuses unknown keywords (a ValueError for layers, TypeError for models).
+    with pytest.raises((TypeError, ValueError), match="num_basiss"):
+        kif.InfiniteFormerDecoder(intermediate_dim=8, num_heads=2, memory_length=4, num_basiss=8)
+    with pytest.raises((TypeError, ValueError), match="sticky_memory"):
+        kif.ContinuousMemoryAttention(num_heads=2, key_dim=4, sticky_memory=True)
+    with pytest.raises((TypeError, ValueError), match="taus"):
+        kif.InfiniteFormerBackbone(
+            vocabulary_size=11,
+            segment_length=4,
+            batch_size=1,
+            num_layers=1,
+            hidden_dim=8,
+            num_heads=2,
+            num_basis=8,
+            num_samples=8,
+            taus=0.5,
+        )
+
+
+def test_given_settings_reach_the_config_and_the_defaults_fill_the_rest():
+    layer = kif.ContinuousMemoryAttention(
+        num_heads=2, key_dim=4, num_basis=8, num_samples=8, tau=0.5
+    )
+    config = layer.get_config()
+    expected = dict(memory_settings.LONG_TERM_MEMORY, num_basis=8, num_samples=8, tau=0.5)
+    assert {name: config[name] for name in expected} == expected
+    assert kif.ContinuousMemoryAttention.from_config(config).get_config() == config
+
+
+def test_a_misspelt_model_setting_is_a_type_error_naming_it():
+    sizes = dict(vocabulary_size=11, segment_length=4, batch_size=1, num_layers=1, hidden_dim=8)
+    with pytest.raises(TypeError, match="taus=0.5"):
+        kif.InfiniteFormerLM(num_heads=2, num_basis=8, num_samples=8, taus=0.5, **sizes)
+    backbone = kif.InfiniteFormerBackbone(num_heads=2, num_basis=8, num_samples=8, **sizes)
+    with pytest.raises(TypeError, match="sampler"):
+        kif.InfiniteFormerCausalLM(backbone, sampler="greedy")
+    gpt2 = keras_hub.models.GPT2Backbone(
+        vocabulary_size=11,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=8,
+    )
+    with pytest.raises(TypeError, match="num_basiss"):
+        kif.models.InfiniteFormerGPT2CausalLM.from_backbone(gpt2, segment_length=4, num_basiss=8)
