@@ -48,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--calls", type=int, default=5, help="timed calls per round")
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    p.add_argument("--tiny", action="store_true", help="smoke test: tiny size, 1 round, 1 call")
+    p.add_argument("--no-plot", action="store_true", help="accepted; nothing is plotted")
     p.add_argument("--out", default=RESULTS, help="JSON path ('' to skip)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -169,6 +171,8 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.tiny:
+        args.size, args.rounds, args.calls = "tiny", 1, 1
     if args.child:
         child(args.child, args.calls)
         return None

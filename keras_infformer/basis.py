@@ -20,6 +20,8 @@ import numpy as np
 from keras import ops
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+# Blocks of centres whose moments the Gaussian expectation's gradient sums.
+_MOMENT_BLOCKS = 8
 
 
 def basis_parameters(num_basis, basis_widths):
@@ -136,10 +138,21 @@ def gaussian_expectation_by_width(mu, sigma_sq, grid_centers, basis_widths):
 
     `r[..., w, c] = exp((μ − c)² · (−½ / (σ² + w²)) − ½ log(2π (σ² + w²)))`.
 
-    The `W` rows are computed one by one, so that automatic differentiation
-    keeps `r`, `(μ − c)²` and the per-density factors (not several
-    full-size tensors) and its reductions run over the last (contiguous)
-    axis, the centres.
+    Its gradient is written out (`keras.ops.custom_gradient`): with
+    `p = upstream · r` and `v = σ² + w²`,
+    `∂/∂μ = −Σ_w Σ_c p (μ − c) / v` and
+    `∂/∂σ² = Σ_w (Σ_c p (μ − c)² / v − Σ_c p) / (2v)`. The sums over the
+    centres come from one contraction of `p` with a `(C, 3K)` matrix: the
+    moments `Σ p (c − b_k)^j`, `j = 0, 1, 2`, of each of `K = min(8, C)`
+    blocks of neighbouring centres about the block's mean `b_k`, combined
+    as `Σ_k Σ_c p (μ − c)^j` with `μ − c = (μ − b_k) − (c − b_k)`.
+    Automatic differentiation makes per-density reductions instead, which
+    XLA:CPU runs as one slow multi-output reduction (fwd+bwd at the
+    paper's size on JAX: 45 ms, against 6.7 ms this way). Moments about
+    each block's own centre keep the float32 cancellation in
+    `Σ p (μ − c)²` (narrow densities) `K²` times smaller than about one
+    centre: the gradients stay as close to float64 as automatic
+    differentiation's (tests/test_basis.py).
 
     Args:
         mu: tensor of means, any shape.
@@ -151,16 +164,49 @@ def gaussian_expectation_by_width(mu, sigma_sq, grid_centers, basis_widths):
         Tensor of shape `mu.shape + (W, C)`.
     """
     mu, sigma_sq, grid_centers, basis_widths = _as_float(mu, sigma_sq, grid_centers, basis_widths)
-    sq_dist = ops.square(ops.expand_dims(mu, -1) - grid_centers)  # (..., C)
-    rows = []
-    # One row per width (W is small and static): the gradient then sums the
-    # rows' contributions elementwise and reduces over the centres only.
-    for w in range(int(basis_widths.shape[0])):
-        variance = ops.expand_dims(sigma_sq + ops.square(basis_widths[w]), -1)
-        scale = -0.5 / variance  # (..., 1)
-        log_norm = -0.5 * ops.log(variance) - _LOG_SQRT_2PI
-        rows.append(ops.exp(sq_dist * scale + log_norm))
-    return ops.stack(rows, axis=-2)  # (..., W, C)
+    num_centers = int(grid_centers.shape[0])
+    num_blocks = min(_MOMENT_BLOCKS, num_centers)
+    # membership[c, k]: centre c is in block k (contiguous, near-equal blocks).
+    membership = ops.cast(
+        ops.equal(
+            ops.expand_dims((ops.arange(num_centers) * num_blocks) // num_centers, -1),
+            ops.arange(num_blocks),
+        ),
+        grid_centers.dtype,
+    )  # (C, K)
+    block_means = ops.sum(membership * ops.expand_dims(grid_centers, -1), axis=0) / ops.sum(
+        membership, axis=0
+    )  # (K,)
+    offsets = membership * (ops.expand_dims(grid_centers, -1) - block_means)  # (C, K)
+    moments = ops.concatenate([membership, offsets, offsets * offsets], axis=-1)  # (C, 3K)
+
+    @ops.custom_gradient
+    def expectation(mu, sigma_sq):
+        variance = ops.expand_dims(sigma_sq, -1) + ops.square(basis_widths)  # (..., W)
+        scale = ops.expand_dims(-0.5 / variance, -1)  # (..., W, 1)
+        log_norm = ops.expand_dims(-0.5 * ops.log(variance) - _LOG_SQRT_2PI, -1)
+        sq_dist = ops.expand_dims(ops.square(ops.expand_dims(mu, -1) - grid_centers), -2)
+        r = ops.exp(sq_dist * scale + log_norm)  # (..., W, C)
+
+        def gradient(*args, upstream=None):
+            if upstream is None:  # JAX and TensorFlow pass it positionally.
+                (upstream,) = args
+            sums = ops.einsum("...wc,cj->...wj", upstream * r, moments)  # (..., W, 3K)
+            s0 = sums[..., :num_blocks]
+            s1 = sums[..., num_blocks : 2 * num_blocks]
+            s2 = sums[..., 2 * num_blocks :]
+            shift = ops.expand_dims(ops.expand_dims(mu, -1) - block_means, -2)  # (..., 1, K)
+            p_sum = ops.sum(s0, axis=-1)  # Σ_c p
+            first = ops.sum(shift * s0 - s1, axis=-1)  # Σ_c p (μ − c)
+            second = ops.sum(shift * (shift * s0 - 2.0 * s1) + s2, axis=-1)  # Σ_c p (μ − c)²
+            inverse = 1.0 / variance
+            d_mu = -ops.sum(inverse * first, axis=-1)
+            d_sigma_sq = ops.sum(0.5 * inverse * (inverse * second - p_sum), axis=-1)
+            return d_mu, d_sigma_sq
+
+        return r, gradient
+
+    return expectation(mu, sigma_sq)
 
 
 def gaussian_expectation_grid(mu, sigma_sq, grid_centers, basis_widths):

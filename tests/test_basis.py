@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from keras import ops
 
 from keras_infformer import basis
 
@@ -212,3 +213,33 @@ def test_rbf_from_constants_matches_rbf(ref, rng, to_numpy):
     out = to_numpy(basis.rbf_from_constants(t.astype("float32"), centers, scale, log_norm))
     assert out.shape == (3, 7, 16)
     np.testing.assert_allclose(out, ref.rbf(t, centers, widths), rtol=1e-5, atol=ATOL_F32)
+
+
+@pytest.mark.parametrize("widths", [(0.005, 0.01), (0.01, 0.05)])
+def test_gaussian_expectation_gradient_matches_float64_derivatives(ref, rng, gradients, widths):
+    """The written-out gradient of `gaussian_expectation_by_width` (its sums
+    over the centres as three centred moments) against the derivatives of
+    the closed form in float64, down to the narrowest densities (σ² = 1e-6,
+    the widths of the pretrained models): d/dμ of r = −r (μ − c) / v and
+    d/dσ² of r = r ((μ − c)² / (2v²) − 1 / (2v)), v = σ² + w²."""
+    C, W = 64, len(widths)
+    centers = np.linspace(0.0, 1.0, C)
+    mu = rng.uniform(0.0, 1.0, size=(3, 40))
+    sigma_sq = np.exp(rng.uniform(np.log(1e-6), np.log(0.5), size=(3, 40)))
+    upstream = rng.standard_normal((3, 40, W, C))
+
+    def loss(m, s):
+        r = basis.gaussian_expectation_by_width(m, s, centers, np.asarray(widths))
+        return ops.sum(r * ops.convert_to_tensor(upstream, "float32"))
+
+    _, (d_mu, d_sigma_sq) = gradients(loss, [], [mu, sigma_sq])
+    d = mu[..., None, None] - centers  # (3, 40, 1, C)
+    v = sigma_sq[..., None, None] + np.square(widths)[:, None]  # (3, 40, W, 1)
+    r = np.exp(-0.5 * d**2 / v) / np.sqrt(2 * np.pi * v)
+    p = upstream * r
+    expected_mu = np.sum(-p * d / v, axis=(-1, -2))
+    expected_sigma_sq = np.sum(p * (d**2 / (2 * v**2) - 1 / (2 * v)), axis=(-1, -2))
+    # Relative to the largest gradient of each row of densities: float32 sums.
+    for got, want in ((d_mu, expected_mu), (d_sigma_sq, expected_sigma_sq)):
+        scale = np.max(np.abs(want), axis=-1, keepdims=True)
+        assert np.max(np.abs(got - want) / scale) < 1e-4

@@ -136,6 +136,55 @@ def made_up(tmp_path):
     return tmp_path
 
 
+def test_issue_26_rows_from_made_up_results(made_up):
+    env = {"time": "2030-01-02 03:04:05 UTC", "machine": "x86_64", "cpu_count": 4, "backend": "jax"}
+    _write(
+        made_up,
+        "ltm_step",
+        {
+            "environment": env,
+            "size": {"length": 1024, "num_basis": 512, "dim": 300},
+            "median_seconds": {"jax": 0.105, "tensorflow": 0.1, "torch": 0.12},
+            "jax_over_fastest_other": 1.05,
+        },
+    )
+    _write(
+        made_up,
+        "gpt2_finetune_step",
+        {"backend": "jax", "step_time_ratio_to_gpt2": {"memory_all": 1.3, "memory_only": 0.9}},
+    )
+    _write(
+        made_up,
+        "serving_warmup",
+        {
+            "date": "2030-01-02",
+            "machine": {"processor": "x86_64", "cpus": 4},
+            "results": {
+                "xla": {
+                    "warmup_file": {"first_over_warm_decode_step": 1.2},
+                    "client_warm_up": {"first_over_warm_decode_step": 1.5},
+                },
+                "plain_tf": {
+                    "warmup_file": {"first_over_warm_decode_step": 1.3},
+                    "client_warm_up": {"first_over_warm_decode_step": 2.5},
+                },
+            },
+        },
+    )
+    rows = {r["id"]: r for r in summary.build_summary(str(made_up))["targets"]}
+    ltm = rows["ltm_step/jax"]
+    assert ltm["values"] == {"JAX / fastest other": 1.05} and ltm["met"] is True
+    assert ltm["before"].startswith("1.43×") and "(before: 1.43×" in ltm["measured"]
+    assert "L 1024, N 512, e 300" in ltm["what"]
+    gpt2 = rows["gpt2_step/train"]
+    assert gpt2["values"] == {"every weight": 1.3} and gpt2["met"] is False
+    first = rows["serving/first_request"]
+    assert first["values"]["plain TF, client"] == 2.5 and first["met"] is False
+    assert (
+        first["source"]["date"] == "2030-01-02" and first["source"]["machine"] == "x86_64, 4 CPUs"
+    )
+
+
 def test_ratios_and_flags_from_made_up_results(made_up):
     result = summary.build_summary(str(made_up))
     rows = {r["id"]: r for r in result["targets"]}
@@ -169,7 +218,7 @@ def test_ratios_and_flags_from_made_up_results(made_up):
     assert result["all_targets_met"] is False
     assert "memory_stability.json" in result["missing"]
     table = summary.render_markdown(result)
-    assert "| +10.0% / +25.0% | ≤ +15% | **no** |" in table
+    assert "| +10.0% / +25.0% (before: +18.4% / +20.1%) | ≤ +15% | **no** |" in table
     assert "| 0.90 / 0.70 | ≥ 0.8× | **no** |" in table
 
 

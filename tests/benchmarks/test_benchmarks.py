@@ -230,3 +230,15 @@ def test_decode_speed_script(tmp_path):
     xl = result["results"]["transformer_xl/batch_1"]["tokens_per_second"]
     for key, ratio in result["ratio_to_transformer_xl"].items():
         assert ratio == pytest.approx(result["results"][key]["tokens_per_second"] / xl)
+
+
+@bench_backend_only
+@pytest.mark.slow
+def test_ltm_step_script(tmp_path):
+    result = _run("ltm_step", tmp_path)
+    medians = result["median_seconds"]
+    assert set(medians) == {"jax", "tensorflow", "torch"}
+    assert all(len(result["rounds_detail"][b]) == 1 for b in medians)
+    assert result["jax_over_fastest_other"] == pytest.approx(
+        medians["jax"] / min(medians["tensorflow"], medians["torch"])
+    )
