@@ -100,6 +100,10 @@ def run_memory_lm_test(model, tmp_path, seed=0, atol=1e-4, decode_positions=2):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert type(loaded) is type(model)
+    assert type(loaded.backbone) is type(model.backbone)
+    assert [w.path for w in loaded.weights] == [w.path for w in model.weights]
+    for saved, restored in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(to_numpy(restored), to_numpy(saved), err_msg=saved.path)
     _assert_states_close(loaded.get_state(), model.get_state(), 0.0)
     inputs = {"token_ids": segments[2], "reset": later}
     np.testing.assert_allclose(

@@ -207,8 +207,7 @@ class GaussianAttention(keras.layers.Layer):
 
         Returns `(weighted_keys, values)`, float32: the keys contracted with
         the μ and σ kernels, `(batch_size, num_heads, key_dim, 2)`, and the
-        values, `(batch_size, num_heads, W, num_basis / W, value_dim)` (`W`
-        widths; basis function `c·W + w` at `[:, :, w, c]`). Token-by-token
+        values, `(batch_size, num_basis, num_heads, value_dim)`. Token-by-token
         decoding reads one memory many times; keeping its view saves
         projecting the `num_basis` coefficients at every token.
         """
@@ -235,13 +234,7 @@ class GaussianAttention(keras.layers.Layer):
             (0, 2, 3, 1),
         )  # (B, h, d_h, 2)
         values = ops.cast(self._value_dense(ops.cast(coefficients, self.compute_dtype)), "float32")
-        # Basis function c·W + w at [b, h, w, c], as the expectation `r` of
-        # a read is laid out: (B, N, h, k) -> (B, C, W, h, k) -> (B, h, W, C, k).
-        num_widths = len(self.basis_widths)
-        values = ops.reshape(
-            values, (-1, self.num_basis // num_widths, num_widths) + tuple(values.shape[2:])
-        )
-        return weighted_keys, ops.transpose(values, (0, 3, 2, 1, 4))
+        return weighted_keys, values
 
     def density(self, query, coefficients=None, view=None):
         """`(mu, sigma_sq)` of shape `(batch_size, num_heads, Lq)`, float32.
@@ -274,11 +267,18 @@ class GaussianAttention(keras.layers.Layer):
         if view is None:
             view = self.memory_view(coefficients)
         mu, sigma_sq = self.density(query, view=view)
-        # r[b, h, q, w, c] is basis function c·W + w, as the view's values.
+        # r[b, h, q, w, c] is basis function c·W + w: the values grouped the
+        # same way, (B, N, h, k) -> (B, C, W, h, k) -> (B, h, W, C, k).
         r = basis.gaussian_expectation_by_width(mu, sigma_sq, self._grid_centers, self._grid_widths)
         # Batch axes (b, h) first in both operands: a plain batched matmul,
         # forward and backward, without transposing r (the largest tensor).
-        z = ops.einsum("bhqwc,bhwck->bhqk", r, view[1])
+        values = view[1]
+        num_widths = len(self.basis_widths)
+        values = ops.reshape(
+            values, (-1, self.num_basis // num_widths, num_widths) + tuple(values.shape[2:])
+        )
+        values = ops.transpose(values, (0, 3, 2, 1, 4))
+        z = ops.einsum("bhqwc,bhwck->bhqk", r, values)
         z = ops.transpose(z, (0, 2, 1, 3))  # (B, Lq, h, k)
         outputs = self._output_dense(ops.cast(z, self.compute_dtype))
         return outputs, mu, sigma_sq

@@ -379,31 +379,6 @@ def test_text_generation_with_keras_hub_gpt2_preprocessor():
 # -- saving, presets, export -----------------------------------------------------------
 
 
-def test_keras_round_trip_keeps_weights_and_memory(awake, tmp_path):
-    model = awake["sticky"]
-    rng = np.random.default_rng(6)
-    model.reset_state()
-    for index in range(2):
-        model(
-            {
-                "token_ids": _tokens(rng, BATCH, SEGMENT, model.vocabulary_size),
-                "reset": np.full((BATCH,), index == 0),
-            }
-        )
-    path = str(tmp_path / "gpt2_memory.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert isinstance(loaded, InfiniteFormerGPT2CausalLM)
-    for a, b in zip(model.weights, loaded.weights):
-        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
-    for name, value in model.get_state().items():
-        np.testing.assert_array_equal(to_numpy(value), to_numpy(loaded.get_state()[name]))
-    segment = _tokens(rng, BATCH, SEGMENT, model.vocabulary_size)
-    inputs = {"token_ids": segment, "reset": np.zeros((BATCH,), bool)}
-    np.testing.assert_allclose(to_numpy(model(inputs)), to_numpy(loaded(inputs)), atol=1e-6)
-    model.reset_state()
-
-
 def test_from_preset_goes_through_keras_hub_preset_loading(tmp_path):
     backbone = _backbone(seed=10)
     preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(_tokenizer(), sequence_length=16)

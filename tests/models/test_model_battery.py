@@ -1,9 +1,12 @@
 """Every model family through the shared battery (tests/model_test_case.py).
 
-Tiny random models of each family: the package's ∞-former (uniform and
-sticky memories), its Transformer-XL and Compressive Transformer
-baselines, GPT-2, Llama, Gemma and Qwen3 from keras-hub with memory, and a
-user's functional model of memory layers (`FunctionalMemoryLM`). The
+Tiny random models of each family: the package's ∞-former (sticky
+memories: the largest state), its Compressive Transformer baseline (the
+short-term and compressed memories of Transformer-XL's kind), GPT-2,
+Llama, Gemma and Qwen3 from keras-hub with memory, and a user's functional
+model of memory layers (`FunctionalMemoryLM`, uniform memory). The
+round trips of the pretrained families' own test files were folded in
+here. The
 pretrained families start with the memory's output at zero (exactly the
 backbone); the battery wakes it so that the memory shows in the logits.
 """
@@ -82,9 +85,7 @@ def _functional():
 
 
 FAMILIES = {
-    "infinite_former": lambda: _own(zero_memory_output=False),
     "infinite_former_sticky": lambda: _own(zero_memory_output=False, sticky_memories=True),
-    "transformer_xl": lambda: _own(use_long_term_memory=False),
     "compressive": lambda: _own(use_long_term_memory=False, compressed_memory_length=4),
     "gpt2": lambda: _pretrained(
         InfiniteFormerGPT2CausalLM,

@@ -341,26 +341,6 @@ def test_memory_only_finetuning_changes_no_backbone_weight(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_keras_round_trip_keeps_weights_and_memory(awake, name, tmp_path):
-    model = awake(name)
-    rng = np.random.default_rng(6)
-    model.reset_state()
-    for index in range(2):
-        model({"token_ids": _tokens(rng, BATCH, SEGMENT), "reset": np.full((BATCH,), index == 0)})
-    path = str(tmp_path / f"{name}_memory.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert type(loaded) is type(model)
-    assert type(loaded.backbone) is type(model.backbone)
-    for a, b in zip(model.weights, loaded.weights):
-        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
-    segment = _tokens(rng, BATCH, SEGMENT)
-    inputs = {"token_ids": segment, "reset": np.zeros((BATCH,), bool)}
-    np.testing.assert_allclose(to_numpy(model(inputs)), to_numpy(loaded(inputs)), atol=1e-6)
-    model.reset_state()
-
-
-@pytest.mark.parametrize("name", NAMES)
 def test_presets_plain_and_ours(awake, name, tmp_path):
     """A plain keras-hub preset of the family loads into ours (keras-hub's
     loading, weights as saved) and stays keras-hub's for `CausalLM`; ours
