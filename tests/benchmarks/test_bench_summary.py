@@ -174,7 +174,7 @@ def test_issue_26_rows_from_made_up_results(made_up):
     rows = {r["id"]: r for r in summary.build_summary(str(made_up))["targets"]}
     ltm = rows["ltm_step/jax"]
     assert ltm["values"] == {"JAX / fastest other": 1.05} and ltm["met"] is True
-    assert ltm["before"].startswith("1.43×") and "(before: 1.43×" in ltm["measured"]
+    assert ltm["before"].startswith("1.82×") and "(before: 1.82×" in ltm["measured"]
     assert "L 1024, N 512, e 300" in ltm["what"]
     gpt2 = rows["gpt2_step/train"]
     assert gpt2["values"] == {"every weight": 1.3} and gpt2["met"] is False
