@@ -267,19 +267,17 @@ class GaussianAttention(keras.layers.Layer):
         if view is None:
             view = self.memory_view(coefficients)
         mu, sigma_sq = self.density(query, view=view)
-        # r[b, h, q, w, c] is basis function c·W + w: the values grouped the
-        # same way, (B, N, h, k) -> (B, C, W, h, k) -> (B, h, W, C, k).
+        # r[b, h, q, w, c] is basis function c·W + w: read the values
+        # grouped the same way, (B, N, h, k) -> (B, C, W, h, k). (With the
+        # batch axes (b, h) first in both operands instead, JAX's inference
+        # step at the paper's size was 8% slower.)
         r = basis.gaussian_expectation_by_width(mu, sigma_sq, self._grid_centers, self._grid_widths)
-        # Batch axes (b, h) first in both operands: a plain batched matmul,
-        # forward and backward, without transposing r (the largest tensor).
         values = view[1]
         num_widths = len(self.basis_widths)
         values = ops.reshape(
             values, (-1, self.num_basis // num_widths, num_widths) + tuple(values.shape[2:])
         )
-        values = ops.transpose(values, (0, 3, 2, 1, 4))
-        z = ops.einsum("bhqwc,bhwck->bhqk", r, values)
-        z = ops.transpose(z, (0, 2, 1, 3))  # (B, Lq, h, k)
+        z = ops.einsum("bhqwc,bcwhk->bqhk", r, values)
         outputs = self._output_dense(ops.cast(z, self.compute_dtype))
         return outputs, mu, sigma_sq
 
