@@ -9,6 +9,17 @@ import keras_infformer as kif
 from keras_infformer.layers import memory_settings
 from keras_infformer.models.pretrained_memory_causal_lm import PretrainedMemoryCausalLM
 
+TINY_BACKBONE = dict(
+    vocabulary_size=11,
+    segment_length=4,
+    batch_size=1,
+    num_layers=1,
+    hidden_dim=8,
+    num_heads=2,
+    num_basis=8,
+    num_samples=8,
+)
+
 
 def _defaults(cls):
     return {
@@ -39,16 +50,7 @@ def test_every_setting_is_in_the_config_and_a_property():
     """Backbone config keys, the LM's settings and the causal LM's
     properties all follow from `InfiniteFormerBackbone.SETTINGS`."""
     backbone = kif.InfiniteFormerBackbone(
-        vocabulary_size=11,
-        segment_length=4,
-        batch_size=1,
-        num_layers=1,
-        hidden_dim=8,
-        num_heads=2,
-        num_basis=8,
-        num_samples=8,
-        sticky_memories=True,
-        sticky_uniform_share=0.25,
+        **TINY_BACKBONE, sticky_memories=True, sticky_uniform_share=0.25
     )
     config = backbone.get_config()
     for name in kif.InfiniteFormerBackbone.SETTINGS:
@@ -124,17 +126,7 @@ def test_a_misspelt_setting_is_refused_by_name():
     with pytest.raises((TypeError, ValueError), match="sticky_memory"):
         kif.ContinuousMemoryAttention(num_heads=2, key_dim=4, sticky_memory=True)
     with pytest.raises((TypeError, ValueError), match="taus"):
-        kif.InfiniteFormerBackbone(
-            vocabulary_size=11,
-            segment_length=4,
-            batch_size=1,
-            num_layers=1,
-            hidden_dim=8,
-            num_heads=2,
-            num_basis=8,
-            num_samples=8,
-            taus=0.5,
-        )
+        kif.InfiniteFormerBackbone(**TINY_BACKBONE, taus=0.5)
 
 
 def test_given_settings_reach_the_config_and_the_defaults_fill_the_rest():
@@ -148,10 +140,9 @@ def test_given_settings_reach_the_config_and_the_defaults_fill_the_rest():
 
 
 def test_a_misspelt_model_setting_is_a_type_error_naming_it():
-    sizes = dict(vocabulary_size=11, segment_length=4, batch_size=1, num_layers=1, hidden_dim=8)
     with pytest.raises(TypeError, match="taus=0.5"):
-        kif.InfiniteFormerLM(num_heads=2, num_basis=8, num_samples=8, taus=0.5, **sizes)
-    backbone = kif.InfiniteFormerBackbone(num_heads=2, num_basis=8, num_samples=8, **sizes)
+        kif.InfiniteFormerLM(**TINY_BACKBONE, taus=0.5)
+    backbone = kif.InfiniteFormerBackbone(**TINY_BACKBONE)
     with pytest.raises(TypeError, match="sampler"):
         kif.InfiniteFormerCausalLM(backbone, sampler="greedy")
     gpt2 = keras_hub.models.GPT2Backbone(
