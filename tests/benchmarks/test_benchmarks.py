@@ -235,10 +235,10 @@ def test_decode_speed_script(tmp_path):
 @bench_backend_only
 @pytest.mark.slow
 def test_ltm_step_script(tmp_path):
-    result = _run("ltm_step", tmp_path)
+    # Two of the three backends (the script's loop is the same for all):
+    # TensorFlow's import alone would double this test's time.
+    result = _run("ltm_step", tmp_path, "--backends", "jax", "torch")
     medians = result["median_seconds"]
-    assert set(medians) == {"jax", "tensorflow", "torch"}
+    assert set(medians) == {"jax", "torch"}
     assert all(len(result["rounds_detail"][b]) == 1 for b in medians)
-    assert result["jax_over_fastest_other"] == pytest.approx(
-        medians["jax"] / min(medians["tensorflow"], medians["torch"])
-    )
+    assert result["jax_over_fastest_other"] == pytest.approx(medians["jax"] / medians["torch"])
