@@ -242,3 +242,31 @@ def test_ltm_step_script(tmp_path):
     assert set(medians) == {"jax", "torch"}
     assert all(len(result["rounds_detail"][b]) == 1 for b in medians)
     assert result["jax_over_fastest_other"] == pytest.approx(medians["jax"] / medians["torch"])
+
+
+@bench_backend_only
+@pytest.mark.slow
+def test_gpt2_memory_profile_script(tmp_path):
+    import keras_hub
+
+    result = _run("gpt2_memory_profile", tmp_path)
+    settings, parts = result["settings"], result["parts"]
+    assert set(parts) == {"gpt2_layer", "memory_layer", "absorb", "read", "sticky_histogram"}
+    assert all(part["median_seconds"] > 0 for part in parts.values())
+    # The GPT-2 layer's FLOPs, counted from keras-hub's own layer: every
+    # kernel entry is 6 FLOPs per token (a multiply-add forward, two
+    # backward), plus the scores and the weighted sum.
+    length, width = settings["length"], settings["hidden_dim"]
+    decoder = keras_hub.layers.TransformerDecoder(
+        intermediate_dim=4 * width, num_heads=settings["num_heads"], normalize_first=True
+    )
+    decoder.build((1, length, width))
+    kernels = sum(int(np.prod(w.shape)) for w in decoder.weights if w.path.endswith("kernel"))
+    expected = 6 * length * kernels + 12 * length * length * width
+    assert parts["gpt2_layer"]["matmul_flops"] == expected
+    assert parts["memory_layer"]["matmul_flops"] == (
+        parts["absorb"]["matmul_flops"] + parts["read"]["matmul_flops"]
+    )
+    assert result["memory_layer_over_gpt2_layer"] == pytest.approx(
+        parts["memory_layer"]["median_seconds"] / parts["gpt2_layer"]["median_seconds"]
+    )

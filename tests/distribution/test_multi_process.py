@@ -71,7 +71,13 @@ def _launch(out, num_processes=2, extra=None, timeouts=None):
     """Start one process per rank; returns the Popen objects."""
     port = _free_ports(num_processes)
     env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    env.pop("XLA_FLAGS", None)  # One CPU device per process.
+    # One CPU device per process: no forced device count (the suite's other
+    # XLA flags, conftest.py's, stay).
+    env["XLA_FLAGS"] = " ".join(
+        flag
+        for flag in env.get("XLA_FLAGS", "").split()
+        if not flag.startswith("--xla_force_host_platform_device_count")
+    )
     procs = []
     for rank in range(num_processes):
         command = [
