@@ -8,13 +8,28 @@ independent computation.
 
 import math
 import os
+import shutil
 import sys
+import tempfile
 
 # The suite's models are tiny, so XLA's LLVM optimisation passes cost far
 # more than they save (the JAX run about a third shorter, TensorFlow's XLA
 # tests ~10 %); results agree within every test's tolerance. Set before
 # Keras starts a backend; subprocesses (scripts, examples) inherit it.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# Many tests build the same tiny models: JAX's compilation cache, one folder
+# per run shared by its workers and scripts, compiles each program once.
+# (The first process to import this file names the folder: the controller,
+# before it starts the xdist workers, which inherit the name.)
+os.environ.setdefault("KERAS_INFFORMER_TEST_RUN", str(os.getpid()))
+_JAX_CACHE = os.path.join(
+    tempfile.gettempdir(),
+    f"keras_infformer_tests_jax_cache_{os.environ['KERAS_INFFORMER_TEST_RUN']}",
+)
+if os.environ.get("KERAS_BACKEND") == "jax" and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -30,6 +45,11 @@ if keras.backend.backend() == "torch":
     # The tests use tiny tensors: on a small, busy CPU, PyTorch's intra-op
     # thread pool costs ~100x more than the work (2 ms per tiny einsum).
     torch.set_num_threads(1)
+
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):  # The controller, last.
+        shutil.rmtree(_JAX_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
