@@ -414,7 +414,36 @@ def environment():
             info["torch_threads"] = torch.get_num_threads()
     except Exception:  # pragma: no cover
         pass
+    info["cpu_model"] = _cpu_model()
+    # Every backend's version, read without importing it: the multi-backend
+    # benchmarks time children whose backend is not this process's.
+    from importlib import metadata
+
+    for package in ("jax", "jaxlib", "tensorflow", "torch"):
+        try:
+            info.setdefault("versions", {})[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
     return info
+
+
+def _cpu_model():
+    """The CPU's model name and its widest vector units (timings differ
+    between CPUs of one ISA: the backends' matmul kernels pick by them)."""
+    name, flags = platform.processor() or None, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                if name and flags:
+                    break
+    except OSError:  # pragma: no cover (not Linux)
+        pass
+    vector = [f for f in ("avx512f", "avx512_bf16", "amx_tile", "avx2", "fma") if f in flags]
+    return f"{name} ({' '.join(vector)})" if vector else name
 
 
 def _clean(obj):

@@ -28,6 +28,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
 
 
 def main():
@@ -178,6 +180,7 @@ def main():
         },
         "results": results,
         "step_time_ratio_to_gpt2": ratios,
+        "environment": _common.environment(),
     }
     if args.tiny and os.path.abspath(args.out) == os.path.abspath(default_out):
         return record  # A smoke test never overwrites the committed result.

@@ -205,7 +205,12 @@ def parse_args(argv=None):
     size.add_argument(
         "--learning-rate", type=float, default=2e-3, help="peak of a warm-up + cosine schedule"
     )
-    size.add_argument("--clipnorm", type=float, default=1.0)
+    size.add_argument(
+        "--clipnorm",
+        type=float,
+        default=1.0,
+        help="global gradient-norm clip (all trainable weights together); 0 turns it off",
+    )
     g2 = p.add_argument_group(
         "part 2: GPT-2 pretrained, then fine-tuned (defaults: the full configuration, or --quick's)"
     )
@@ -452,7 +457,7 @@ def compile_for_streams(model, steps, learning_rate, clipnorm):
         warmup_steps=warmup,
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule, global_clipnorm=clipnorm),
+        optimizer=keras.optimizers.Adam(schedule, global_clipnorm=clipnorm or None),
         loss=metrics.masked_token_loss(),
         weighted_metrics=[],  # Held-out losses are computed here, per byte.
         jit_compile=keras.backend.backend() != "torch",

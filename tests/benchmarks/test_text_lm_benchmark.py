@@ -258,3 +258,64 @@ def test_missing_corpus_names_the_folder_and_the_package(tmp_path):
     message = str(info.value)
     assert missing in message and "--corpus" in message
     assert "apt-get install linux-doc-6.1" in message
+
+
+def test_gradient_norm_script_records_the_memory_apart(tmp_path):
+    """`text_lm_gradient_norms.py` (its own PyTorch process): the memory's
+    weights are exactly the long-term attention's; at step 0 (memory empty,
+    read exactly zero, the same draw) the ∞-former's shared-weight gradient
+    is Transformer-XL's and its memory's is zero; the summary follows from
+    the recorded norms."""
+    import subprocess
+
+    corpus = write_corpus(tmp_path / "corpus")
+    out = tmp_path / "norms.json"
+    steps, early = 6, 2
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "text_lm_gradient_norms.py"),
+            "--record-steps",
+            str(steps),
+            "--early-steps",
+            str(early),
+            "--quick",
+            "--corpus",
+            str(corpus),
+            "--held-out",
+            "0.3",
+            "--num-layers",
+            "1",
+            "--hidden-dim",
+            "16",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        stdout=subprocess.DEVNULL,
+    )
+    with open(out) as f:
+        result = json.load(f)
+    assert result["environment"]["backend"] == "torch"
+    memory = result["memory_weights"]
+    assert memory["xl"] == []
+    assert memory["infformer"] and all("long_term_attention" in p for p in memory["infformer"])
+    norms = result["norms"]
+    assert all(len(norms[n]) == steps for n in ("infformer", "xl"))
+    first_mem, first_xl = norms["infformer"][0], norms["xl"][0]
+    assert first_mem["memory"] == 0.0
+    assert first_mem["shared"] == pytest.approx(first_xl["shared"], rel=1e-5)
+    for name, summary in result["summary"].items():
+        later = [s["total"] for s in norms[name][early:]]
+        window = summary[f"{early}-{steps}"]
+        clip = result["clipnorm"]
+        assert window["clipped_fraction"] == pytest.approx(
+            np.mean([t > clip for t in later])
+        )
+        assert window["mean_step_scale"] == pytest.approx(
+            np.mean([min(1.0, clip / t) for t in later])
+        )
+        squares = [s["shared"] ** 2 + s["memory"] ** 2 for s in norms[name][early:]]
+        assert [s["total"] ** 2 for s in norms[name][early:]] == pytest.approx(squares)

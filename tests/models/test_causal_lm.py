@@ -109,7 +109,10 @@ _LENGTHS = {
 )
 def test_generated_logits_equal_teacher_forcing(models, kind, lengths):
     model = models[kind]
-    prompts = _prompts(lengths)
+    # Every case as a batch of four rows (lengths cycled), so that one
+    # compiled `generate` serves them all (a new batch size recompiles).
+    rows = max(len(v) for v in _LENGTHS.values())
+    prompts = _prompts([lengths[i % len(lengths)] for i in range(rows)])
     memory_before = {k: to_numpy(v) for k, v in model.get_state().items()}
     outputs, logits = model.generate(prompts, stop_token_ids=None, return_logits=True)
     _assert_generation_is_teacher_forced(model, prompts, outputs, logits)
