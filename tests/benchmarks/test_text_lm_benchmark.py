@@ -311,9 +311,7 @@ def test_gradient_norm_script_records_the_memory_apart(tmp_path):
         later = [s["total"] for s in norms[name][early:]]
         window = summary[f"{early}-{steps}"]
         clip = result["clipnorm"]
-        assert window["clipped_fraction"] == pytest.approx(
-            np.mean([t > clip for t in later])
-        )
+        assert window["clipped_fraction"] == pytest.approx(np.mean([t > clip for t in later]))
         assert window["mean_step_scale"] == pytest.approx(
             np.mean([min(1.0, clip / t) for t in later])
         )
