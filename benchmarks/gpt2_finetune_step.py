@@ -41,7 +41,9 @@ def main():
     parser.add_argument("--segment", type=int, default=512)
     parser.add_argument("--num-basis", type=int, default=512)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--rounds", type=int, default=9, help="interleaved rounds (paired ratios vary ±0.1 here)"
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--sticky", type=int, default=1, help="sticky memories (1/0)")
     parser.add_argument(
