@@ -129,6 +129,8 @@ def _describe(file, environment, mode, directory):
     machine = env.get("machine")
     if env.get("cpu_count"):
         machine = f"{machine}, {env['cpu_count']} CPUs"
+    if env.get("cpu_model"):  # Recorded since 2026-12-06: ratios differ between CPUs.
+        machine = f"{machine}, {env['cpu_model']}"
     source["machine"] = machine
     source["backend"] = env.get("backend")
     versions = {k: env[k] for k in ("keras", "jax", "tensorflow", "torch") if env.get(k)}
