@@ -46,6 +46,12 @@ def parse_args(argv=None):
         default=None,
         help="absolute widths (default: the model's, relative to N)",
     )
+    p.add_argument(
+        "--density-mode",
+        choices=("affine", "content"),
+        default="content",
+        help="how the memory's queries place their density (the paper's: affine)",
+    )
     p.add_argument("--sticky", type=int, default=1, help="sticky memories (1/0)")
     p.add_argument("--eval-rows", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -106,6 +112,7 @@ def main(argv=None):
         batch_size=args.batch_size,
         num_basis=args.num_basis,
         sticky_memories=bool(args.sticky),
+        density_mode=args.density_mode,
     )
     if args.basis_widths:
         settings["basis_widths"] = tuple(args.basis_widths)

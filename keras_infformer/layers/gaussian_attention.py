@@ -1,9 +1,23 @@
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_infformer import basis, utils
+
+# How a query places its density (`GaussianAttention`'s `density_mode`).
+DENSITY_MODES = ("affine", "content")
+
+
+def check_density_mode(density_mode):
+    """`density_mode` checked: one of `DENSITY_MODES`."""
+    if not isinstance(density_mode, str) or density_mode not in DENSITY_MODES:
+        raise ValueError(
+            f"`density_mode` must be one of {DENSITY_MODES}. "
+            f"Received: density_mode={density_mode!r}"
+        )
+    return density_mode
 
 
 @keras.saving.register_keras_serializable(package="keras_infformer")
@@ -21,6 +35,17 @@ class GaussianAttention(keras.layers.Layer):
     and projected with `W_O` (no bias). The Gaussian terms run in float32
     whatever the dtype policy.
 
+    With `density_mode="content"` the density is placed by content instead:
+    the memory's signal `X̄(t) = Bᵀ ψ(t)` is sampled at `N` evenly spaced
+    points `t_m` of [0, 1], each sample gets a key `W_Kᵀ X̄(t_m)`, and `μ`
+    and `σ²` are the mean and variance of the points under the softmax of
+    the query's scores against those keys (`σ²` floored as above). Every
+    place of the memory then moves `μ` through its own score, as in a
+    softmax attention, where the affine density only feels the signal
+    within a few `σ` of `μ`; one token far back is found by what it is
+    (docs/theory.md §6a). Scoring the `N` samples costs `O(N · e)` per
+    query instead of `O(e)`.
+
     A KL regulariser `kl_weight · mean(½(σ²/σ₀² − log(σ²/σ₀²) − 1))` (mean
     over batch, heads and queries) is added with `add_loss`; it keeps the
     densities from collapsing.
@@ -34,6 +59,10 @@ class GaussianAttention(keras.layers.Layer):
         basis_widths: tuple of floats. The widths of the memory's basis
             functions (must match the `ContinuousLTM`). Defaults to
             `(0.01, 0.05)`.
+        density_mode: str. How the query places its Gaussian: `"affine"` (the
+            paper's `μ = sigmoid(w_μ · s)`, `σ² = softplus(w_σ · s)`) or
+            `"content"` (the moments of a softmax over keys of the signal
+            sampled at `N` points). Defaults to `"affine"`.
         sigma_0: float. Reference standard deviation of the KL regulariser.
             Defaults to `0.05`.
         kl_weight: float. Weight of the KL regulariser (0 disables it).
@@ -87,6 +116,7 @@ class GaussianAttention(keras.layers.Layer):
         value_dim=None,
         output_dim=None,
         basis_widths=(0.01, 0.05),
+        density_mode="affine",
         sigma_0=0.05,
         kl_weight=1e-6,
         min_variance=1e-6,
@@ -105,6 +135,7 @@ class GaussianAttention(keras.layers.Layer):
             None if output_dim is None else utils.check_positive_int(output_dim, "output_dim")
         )
         self.basis_widths = tuple(float(w) for w in basis_widths)
+        self.density_mode = check_density_mode(density_mode)
         self.sigma_0 = utils.check_range(sigma_0, "sigma_0", 0.0, float("inf"))
         self.kl_weight = utils.check_range(
             kl_weight, "kl_weight", 0.0, float("inf"), low_open=False
@@ -183,6 +214,15 @@ class GaussianAttention(keras.layers.Layer):
             name="output",
         )
         self._output_dense.build((None, None, h, dv))
+        if self.density_mode == "content":
+            # The N points where the signal is sampled and scored, and the
+            # basis functions there: X̄(t_m) = Σ_j ψ_j(t_m) B_j.
+            points = np.linspace(0.0, 1.0, self.num_basis)
+            self._sample_points = utils.constant(points)
+            self._sample_basis = utils.constant(basis.design_matrix(points, centers, widths).T)
+            self._output_dim = output_dim
+            self.built = True
+            return
         # Like PyTorch's nn.Linear(N, 1) of the reference: U(±1/√N).
         limit = 1.0 / math.sqrt(self.num_basis)
         self.mu_kernel = self.add_weight(
@@ -205,12 +245,23 @@ class GaussianAttention(keras.layers.Layer):
     def memory_view(self, coefficients):
         """What reading needs of a memory, computed once per memory.
 
-        Returns `(weighted_keys, values)`, float32: the keys contracted with
-        the μ and σ kernels, `(batch_size, num_heads, key_dim, 2)`, and the
-        values, `(batch_size, num_basis, num_heads, value_dim)`. Token-by-token
+        Returns `(keys, values)`, float32. The keys are, with the affine
+        density, the memory's keys contracted with the μ and σ kernels,
+        `(batch_size, num_heads, key_dim, 2)`; with the content density,
+        the keys of the signal's `num_basis` samples,
+        `(batch_size, num_basis, num_heads, key_dim)`
+        (`memory_view_shapes`). The values are
+        `(batch_size, num_basis, num_heads, value_dim)`. Token-by-token
         decoding reads one memory many times; keeping its view saves
         projecting the `num_basis` coefficients at every token.
         """
+        values = ops.cast(self._value_dense(ops.cast(coefficients, self.compute_dtype)), "float32")
+        if self.density_mode == "content":
+            signal = ops.einsum(
+                "mn,bne->bme", self._sample_basis, ops.cast(coefficients, "float32")
+            )
+            keys = ops.cast(self._key_dense(ops.cast(signal, self.compute_dtype)), "float32")
+            return keys, values
         # μ and σ² see the scores s = K_h q / √d_h only through w·s, and
         # w·s = q · (K_hᵀ w) / √d_h: contracting the keys with the two
         # kernels first gives the same values without ever forming the
@@ -233,8 +284,15 @@ class GaussianAttention(keras.layers.Layer):
             ),
             (0, 2, 3, 1),
         )  # (B, h, d_h, 2)
-        values = ops.cast(self._value_dense(ops.cast(coefficients, self.compute_dtype)), "float32")
         return weighted_keys, values
+
+    def memory_view_shapes(self, batch_size=None):
+        """The shapes of `memory_view()`'s `(keys, values)`."""
+        h, n = self.num_heads, self.num_basis
+        keys = (batch_size, n, h, self.key_dim)
+        if self.density_mode == "affine":
+            keys = (batch_size, h, self.key_dim, 2)
+        return keys, (batch_size, n, h, self.value_dim)
 
     def density(self, query, coefficients=None, view=None):
         """`(mu, sigma_sq)` of shape `(batch_size, num_heads, Lq)`, float32.
@@ -244,6 +302,13 @@ class GaussianAttention(keras.layers.Layer):
         q = self._query_dense(query) if self.project_query else query
         if view is None:
             view = self.memory_view(coefficients)
+        if self.density_mode == "content":
+            scores = ops.einsum("bqhk,bmhk->bhqm", ops.cast(q, "float32"), view[0])
+            weights = ops.softmax(scores / math.sqrt(self.key_dim), axis=-1)
+            mu = ops.sum(weights * self._sample_points, axis=-1)
+            spread = ops.square(self._sample_points - ops.expand_dims(mu, -1))
+            sigma_sq = ops.sum(weights * spread, axis=-1)
+            return mu, ops.maximum(sigma_sq, self.min_variance)
         weighted_keys = view[0]
         logits = ops.einsum("bqhk,bhkj->bhqj", ops.cast(q, "float32"), weighted_keys) / math.sqrt(
             self.key_dim
@@ -306,6 +371,7 @@ class GaussianAttention(keras.layers.Layer):
                 "value_dim": self.value_dim,
                 "output_dim": self.output_dim,
                 "basis_widths": self.basis_widths,
+                "density_mode": self.density_mode,
                 "sigma_0": self.sigma_0,
                 "kl_weight": self.kl_weight,
                 "min_variance": self.min_variance,

@@ -10,7 +10,7 @@ from keras_infformer.layers.gaussian_attention import GaussianAttention
 from keras_infformer.layers.sticky_memory_sampler import StickyMemorySampler
 
 # The names of the decode view in a state (`LongTermMemory.view_spec`).
-VIEW_NAMES = ("ltm_weighted_keys", "ltm_values")
+VIEW_NAMES = ("ltm_weighted_keys", "ltm_values")  # keys: see memory_view()
 
 
 class LongTermMemory:
@@ -86,6 +86,7 @@ class LongTermMemory:
             key_dim=key_dim,
             output_dim=output_dim,
             basis_widths=self.settings["basis_widths"],
+            density_mode=self.settings["density_mode"],
             sigma_0=self.settings["sigma_0"],
             kl_weight=self.settings["kl_weight"],
             project_query=project_query,
@@ -131,15 +132,10 @@ class LongTermMemory:
 
     def view_spec(self, batch_size=None):
         """The decode view of `view()`, by `VIEW_NAMES`."""
-        attention = self.attention
+        shapes = self.attention.memory_view_shapes(batch_size)
         return {
-            VIEW_NAMES[0]: keras.KerasTensor(
-                (batch_size, attention.num_heads, attention.key_dim, 2), dtype="float32"
-            ),
-            VIEW_NAMES[1]: keras.KerasTensor(
-                (batch_size, self.num_basis, attention.num_heads, attention.value_dim),
-                dtype="float32",
-            ),
+            name: keras.KerasTensor(shape, dtype="float32")
+            for name, shape in zip(VIEW_NAMES, shapes)
         }
 
     # -- absorbing and reading ------------------------------------------------

@@ -22,6 +22,7 @@ from keras_infformer import utils
 LONG_TERM_MEMORY = {
     "num_basis": 512,
     "basis_widths": (0.01, 0.05),
+    "density_mode": "affine",
     "ridge_penalty": 1.0,
     "tau": 0.75,
     "num_samples": 512,
@@ -97,6 +98,7 @@ def check_long_term_memory(settings):
     sticky mode is checked only when `sticky_memories` is on.
     """
     from keras_infformer.layers.continuous_ltm import ContinuousLTM
+    from keras_infformer.layers.gaussian_attention import check_density_mode
     from keras_infformer.layers.sticky_memory_sampler import StickyMemorySampler
 
     checked = dict(settings)
@@ -109,6 +111,7 @@ def check_long_term_memory(settings):
     ) = ContinuousLTM.check_arguments(
         *(settings[k] for k in ("num_basis", "basis_widths", "ridge_penalty", "tau", "num_samples"))
     )
+    checked["density_mode"] = check_density_mode(settings["density_mode"])
     checked["sticky_memories"] = bool(settings["sticky_memories"])
     checked["num_bins"] = utils.check_positive_int(settings["num_bins"], "num_bins")
     if checked["sticky_memories"]:
