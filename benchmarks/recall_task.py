@@ -88,6 +88,12 @@ def parse_args(argv=None):
     p.add_argument("--basis-widths", type=float, nargs="+", default=[0.05, 0.1])
     p.add_argument("--num-samples", type=int, default=32)
     p.add_argument("--tau", type=float, default=0.75)
+    p.add_argument(
+        "--density-mode",
+        choices=("affine", "content"),
+        default="affine",
+        help="how the memories' queries place their density",
+    )
     p.add_argument("--learning-rate", type=float, default=3e-3)
     p.add_argument(
         "--eval-documents", type=int, default=16, help="evaluation documents per batch row"
@@ -206,6 +212,7 @@ def build_models(args, task):
             basis_widths=tuple(args.basis_widths),
             num_samples=args.num_samples,
             tau=args.tau,
+            density_mode=args.density_mode,
             sticky_memories=name == "infformer_sticky",
             name=name,
             **common,

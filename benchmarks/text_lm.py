@@ -199,6 +199,12 @@ def parse_args(argv=None):
         help="N basis functions; also M samples and the compressive memory's slots",
     )
     size.add_argument("--tau", type=float, default=0.75)
+    size.add_argument(
+        "--density-mode",
+        choices=("affine", "content"),
+        default="affine",
+        help="how the ∞-former's queries place their density",
+    )
     size.add_argument("--basis-widths", type=float, nargs="+", default=[0.01, 0.05])
     size.add_argument("--compression-rate", type=int, default=4)
     size.add_argument("--dropout", type=float, default=0.0)
@@ -402,6 +408,7 @@ def _language_model(kind, args, vocabulary_size, intermediate_dim):
             num_samples=args.num_basis,
             tau=args.tau,
             basis_widths=tuple(args.basis_widths),
+            density_mode=args.density_mode,
             sticky_memories=kind == "infformer_sticky",
             **common,
         )

@@ -41,6 +41,8 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
             projected query). Defaults to `True`.
         num_basis: int. Basis functions of the memory. Defaults to `512`.
         basis_widths: tuple of floats. Defaults to `(0.01, 0.05)`.
+        density_mode: `"affine"` or `"content"` (`GaussianAttention`).
+            Defaults to `"affine"`.
         ridge_penalty: float. Defaults to `1.0`.
         tau: float. Share of [0, 1] kept for the old signal. Defaults to
             `0.75`.

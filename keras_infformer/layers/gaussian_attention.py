@@ -305,9 +305,9 @@ class GaussianAttention(keras.layers.Layer):
         if self.density_mode == "content":
             scores = ops.einsum("bqhk,bmhk->bhqm", ops.cast(q, "float32"), view[0])
             weights = ops.softmax(scores / math.sqrt(self.key_dim), axis=-1)
-            mu = ops.sum(weights * self._sample_points, axis=-1)
-            spread = ops.square(self._sample_points - ops.expand_dims(mu, -1))
-            sigma_sq = ops.sum(weights * spread, axis=-1)
+            mu = ops.sum(ops.multiply(weights, self._sample_points), axis=-1)
+            spread = ops.square(ops.subtract(self._sample_points, ops.expand_dims(mu, -1)))
+            sigma_sq = ops.sum(ops.multiply(weights, spread), axis=-1)
             return mu, ops.maximum(sigma_sq, self.min_variance)
         weighted_keys = view[0]
         logits = ops.einsum("bqhk,bhkj->bhqj", ops.cast(q, "float32"), weighted_keys) / math.sqrt(

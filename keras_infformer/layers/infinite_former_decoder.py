@@ -55,6 +55,12 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         num_basis: int. Basis functions of the LTM. Defaults to `512`.
         basis_widths: tuple of floats. Basis widths. Defaults to
             `(0.01, 0.05)`.
+        density_mode: str. How a query places its Gaussian over the LTM:
+            `"affine"` (the paper's: `μ`, `σ²` from fixed linear
+            combinations of the scores) or `"content"` (the mean and
+            variance of a softmax over keys of the signal sampled at
+            `num_basis` points, which finds one token far back; see
+            `GaussianAttention`). Defaults to `"affine"`.
         ridge_penalty: float. Ridge penalty of the LTM fit. Defaults to `1.0`.
         tau: float. Share of [0, 1] kept for the old signal. Defaults to
             `0.75`.

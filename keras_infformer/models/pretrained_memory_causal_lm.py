@@ -46,7 +46,15 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
         batch_size: int. Parallel streams of `fit` (static). Defaults to
             `1`.
         num_basis: int. Basis functions of each memory. Defaults to `512`.
-        basis_widths: tuple of floats. Defaults to `(0.005, 0.01)`.
+        basis_widths: tuple of floats. Defaults to `(0.005, 0.01)` (the
+            paper's, for `N = 512`; with a small `num_basis` keep them
+            about one to two centre spacings, e.g. `(0.05, 0.1)` at
+            `N = 32`, or the fit cannot hold single tokens).
+        density_mode: `"affine"` (the paper's) or `"content"` (the
+            density placed by a softmax over keys of the sampled signal;
+            what a small backbone needs to learn to read one token far
+            back, README "One far token through GPT-2's memory").
+            Defaults to `"affine"`.
         ridge_penalty: float. Defaults to `0.5`.
         tau: float. Share of [0, 1] kept for the old signal. Defaults to
             `0.5`.

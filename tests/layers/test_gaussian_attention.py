@@ -209,3 +209,137 @@ def test_errors(rng):
         ValueError, match=rf"query.*\(batch_size, Lq, {H}, {DK}\).*\({B}, {LQ}, {D}\)"
     ):
         _layer(project_query=False)(query, coefficients)
+
+
+# -- density_mode="content" -----------------------------------------------------
+
+
+def _content_reference(ref, w, query, coefficients, num_basis, min_variance=1e-6):
+    """The content density of GaussianAttention's docstring in NumPy float64:
+    the signal sampled at N points, a softmax over their keys, its moments."""
+    query = np.asarray(query, np.float64)
+    coefficients = np.asarray(coefficients, np.float64)
+    centers, widths = ref.basis(num_basis, WIDTHS)
+    points = np.linspace(0.0, 1.0, num_basis)
+    psi = ref.normal_pdf(points[:, None], centers[None, :], widths[None, :] ** 2)  # (M, N)
+    signal = np.einsum("mn,bne->bme", psi, coefficients)
+    q = np.einsum("bqd,dhk->bqhk", query, w["query"])
+    k = np.einsum("bme,ehk->bmhk", signal, w["key"])
+    v = np.einsum("bne,ehk->bnhk", coefficients, w["value"])
+    scores = np.einsum("bqhk,bmhk->bhqm", q, k) / np.sqrt(q.shape[-1])
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    mu = p @ points
+    sigma_sq = np.maximum((p * (points - mu[..., None]) ** 2).sum(-1), min_variance)
+    r = ref.expectation(mu, sigma_sq, centers, widths)
+    z = np.einsum("bhqn,bnhk->bqhk", r, v)
+    return np.einsum("bqhk,hko->bqo", z, w["output"]), mu, sigma_sq
+
+
+def test_content_density_matches_numpy(ref, rng, to_numpy):
+    query, coefficients = _inputs(rng)
+    layer = _layer(output_dim=7, density_mode="content")
+    out, mu, sigma_sq = layer(query, coefficients, return_density=True)
+    # Nothing of the affine density is made: query, key, value, output.
+    assert sorted(w.path.split("/")[1] for w in layer.weights) == [
+        "key",
+        "output",
+        "query",
+        "value",
+    ]
+    expected, ref_mu, ref_sigma_sq = _content_reference(
+        ref, _weights(layer, to_numpy), query, coefficients, N
+    )
+    np.testing.assert_allclose(to_numpy(mu), ref_mu, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(sigma_sq), ref_sigma_sq, rtol=1e-4, atol=1e-7)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(to_numpy(out), expected, rtol=0, atol=1e-4 * scale)
+
+
+def test_content_density_gradients_match_finite_differences(ref, rng, to_numpy, gradients):
+    """Through the softmax over the samples: the query's and the stored
+    coefficients' gradients equal central differences of the NumPy pass."""
+    query, coefficients = _inputs(rng)
+    layer = _layer(kl_weight=0.0, density_mode="content")
+    layer(query, coefficients)
+    weights = rng.standard_normal((B, LQ, D))
+    w = _weights(layer, to_numpy)
+
+    def numpy_loss(q, c):
+        return np.sum(_content_reference(ref, w, q, c, N)[0] * weights)
+
+    def loss(q, c):
+        return ops.sum(layer(q, c) * ops.convert_to_tensor(weights, "float32"))
+
+    _, (grad_query, grad_coefficients) = gradients(loss, [], [query, coefficients])
+    eps = 1e-5
+    base = [query.astype(np.float64), coefficients.astype(np.float64)]
+    for grad, which in [(grad_query, 0), (grad_coefficients, 1)]:
+        direction = rng.standard_normal(base[which].shape)
+        plus, minus = list(base), list(base)
+        plus[which] = base[which] + eps * direction
+        minus[which] = base[which] - eps * direction
+        numeric = (numpy_loss(*plus) - numpy_loss(*minus)) / (2 * eps)
+        np.testing.assert_allclose(np.sum(grad * direction), numeric, rtol=2e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("position", [2, 9, 14])
+def test_content_density_finds_one_token_wherever_it_is(position, to_numpy):
+    """One distinct vector among 16 written into a memory (the ridge fit of
+    ContinuousLTM's basis) is found by a query that matches it: the content
+    density's mean lands on the token's place, within half a token, and its
+    spread is below a token's width."""
+    from keras_infformer import basis
+
+    length, num_basis, e = 16, 32, 8
+    vectors = np.zeros((1, length, e))
+    vectors[0, :, 1:] = np.random.default_rng(position).standard_normal((length, e - 1)) * 0.1
+    vectors[0, position, 0] = 1.0  # the one token whose first channel is set
+    centers, widths = basis.basis_parameters(num_basis, WIDTHS)
+    places = basis.uniform_positions(length)
+    fit = basis.ridge_matrix(places, centers, widths, 0.5)  # (P, N): B = Gᵀ X
+    coefficients = np.einsum("pn,bpe->bne", fit, vectors).astype("float32")
+    layer = GaussianAttention(
+        num_heads=1,
+        key_dim=e,
+        basis_widths=WIDTHS,
+        project_query=False,
+        density_mode="content",
+    )
+    query = np.zeros((1, 1, 1, e), "float32")
+    query[..., 0] = 60.0  # scores: 60 / √8 per unit of the first channel
+    layer(query, coefficients)
+    layer._key_dense.kernel.assign(np.eye(e, dtype="float32")[:, None, :])  # keys = signal
+    _, mu, sigma_sq = layer(query, coefficients, return_density=True)
+    mu, sigma_sq = float(to_numpy(mu).item()), float(to_numpy(sigma_sq).item())
+    assert abs(mu - places[position]) < 0.5 / length, (mu, places[position])
+    assert sigma_sq < (1.0 / length) ** 2
+
+
+def test_content_density_view_and_config(rng, to_numpy):
+    query, coefficients = _inputs(rng)
+    layer = _layer(density_mode="content")
+    direct = to_numpy(layer(query, coefficients))
+    view = layer.memory_view(coefficients)
+    assert [tuple(v.shape) for v in view] == [
+        tuple(s) for s in layer.memory_view_shapes(B)
+    ] == [(B, N, H, DK), (B, N, H, DV)]
+    np.testing.assert_allclose(to_numpy(layer.read(query, view=view)[0]), direct, atol=1e-6)
+    affine = _layer()
+    affine(query, coefficients)
+    assert [tuple(v.shape) for v in affine.memory_view(coefficients)] == [
+        (B, H, DK, 2),
+        (B, N, H, DV),
+    ] == list(affine.memory_view_shapes(B))
+    config = layer.get_config()
+    assert config["density_mode"] == "content"
+    clone = GaussianAttention.from_config(config)
+    clone(query, coefficients)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(to_numpy(clone(query, coefficients)), direct, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", ["softmax", "", None, 1])
+def test_density_mode_errors(bad):
+    with pytest.raises(ValueError, match=r"density_mode.*" + repr(bad).replace("'", ".")):
+        _layer(density_mode=bad)

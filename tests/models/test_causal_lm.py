@@ -13,6 +13,8 @@ MAX_LENGTH = 3 * SEGMENT + 5 + 8
 CONFIGS = {
     "plain": dict(),
     "sticky": dict(sticky_memories=True),
+    # The density placed by content; the memory's output awake so it shows.
+    "content": dict(density_mode="content", zero_memory_output=False),
     "compressive": dict(
         use_long_term_memory=False,
         compressed_memory_length=3,
@@ -103,9 +105,11 @@ _LENGTHS = {
 @pytest.mark.parametrize(
     "kind, lengths",
     [("sticky", v) for v in _LENGTHS.values()]
-    + [(k, _LENGTHS[n]) for k in ("plain", "compressive") for n in ("3L+5", "mixed")],
+    + [(k, _LENGTHS[n]) for k in ("plain", "compressive") for n in ("3L+5", "mixed")]
+    + [("content", _LENGTHS["mixed"])],
     ids=[f"sticky-{n}" for n in _LENGTHS]
-    + [f"{k}-{n}" for k in ("plain", "compressive") for n in ("3L+5", "mixed")],
+    + [f"{k}-{n}" for k in ("plain", "compressive") for n in ("3L+5", "mixed")]
+    + ["content-mixed"],
 )
 def test_generated_logits_equal_teacher_forcing(models, kind, lengths):
     model = models[kind]

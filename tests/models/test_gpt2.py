@@ -91,6 +91,11 @@ def awake():
         _wake(model)
         model.compile(sampler="greedy")
         models["sticky" if sticky else "uniform"] = model
+    # The density placed by content (decoding reads the samples' keys).
+    model = _model(_backbone(seed=6), sticky_memories=True, density_mode="content")
+    _wake(model)
+    model.compile(sampler="greedy")
+    models["content"] = model
     return models
 
 
@@ -329,8 +334,9 @@ def _teacher_forced_logits(model, token_ids):
         ("uniform", (1, SEGMENT - 1, SEGMENT, 3 * SEGMENT + 5)),
         # The shortest prompt a whole number of segments (issue 23 item 23).
         ("sticky", (SEGMENT, 2 * SEGMENT + 3)),
+        ("content", (1, SEGMENT - 1, SEGMENT, 3 * SEGMENT + 5)),
     ],
-    ids=["sticky", "uniform", "sticky-whole-segments"],
+    ids=["sticky", "uniform", "sticky-whole-segments", "content"],
 )
 def test_generation_equals_teacher_forcing(awake, kind, lengths):
     model = awake[kind]
