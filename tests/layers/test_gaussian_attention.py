@@ -321,16 +321,22 @@ def test_content_density_view_and_config(rng, to_numpy):
     layer = _layer(density_mode="content")
     direct = to_numpy(layer(query, coefficients))
     view = layer.memory_view(coefficients)
-    assert [tuple(v.shape) for v in view] == [
-        tuple(s) for s in layer.memory_view_shapes(B)
-    ] == [(B, N, H, DK), (B, N, H, DV)]
+    assert (
+        [tuple(v.shape) for v in view]
+        == [tuple(s) for s in layer.memory_view_shapes(B)]
+        == [(B, N, H, DK), (B, N, H, DV)]
+    )
     np.testing.assert_allclose(to_numpy(layer.read(query, view=view)[0]), direct, atol=1e-6)
     affine = _layer()
     affine(query, coefficients)
-    assert [tuple(v.shape) for v in affine.memory_view(coefficients)] == [
-        (B, H, DK, 2),
-        (B, N, H, DV),
-    ] == list(affine.memory_view_shapes(B))
+    assert (
+        [tuple(v.shape) for v in affine.memory_view(coefficients)]
+        == [
+            (B, H, DK, 2),
+            (B, N, H, DV),
+        ]
+        == list(affine.memory_view_shapes(B))
+    )
     config = layer.get_config()
     assert config["density_mode"] == "content"
     clone = GaussianAttention.from_config(config)
