@@ -9,8 +9,10 @@ from keras_infformer.layers.continuous_ltm import ContinuousLTM
 from keras_infformer.layers.gaussian_attention import GaussianAttention
 from keras_infformer.layers.sticky_memory_sampler import StickyMemorySampler
 
-# The names of the decode view in a state (`LongTermMemory.view_spec`).
-VIEW_NAMES = ("ltm_weighted_keys", "ltm_values")  # keys: see memory_view()
+# The names of the decode view in a state (`LongTermMemory.view_spec`). The
+# first holds `memory_view()`'s keys of either density mode; its name stays
+# what exported servables already carry.
+VIEW_NAMES = ("ltm_weighted_keys", "ltm_values")
 
 
 class LongTermMemory:

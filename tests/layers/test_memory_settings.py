@@ -82,6 +82,20 @@ def test_bad_memory_settings_fail_at_construction():
             num_samples=8,
             tau=1.0,
         )
+    # Checked once for every owner (memory_settings), named with the value.
+    with pytest.raises(ValueError, match=r"density_mode.*'gaussian'"):
+        kif.ContinuousMemoryAttention(
+            num_heads=2, key_dim=4, num_basis=8, num_samples=8, density_mode="gaussian"
+        )
+    with pytest.raises(ValueError, match=r"density_mode.*'Content'"):
+        kif.InfiniteFormerDecoder(
+            intermediate_dim=8,
+            num_heads=2,
+            memory_length=4,
+            num_basis=8,
+            num_samples=8,
+            density_mode="Content",
+        )
     # Unused by a Transformer-XL block: not checked.
     kif.InfiniteFormerDecoder(
         intermediate_dim=8,
