@@ -12,9 +12,11 @@ measured on fresh examples, with the same backbone fine-tuned without
 memory on the same batches (keras-hub's `GPT2CausalLM`) beside it.
 
 Each seed is run with each of the memory's density modes (`affine`, the
-paper's, and `content`, docs/theory.md §3); basis widths (0.05, 0.1), about
-one and two centre spacings at N = 32 (the paper's (0.005, 0.01) are a
-tenth of a spacing there and hold no single token).
+paper's, and `content`, docs/theory.md §3). The basis widths are the
+model's default, the paper's (0.005, 0.01) at N = 512 scaled with N:
+(0.08, 0.16) at N = 32, 1.2 and 2.4 centre spacings (the paper's absolute
+widths are a tenth of a spacing there and hold no single token);
+`--basis-widths 0.05 0.1` is the setting the issue named.
 
 Usage:
 
@@ -51,8 +53,10 @@ def parse_args(argv=None):
         "--basis-widths",
         type=float,
         nargs="+",
-        default=[0.05, 0.1],
-        help="the basis widths of the memory",
+        default=None,
+        help="the basis widths of the memory on [0, 1] (default: the model's, "
+        "scaled with --num-basis: (0.08, 0.16) at N = 32); the issue's "
+        "setting is 0.05 0.1",
     )
     p.add_argument(
         "--density-modes",
@@ -166,7 +170,8 @@ def run(args, seed, density_mode):
         sticky_memories=bool(args.sticky),
         density_mode=density_mode,
     )
-    settings["basis_widths"] = tuple(args.basis_widths)
+    if args.basis_widths is not None:
+        settings["basis_widths"] = tuple(args.basis_widths)
     model = InfiniteFormerGPT2CausalLM.from_backbone(backbone, **settings)
     plain = keras_hub.models.GPT2CausalLM(plain_backbone, preprocessor=None)
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))

@@ -24,6 +24,67 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _MOMENT_BLOCKS = 8
 
 
+# The paper's sorting widths {0.01, 0.05} at N = 512 (256 centres per
+# width), in units of 1/C for C centres per width: the default resolution.
+RELATIVE_BASIS_WIDTHS = (2.56, 12.8)
+
+
+def resolve_basis_widths(num_basis, basis_widths=None, relative_basis_widths=None):
+    """The basis widths on [0, 1]: `basis_widths` when given, else scaled.
+
+    A width that resolves tokens at one `N` is a spike between centres at
+    a smaller `N` and a blur at a larger one, so the default is relative:
+    `relative_basis_widths[k] / C`, with `C = num_basis /
+    len(relative_basis_widths)` centres per width (about one centre
+    spacing per unit). `(2.56, 12.8)` gives the paper's `(0.01, 0.05)` at
+    `N = 512` exactly and `(0.16, 0.8)` at `N = 32`.
+
+    Args:
+        num_basis: int. Total number of basis functions `N`.
+        basis_widths: sequence of floats or `None`. Widths on [0, 1]; when
+            given they are used as they are.
+        relative_basis_widths: sequence of floats or `None`. Widths in
+            units of `1 / C`, used when `basis_widths` is `None`. Defaults
+            to `RELATIVE_BASIS_WIDTHS`.
+
+    Returns:
+        A tuple of floats: the widths on [0, 1].
+    """
+    if basis_widths is not None:
+        widths = check_widths(basis_widths, "basis_widths")
+    else:
+        if relative_basis_widths is None:
+            relative_basis_widths = RELATIVE_BASIS_WIDTHS
+        relative = check_widths(relative_basis_widths, "relative_basis_widths")
+        if isinstance(num_basis, bool) or not isinstance(num_basis, (int, np.integer)):
+            raise TypeError(f"`num_basis` must be an int. Received: num_basis={num_basis!r}")
+        num_centers = int(num_basis) // len(relative)
+        if num_centers < 1:
+            raise ValueError(
+                "`num_basis` must be at least len(relative_basis_widths). "
+                f"Received: num_basis={num_basis}, "
+                f"relative_basis_widths={relative_basis_widths!r}"
+            )
+        widths = tuple(r / num_centers for r in relative)
+    basis_parameters(num_basis, widths)  # N a multiple of the widths.
+    return widths
+
+
+def check_widths(widths, name):
+    try:
+        checked = tuple(float(w) for w in widths)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"`{name}` must be a sequence of floats. Received: {name}={widths!r}"
+        ) from None
+    if not checked or any(not (w > 0 and math.isfinite(w)) for w in checked):
+        raise ValueError(
+            f"`{name}` must be a non-empty sequence of positive finite "
+            f"floats. Received: {name}={widths!r}"
+        )
+    return checked
+
+
 def basis_parameters(num_basis, basis_widths):
     """Centres and widths of `num_basis` Gaussian basis functions.
 
@@ -38,14 +99,9 @@ def basis_parameters(num_basis, basis_widths):
     Returns:
         Two float64 NumPy arrays of shape `(num_basis,)`: centres and widths.
     """
-    widths = tuple(float(w) for w in basis_widths)
     if isinstance(num_basis, bool) or not isinstance(num_basis, (int, np.integer)):
         raise TypeError(f"`num_basis` must be an int. Received: num_basis={num_basis!r}")
-    if not widths or any(not (w > 0 and math.isfinite(w)) for w in widths):
-        raise ValueError(
-            "`basis_widths` must be a non-empty sequence of positive finite "
-            f"floats. Received: basis_widths={basis_widths!r}"
-        )
+    widths = check_widths(basis_widths, "basis_widths")
     if num_basis < 2 * len(widths) or num_basis % len(widths):
         raise ValueError(
             "`num_basis` must be a multiple of len(basis_widths) with at least "

@@ -243,3 +243,79 @@ def test_gaussian_expectation_gradient_matches_float64_derivatives(ref, rng, gra
     for got, want in ((d_mu, expected_mu), (d_sigma_sq, expected_sigma_sq)):
         scale = np.max(np.abs(want), axis=-1, keepdims=True)
         assert np.max(np.abs(got - want) / scale) < 1e-4
+
+
+# -- widths relative to the number of centres (DESIGN §6) -----------------------
+
+
+@pytest.mark.parametrize(
+    "relative, absolute_at_512",
+    [((2.56, 12.8), (0.01, 0.05)), ((1.28, 2.56), (0.005, 0.01))],
+)
+def test_relative_widths_are_the_papers_at_n_512(relative, absolute_at_512):
+    # 512 basis functions, two widths: 256 centres, so the unit is 1/256.
+    assert basis.resolve_basis_widths(512, None, relative) == absolute_at_512
+
+
+@pytest.mark.parametrize("num_basis", [8, 32, 96, 512, 2048])
+def test_relative_widths_keep_their_share_of_a_centre_spacing(num_basis):
+    widths = basis.resolve_basis_widths(num_basis, None, (2.56, 12.8))
+    centers, _ = basis.basis_parameters(num_basis, widths)
+    spacing = np.diff(np.unique(centers))[0]
+    num_centers = num_basis // 2
+    np.testing.assert_allclose(
+        np.asarray(widths) / spacing, np.array([2.56, 12.8]) * (num_centers - 1) / num_centers
+    )
+    assert basis.resolve_basis_widths(num_basis) == widths  # the default
+
+
+def test_given_widths_are_used_as_they_are():
+    assert basis.resolve_basis_widths(32, (0.05, 0.1), (9.0, 9.0)) == (0.05, 0.1)
+    assert basis.resolve_basis_widths(30, None, (1.0, 2.0, 3.0)) == (0.1, 0.2, 0.3)
+
+
+@pytest.mark.parametrize(
+    "num_basis, widths, relative, error, match",
+    [
+        (32, None, (1.0, -2.0), ValueError, r"relative_basis_widths.*-2\.0"),
+        (32, None, (), ValueError, r"relative_basis_widths=\(\)"),
+        (32, None, 2.56, TypeError, r"relative_basis_widths=2\.56"),
+        (32, ("a", 1.0), None, TypeError, r"basis_widths=\('a', 1\.0\)"),
+        (31, None, (1.0, 2.0), ValueError, r"num_basis.*31"),
+        (1, None, (1.0, 2.0), ValueError, r"num_basis.*1"),
+        ("32", None, (1.0, 2.0), TypeError, r"num_basis.*'32'"),
+    ],
+)
+def test_resolve_basis_widths_rejects_bad_values(num_basis, widths, relative, error, match):
+    with pytest.raises(error, match=match):
+        basis.resolve_basis_widths(num_basis, widths, relative)
+
+
+def test_scaled_widths_hold_one_token_where_the_papers_absolute_ones_spike(ref):
+    # One distinct token among 16 fitted (ridge 0.5, NumPy float64) into
+    # N = 32 functions, 16 centres, at the positions an empty memory uses.
+    # The paper's absolute GPT-2 widths are a tenth of a centre spacing
+    # there: the fitted signal is a row of spikes at the centres, several
+    # times the stored value, and what a Gaussian read or a squeeze
+    # resamples between them is not the token. The same widths scaled to
+    # N = 32 (the pretrained default) give a signal whose peak is the
+    # token, at its place, no higher than what was stored.
+    positions = basis.uniform_positions(16)
+    grid = np.linspace(0.0, 1.0, 1601)
+    spikes = []
+    for place in (3, 8, 12):
+        signal = np.zeros((16, 1))
+        signal[place] = 1.0
+        read = {}
+        for name, widths in (
+            ("absolute", (0.005, 0.01)),
+            ("scaled", basis.resolve_basis_widths(32, None, (1.28, 2.56))),
+        ):
+            centers, all_widths = ref.basis(32, widths)
+            coefficients = ref.ridge_fit(positions, signal, centers, all_widths, 0.5, False)
+            read[name] = ref.signal(coefficients, grid, centers, all_widths)[:, 0]
+        peak = grid[np.argmax(read["scaled"])]
+        assert abs(peak - positions[place]) < 0.5 / 16
+        assert 0.5 < read["scaled"].max() <= 1.0
+        spikes.append(read["absolute"].max())
+    assert max(spikes) > 3.0

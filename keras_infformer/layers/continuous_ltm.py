@@ -43,8 +43,14 @@ class ContinuousLTM(memory.MemoryLayer):
     Args:
         num_basis: int. Number of basis functions `N`, a multiple of
             `len(basis_widths)`.
-        basis_widths: tuple of floats. Widths of the basis functions; each
-            centre is paired with every width. Defaults to `(0.01, 0.05)`.
+        basis_widths: tuple of floats or `None`. Widths of the basis
+            functions on [0, 1]; each centre is paired with every width.
+            `None` (default) scales `relative_basis_widths` with `num_basis`.
+        relative_basis_widths: tuple of floats. The widths in units of
+            `1 / C`, `C = num_basis / len(relative_basis_widths)` centres per
+            width (about one centre spacing), used when `basis_widths` is
+            `None`. Defaults to `(2.56, 12.8)`: the paper's `(0.01, 0.05)` at
+            `num_basis=512`, `(0.16, 0.8)` at 32 (docs/theory.md §6a).
         ridge_penalty: float. Ridge penalty `λ > 0` of the fit. Defaults to
             `1.0`.
         tau: float in (0, 1). Share of [0, 1] given to the old signal at an
@@ -103,7 +109,8 @@ class ContinuousLTM(memory.MemoryLayer):
     def __init__(
         self,
         num_basis,
-        basis_widths=(0.01, 0.05),
+        basis_widths=None,
+        relative_basis_widths=basis.RELATIVE_BASIS_WIDTHS,
         ridge_penalty=1.0,
         tau=0.75,
         num_samples=512,
@@ -118,7 +125,10 @@ class ContinuousLTM(memory.MemoryLayer):
             self.ridge_penalty,
             self.tau,
             self.num_samples,
-        ) = self.check_arguments(num_basis, basis_widths, ridge_penalty, tau, num_samples)
+        ) = self.check_arguments(
+            num_basis, basis_widths, ridge_penalty, tau, num_samples, relative_basis_widths
+        )
+        self.relative_basis_widths = basis.check_widths(relative_basis_widths, "relative_basis_widths")
         self.edge_padding = bool(edge_padding)
         centers, widths = basis.basis_parameters(self.num_basis, self.basis_widths)
         self._centers_np = centers
@@ -132,18 +142,25 @@ class ContinuousLTM(memory.MemoryLayer):
         self.memory_dim = None
 
     @staticmethod
-    def check_arguments(num_basis, basis_widths, ridge_penalty, tau, num_samples):
-        """The hyper-parameters checked and normalised (raises on bad ones).
+    def check_arguments(
+        num_basis,
+        basis_widths,
+        ridge_penalty,
+        tau,
+        num_samples,
+        relative_basis_widths=basis.RELATIVE_BASIS_WIDTHS,
+    ):
+        """The hyper-parameters checked and normalised (raises on bad ones);
+        `basis_widths` comes back resolved (`basis.resolve_basis_widths`).
 
         Also used by layers that create a ContinuousLTM in `build()`, so that
         bad settings fail at their construction.
         """
         num_basis = utils.check_positive_int(num_basis, "num_basis")
-        basis_widths = tuple(float(w) for w in basis_widths)
+        basis_widths = basis.resolve_basis_widths(num_basis, basis_widths, relative_basis_widths)
         ridge_penalty = utils.check_range(ridge_penalty, "ridge_penalty", 0.0, np.inf)
         tau = utils.check_range(tau, "tau", 0.0, 1.0)
         num_samples = utils.check_positive_int(num_samples, "num_samples")
-        basis.basis_parameters(num_basis, basis_widths)  # N a multiple of widths.
         return num_basis, basis_widths, ridge_penalty, tau, num_samples
 
     def build(self, input_shape):
@@ -355,6 +372,7 @@ class ContinuousLTM(memory.MemoryLayer):
             {
                 "num_basis": self.num_basis,
                 "basis_widths": self.basis_widths,
+                "relative_basis_widths": self.relative_basis_widths,
                 "ridge_penalty": self.ridge_penalty,
                 "tau": self.tau,
                 "num_samples": self.num_samples,

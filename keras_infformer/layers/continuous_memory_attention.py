@@ -40,7 +40,11 @@ class ContinuousMemoryAttention(memory.MemoryLayer):
             `(batch_size, L, num_heads, key_dim)` (e.g. the block's own
             projected query). Defaults to `True`.
         num_basis: int. Basis functions of the memory. Defaults to `512`.
-        basis_widths: tuple of floats. Defaults to `(0.01, 0.05)`.
+        basis_widths: tuple of floats or `None`. Widths on [0, 1]; `None`
+            (default) scales `relative_basis_widths` with `num_basis`.
+        relative_basis_widths: tuple of floats. Widths in units of `1 / C`
+            (`C` centres per width). Defaults to `(2.56, 12.8)` (the
+            paper's `(0.01, 0.05)` at `num_basis=512`).
         density_mode: `"affine"` or `"content"` (`GaussianAttention`).
             Defaults to `"affine"`.
         ridge_penalty: float. Defaults to `1.0`.

@@ -56,9 +56,13 @@ class GaussianAttention(keras.layers.Layer):
         value_dim: int. Size of each value head. Defaults to `key_dim`.
         output_dim: int. Size of the output. Defaults to the query's last
             dimension when `project_query=True`, else `num_heads * value_dim`.
-        basis_widths: tuple of floats. The widths of the memory's basis
-            functions (must match the `ContinuousLTM`). Defaults to
-            `(0.01, 0.05)`.
+        basis_widths: tuple of floats or `None`. The widths of the memory's
+            basis functions (must match the `ContinuousLTM`'s). `None`
+            (default) scales `relative_basis_widths` with the `N` of the
+            coefficients, as `ContinuousLTM` does.
+        relative_basis_widths: tuple of floats. The widths in units of
+            `1 / C` (`C` centres per width), used when `basis_widths` is
+            `None`. Defaults to `(2.56, 12.8)`.
         density_mode: str. How the query places its Gaussian: `"affine"` (the
             paper's `μ = sigmoid(w_μ · s)`, `σ² = softplus(w_σ · s)`) or
             `"content"` (the moments of a softmax over keys of the signal
@@ -115,7 +119,8 @@ class GaussianAttention(keras.layers.Layer):
         key_dim,
         value_dim=None,
         output_dim=None,
-        basis_widths=(0.01, 0.05),
+        basis_widths=None,
+        relative_basis_widths=basis.RELATIVE_BASIS_WIDTHS,
         density_mode="affine",
         sigma_0=0.05,
         kl_weight=1e-6,
@@ -134,7 +139,13 @@ class GaussianAttention(keras.layers.Layer):
         self.output_dim = (
             None if output_dim is None else utils.check_positive_int(output_dim, "output_dim")
         )
-        self.basis_widths = tuple(float(w) for w in basis_widths)
+        # Resolved against N in build() when None (N is the coefficients').
+        self.basis_widths = (
+            None if basis_widths is None else basis.check_widths(basis_widths, "basis_widths")
+        )
+        self.relative_basis_widths = basis.check_widths(
+            relative_basis_widths, "relative_basis_widths"
+        )
         self.density_mode = check_density_mode(density_mode)
         self.sigma_0 = utils.check_range(sigma_0, "sigma_0", 0.0, float("inf"))
         self.kl_weight = utils.check_range(
@@ -157,6 +168,9 @@ class GaussianAttention(keras.layers.Layer):
                 f"N and e. Received: coefficients_shape={coefficients_shape}"
             )
         self.num_basis = int(coefficients_shape[1])
+        self.basis_widths = basis.resolve_basis_widths(
+            self.num_basis, self.basis_widths, self.relative_basis_widths
+        )
         centers, widths = basis.basis_parameters(self.num_basis, self.basis_widths)
         self.centers = utils.constant(centers)
         self.widths = utils.constant(widths)
@@ -371,6 +385,7 @@ class GaussianAttention(keras.layers.Layer):
                 "value_dim": self.value_dim,
                 "output_dim": self.output_dim,
                 "basis_widths": self.basis_widths,
+                "relative_basis_widths": self.relative_basis_widths,
                 "density_mode": self.density_mode,
                 "sigma_0": self.sigma_0,
                 "kl_weight": self.kl_weight,

@@ -53,8 +53,13 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         use_long_term_memory: bool. Add the continuous LTM. Defaults to
             `True`.
         num_basis: int. Basis functions of the LTM. Defaults to `512`.
-        basis_widths: tuple of floats. Basis widths. Defaults to
-            `(0.01, 0.05)`.
+        basis_widths: tuple of floats or `None`. Basis widths on [0, 1].
+            `None` (default) scales `relative_basis_widths` with `num_basis`.
+        relative_basis_widths: tuple of floats. The widths in units of
+            `1 / C`, `C = num_basis / len(relative_basis_widths)` centres per
+            width, used when `basis_widths` is `None`. Defaults to
+            `(2.56, 12.8)`: the paper's `(0.01, 0.05)` at `num_basis=512`,
+            `(0.16, 0.8)` at 32.
         density_mode: str. How a query places its Gaussian over the LTM:
             `"affine"` (the paper's: `μ`, `σ²` from fixed linear
             combinations of the scores) or `"content"` (the mean and
@@ -193,8 +198,10 @@ class InfiniteFormerDecoder(memory.MemoryLayer):
         # are checked now, so that bad ones fail at construction.
         if self.use_long_term_memory:
             long_term = memory_settings.check_long_term_memory(long_term)
-        else:  # Unused, kept for the config (a tuple, as JSON gives back).
-            long_term["basis_widths"] = tuple(float(w) for w in long_term["basis_widths"])
+        else:  # Unused, kept for the config (tuples, as JSON gives back).
+            for name in ("basis_widths", "relative_basis_widths"):
+                if long_term[name] is not None:
+                    long_term[name] = tuple(float(w) for w in long_term[name])
         memory_settings.assign(self, long_term)
         self.zero_memory_output = bool(zero_memory_output)
         memory_settings.assign(

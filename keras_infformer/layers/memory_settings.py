@@ -21,7 +21,8 @@ from keras_infformer import utils
 # GaussianAttention): name -> default.
 LONG_TERM_MEMORY = {
     "num_basis": 512,
-    "basis_widths": (0.01, 0.05),
+    "basis_widths": None,
+    "relative_basis_widths": (2.56, 12.8),
     "density_mode": "affine",
     "ridge_penalty": 1.0,
     "tau": 0.75,
@@ -35,10 +36,11 @@ LONG_TERM_MEMORY = {
 }
 
 # The paper's GPT-2 fine-tuning values (§5.2), the defaults of the
-# pretrained memory models; `num_samples=None` means `num_basis`.
+# pretrained memory models; `num_samples=None` means `num_basis`. The
+# relative widths are the paper's (0.005, 0.01) at N = 512.
 PRETRAINED_LONG_TERM_MEMORY = dict(
     LONG_TERM_MEMORY,
-    basis_widths=(0.005, 0.01),
+    relative_basis_widths=(1.28, 2.56),
     ridge_penalty=0.5,
     tau=0.5,
     num_samples=None,
@@ -109,8 +111,19 @@ def check_long_term_memory(settings):
         checked["tau"],
         checked["num_samples"],
     ) = ContinuousLTM.check_arguments(
-        *(settings[k] for k in ("num_basis", "basis_widths", "ridge_penalty", "tau", "num_samples"))
+        *(
+            settings[k]
+            for k in (
+                "num_basis",
+                "basis_widths",
+                "ridge_penalty",
+                "tau",
+                "num_samples",
+                "relative_basis_widths",
+            )
+        )
     )
+    checked["relative_basis_widths"] = tuple(float(w) for w in settings["relative_basis_widths"])
     checked["density_mode"] = check_density_mode(settings["density_mode"])
     checked["sticky_memories"] = bool(settings["sticky_memories"])
     checked["num_bins"] = utils.check_positive_int(settings["num_bins"], "num_bins")

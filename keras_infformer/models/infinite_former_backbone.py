@@ -2,7 +2,7 @@ import keras
 import keras_hub
 from keras import ops
 
-from keras_infformer import memory, utils
+from keras_infformer import basis, memory, utils
 from keras_infformer.layers import memory_settings
 from keras_infformer.layers.infinite_former_decoder import InfiniteFormerDecoder
 
@@ -124,7 +124,13 @@ class InfiniteFormerBackbone(keras_hub.models.Backbone):
     ):
         memory = memory_settings.take(kwargs, memory_settings.LONG_TERM_MEMORY)
         memory.update(memory_settings.take(kwargs, memory_settings.COMPRESSIVE_MEMORY))
-        memory["basis_widths"] = tuple(memory["basis_widths"])
+        # Resolved here so that `basis_widths` and the config say the widths used.
+        memory["relative_basis_widths"] = basis.check_widths(
+            memory["relative_basis_widths"], "relative_basis_widths"
+        )
+        memory["basis_widths"] = basis.resolve_basis_widths(
+            memory["num_basis"], memory["basis_widths"], memory["relative_basis_widths"]
+        )
         utils.check_model_keywords(kwargs, type(self).__name__, ("name", "trainable"))
         vocabulary_size = utils.check_positive_int(vocabulary_size, "vocabulary_size")
         segment_length = utils.check_positive_int(segment_length, "segment_length")

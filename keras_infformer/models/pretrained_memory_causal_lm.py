@@ -46,10 +46,14 @@ class PretrainedMemoryCausalLM(StreamingCausalLM):
         batch_size: int. Parallel streams of `fit` (static). Defaults to
             `1`.
         num_basis: int. Basis functions of each memory. Defaults to `512`.
-        basis_widths: tuple of floats. Defaults to `(0.005, 0.01)` (the
-            paper's, for `N = 512`; with a small `num_basis` keep them
-            about one to two centre spacings, e.g. `(0.05, 0.1)` at
-            `N = 32`, or the fit cannot hold single tokens).
+        basis_widths: tuple of floats or `None`. Widths on [0, 1]; `None`
+            (default) scales `relative_basis_widths` with `num_basis`.
+        relative_basis_widths: tuple of floats. Widths in units of `1 / C`
+            (`C = num_basis / 2` centres per width). Defaults to
+            `(1.28, 2.56)`: the paper's `(0.005, 0.01)` at `num_basis=512`,
+            `(0.08, 0.16)` at 32 (absolute widths fitted to one `N` are
+            spikes between the centres of a smaller memory, which then
+            holds no single token).
         density_mode: `"affine"` (the paper's) or `"content"` (the
             density placed by a softmax over keys of the sampled signal;
             what a small backbone needs to learn to read one token far

@@ -155,7 +155,9 @@ def test_smooths_white_noise(ref, rng, to_numpy):
     length = 256
     t = (np.arange(length) + 0.5) / length
     noise = rng.standard_normal((1, length, 4)).astype("float32")
-    layer = ContinuousLTM(num_basis=128, ridge_penalty=0.5, num_samples=64)
+    layer = ContinuousLTM(
+        num_basis=128, basis_widths=(0.01, 0.05), ridge_penalty=0.5, num_samples=64
+    )
     rec = to_numpy(layer.reconstruct(layer(noise), t))
     ratio = rec.var() / noise.var()
     centers, widths = ref.basis(128, (0.01, 0.05))
@@ -179,6 +181,7 @@ def test_two_updates_squeeze_the_old_signal(to_numpy, edge_padding):
     x2 = (np.cos(np.pi * u) + 0.5 * u)[None, :, None].astype("float32")
     layer = ContinuousLTM(
         num_basis=128,
+        basis_widths=(0.01, 0.05),
         num_samples=128,
         tau=tau,
         ridge_penalty=0.5,
@@ -555,7 +558,7 @@ def test_explicit_state_errors(rng):
 
 def test_unstable_settings_are_refused(ref):
     # N=64, M=32, L=32: the update map has spectral radius ~1.54 (diverges).
-    layer = ContinuousLTM(num_basis=64, num_samples=32)
+    layer = ContinuousLTM(num_basis=64, basis_widths=(0.01, 0.05), num_samples=32)
     with pytest.raises(ValueError, match="num_samples=32"):
         layer.build((2, 32, 4))
     # Independent check of the claim: iterate the update map in NumPy.
@@ -567,7 +570,7 @@ def test_unstable_settings_are_refused(ref):
         b = g[:32].T @ (psi @ b)
     assert np.linalg.norm(b) > 1e6
     # Enough samples: accepted.
-    ContinuousLTM(num_basis=64, num_samples=64).build((2, 32, 4))
+    ContinuousLTM(num_basis=64, basis_widths=(0.01, 0.05), num_samples=64).build((2, 32, 4))
 
 
 def test_default_fit_reconstructs_smooth_signal_over_whole_interval(to_numpy):

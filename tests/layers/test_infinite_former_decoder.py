@@ -362,8 +362,16 @@ def test_streaming_equals_numpy_reference_with_ltm(ref, memory_length, sticky):
     segments = _stream(13, 12)
     block(segments[0])  # Build.
     _randomize(block, seed=100 + memory_length)
+    # The block's default widths: (2.56, 12.8) / 8 centres per width.
     ltm = _ReferenceLTM(
-        ref, BATCH, HIDDEN, num_basis=16, num_samples=16, sticky=sticky, num_bins=16
+        ref,
+        BATCH,
+        HIDDEN,
+        num_basis=16,
+        basis_widths=(0.32, 1.6),
+        num_samples=16,
+        sticky=sticky,
+        num_bins=16,
     )
     resets = [np.array([s == 0, s in (0, 6)]) for s in range(12)]
     _stream_against_reference(block, segments, resets, ltm=ltm, atol=1e-4, rtol=1e-4)

@@ -148,7 +148,14 @@ def test_given_settings_reach_the_config_and_the_defaults_fill_the_rest():
         num_heads=2, key_dim=4, num_basis=8, num_samples=8, tau=0.5
     )
     config = layer.get_config()
-    expected = dict(memory_settings.LONG_TERM_MEMORY, num_basis=8, num_samples=8, tau=0.5)
+    # The default widths are resolved against num_basis (4 centres per width).
+    expected = dict(
+        memory_settings.LONG_TERM_MEMORY,
+        num_basis=8,
+        num_samples=8,
+        tau=0.5,
+        basis_widths=(2.56 / 4, 12.8 / 4),
+    )
     assert {name: config[name] for name in expected} == expected
     assert kif.ContinuousMemoryAttention.from_config(config).get_config() == config
 
@@ -169,3 +176,71 @@ def test_a_misspelt_model_setting_is_a_type_error_naming_it():
     )
     with pytest.raises(TypeError, match="num_basiss"):
         kif.models.InfiniteFormerGPT2CausalLM.from_backbone(gpt2, segment_length=4, num_basiss=8)
+
+
+def _tiny_gpt2():
+    return keras_hub.models.GPT2Backbone(
+        vocabulary_size=11,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=8,
+    )
+
+
+def test_default_widths_scale_with_num_basis_in_every_owner():
+    """DESIGN §6, "resolution is relative": the default widths are a fixed
+    share of the centre spacing, so the paper's at N = 512 and as many
+    centre spacings at any other N; the layers inside use them."""
+    for num_basis, decoder_widths, pretrained_widths in (
+        (512, (0.01, 0.05), (0.005, 0.01)),
+        (32, (0.16, 0.8), (0.08, 0.16)),
+    ):
+        settings = dict(num_basis=num_basis, num_samples=num_basis)
+        layer = kif.ContinuousMemoryAttention(num_heads=2, key_dim=4, **settings)
+        decoder = kif.InfiniteFormerDecoder(
+            intermediate_dim=8, num_heads=2, memory_length=4, **settings
+        )
+        backbone = kif.InfiniteFormerBackbone(**dict(TINY_BACKBONE, **settings))
+        for owner in (layer, decoder, backbone):
+            assert owner.basis_widths == pytest.approx(decoder_widths, rel=1e-12)
+            assert owner.get_config()["basis_widths"] == owner.basis_widths
+        gpt2 = kif.models.InfiniteFormerGPT2CausalLM.from_backbone(
+            _tiny_gpt2(), segment_length=4, num_basis=num_basis
+        )
+        assert gpt2.basis_widths == pytest.approx(pretrained_widths, rel=1e-12)
+        # What the memories inside fit and read with.
+        for memory_layer in gpt2.memory_layers:
+            assert memory_layer._ltm.basis_widths == gpt2.basis_widths
+            assert memory_layer._attention.basis_widths == gpt2.basis_widths
+
+
+def test_given_widths_win_and_survive_a_round_trip():
+    layer = kif.ContinuousMemoryAttention(
+        num_heads=2, key_dim=4, num_basis=8, num_samples=8, basis_widths=(0.05, 0.1)
+    )
+    assert layer.basis_widths == (0.05, 0.1)
+    twin = kif.ContinuousMemoryAttention.from_config(layer.get_config())
+    assert twin.basis_widths == (0.05, 0.1)
+    relative = kif.ContinuousMemoryAttention(
+        num_heads=2, key_dim=4, num_basis=8, num_samples=8, relative_basis_widths=(1.0, 2.0)
+    )
+    assert relative.basis_widths == (0.25, 0.5)
+    assert relative.get_config()["relative_basis_widths"] == (1.0, 2.0)
+
+
+def test_bad_relative_widths_fail_at_construction_named_with_the_value():
+    with pytest.raises(ValueError, match=r"relative_basis_widths.*-1\.0"):
+        kif.InfiniteFormerDecoder(
+            intermediate_dim=8,
+            num_heads=2,
+            memory_length=4,
+            num_basis=8,
+            num_samples=8,
+            relative_basis_widths=(-1.0, 2.0),
+        )
+    with pytest.raises(TypeError, match=r"relative_basis_widths=0\.5"):
+        kif.InfiniteFormerBackbone(**TINY_BACKBONE, relative_basis_widths=0.5)
+    with pytest.raises(ValueError, match=r"num_basis.*9"):
+        kif.ContinuousMemoryAttention(num_heads=2, key_dim=4, num_basis=9, num_samples=8)
