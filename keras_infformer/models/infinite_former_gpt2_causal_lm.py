@@ -58,11 +58,11 @@ class InfiniteFormerGPT2CausalLM(PretrainedMemoryCausalLM):
             (text in `generate()`, strings out).
         segment_length: int. Defaults to `min(512, max_sequence_length)`.
         batch_size: int. Parallel streams of `fit`. Defaults to `1`.
-        num_basis, basis_widths, ridge_penalty, tau, num_samples,
+        num_basis, basis_widths, relative_basis_widths, ridge_penalty, tau, num_samples,
         sticky_memories, sticky_mode, num_bins, sigma_0, kl_weight,
         finetune: see `keras_infformer.models.PretrainedMemoryCausalLM`
-            (paper values by default: N = M = 512, widths (0.005, 0.01),
-            ridge 0.5, τ 0.5, sticky, KL 1e-6).
+            (paper values by default: N = M = 512, widths (0.005, 0.01)
+            at N = 512 and scaled with N, ridge 0.5, τ 0.5, sticky, KL 1e-6).
         **kwargs: passed to `keras_hub.models.CausalLM` (e.g. `name`).
 
     Examples:

@@ -86,11 +86,12 @@ _ARGS = """
             the pretrained network, rotary positions restarting at 0; no
             learned position table bounds it). Defaults to `512`.
         batch_size: int. Parallel streams of `fit`. Defaults to `1`.
-        num_basis, basis_widths, ridge_penalty, tau, num_samples,
+        num_basis, basis_widths, relative_basis_widths, ridge_penalty, tau, num_samples,
         sticky_memories, sticky_mode, num_bins, sticky_uniform_share,
         sigma_0, kl_weight, finetune: see
             `keras_infformer.models.PretrainedMemoryCausalLM` (paper values
-            by default: N = M = 512, widths (0.005, 0.01), ridge 0.5, τ 0.5,
+            by default: N = M = 512, widths (0.005, 0.01) at N = 512 and
+            scaled with N, ridge 0.5, τ 0.5,
             sticky, KL 1e-6). `finetune="memory"` freezes the backbone.
         **kwargs: passed to `keras_hub.models.CausalLM` (e.g. `name`).
 """
