@@ -73,7 +73,7 @@ def _reference_absorb(
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_absorb_selects_the_fit_row_by_row(filled, compiled, ref, rng, to_numpy):
     batch, length, n, e = 3, 12, 8, 5
-    ltm = ContinuousLTM(num_basis=n, num_samples=6, stateful=False)
+    ltm = ContinuousLTM(num_basis=n, basis_widths=(0.01, 0.05), num_samples=6, stateful=False)
     ltm.build((batch, length, e))
     x = rng.standard_normal((batch, length, e)).astype("float32")
     coefficients = rng.standard_normal((batch, n, e)).astype("float32")
