@@ -47,6 +47,12 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--sticky", type=int, default=1, help="sticky memories (1/0)")
     parser.add_argument(
+        "--density-mode",
+        default="affine",
+        choices=["affine", "content"],
+        help="how the memories place their Gaussian (the paper's: affine)",
+    )
+    parser.add_argument(
         "--systems",
         nargs="+",
         default=["memory_all", "memory_only"],
@@ -98,6 +104,7 @@ def main():
             batch_size=args.batch,
             num_basis=args.num_basis,
             sticky_memories=bool(args.sticky),
+            density_mode=args.density_mode,
             finetune=finetune,
         )
         model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss(), weighted_metrics=[])
@@ -175,6 +182,7 @@ def main():
             "batch_size": args.batch,
             "num_basis": args.num_basis,
             "sticky_memories": bool(args.sticky),
+            "density_mode": args.density_mode,
             "rounds": args.rounds,
             "warmup_steps": args.warmup,
             "optimizer": "Adam(1e-4)",

@@ -205,7 +205,14 @@ def parse_args(argv=None):
         default="affine",
         help="how the ∞-former's queries place their density",
     )
-    size.add_argument("--basis-widths", type=float, nargs="+", default=[0.01, 0.05])
+    size.add_argument(
+        "--basis-widths",
+        type=float,
+        nargs="+",
+        default=None,
+        help="the ∞-former's basis widths (default: the model's, scaled with "
+        "--num-basis: (0.04, 0.2) at N = 128; runs before 2026-12-07 used 0.01 0.05)",
+    )
     size.add_argument("--compression-rate", type=int, default=4)
     size.add_argument("--dropout", type=float, default=0.0)
     size.add_argument(
@@ -407,7 +414,7 @@ def _language_model(kind, args, vocabulary_size, intermediate_dim):
             num_basis=args.num_basis,
             num_samples=args.num_basis,
             tau=args.tau,
-            basis_widths=tuple(args.basis_widths),
+            basis_widths=None if args.basis_widths is None else tuple(args.basis_widths),
             density_mode=args.density_mode,
             sticky_memories=kind == "infformer_sticky",
             **common,
@@ -1088,6 +1095,10 @@ def merge_into(path, record, parts):
 def main(argv=None):
     args = parse_args(argv)
     backend = _common.select_backend(args.backend, args.torch_threads)
+    from keras_infformer import basis
+
+    # Recorded as the widths used (the model's default resolved at N).
+    args.basis_widths = list(basis.resolve_basis_widths(args.num_basis, args.basis_widths))
 
     start = time.perf_counter()
     documents, vocabulary_size = load_corpus(args)
