@@ -128,7 +128,9 @@ class ContinuousLTM(memory.MemoryLayer):
         ) = self.check_arguments(
             num_basis, basis_widths, ridge_penalty, tau, num_samples, relative_basis_widths
         )
-        self.relative_basis_widths = basis.check_widths(relative_basis_widths, "relative_basis_widths")
+        self.relative_basis_widths = basis.check_widths(
+            relative_basis_widths, "relative_basis_widths"
+        )
         self.edge_padding = bool(edge_padding)
         centers, widths = basis.basis_parameters(self.num_basis, self.basis_widths)
         self._centers_np = centers
