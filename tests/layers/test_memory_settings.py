@@ -20,6 +20,19 @@ TINY_BACKBONE = dict(
     num_samples=8,
 )
 
+TINY_DECODER = dict(intermediate_dim=8, num_heads=2, memory_length=4, num_basis=8, num_samples=8)
+
+
+def _tiny_gpt2():
+    return keras_hub.models.GPT2Backbone(
+        vocabulary_size=11,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=8,
+    )
+
 
 def _defaults(cls):
     return {
@@ -88,14 +101,7 @@ def test_bad_memory_settings_fail_at_construction():
             num_heads=2, key_dim=4, num_basis=8, num_samples=8, density_mode="gaussian"
         )
     with pytest.raises(ValueError, match=r"density_mode.*'Content'"):
-        kif.InfiniteFormerDecoder(
-            intermediate_dim=8,
-            num_heads=2,
-            memory_length=4,
-            num_basis=8,
-            num_samples=8,
-            density_mode="Content",
-        )
+        kif.InfiniteFormerDecoder(**TINY_DECODER, density_mode="Content")
     # Unused by a Transformer-XL block: not checked.
     kif.InfiniteFormerDecoder(
         intermediate_dim=8,
@@ -166,27 +172,9 @@ def test_a_misspelt_model_setting_is_a_type_error_naming_it():
     backbone = kif.InfiniteFormerBackbone(**TINY_BACKBONE)
     with pytest.raises(TypeError, match="sampler"):
         kif.InfiniteFormerCausalLM(backbone, sampler="greedy")
-    gpt2 = keras_hub.models.GPT2Backbone(
-        vocabulary_size=11,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=8,
-        intermediate_dim=16,
-        max_sequence_length=8,
-    )
+    gpt2 = _tiny_gpt2()
     with pytest.raises(TypeError, match="num_basiss"):
         kif.models.InfiniteFormerGPT2CausalLM.from_backbone(gpt2, segment_length=4, num_basiss=8)
-
-
-def _tiny_gpt2():
-    return keras_hub.models.GPT2Backbone(
-        vocabulary_size=11,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=8,
-        intermediate_dim=16,
-        max_sequence_length=8,
-    )
 
 
 def test_default_widths_scale_with_num_basis_in_every_owner():
@@ -199,9 +187,7 @@ def test_default_widths_scale_with_num_basis_in_every_owner():
     ):
         settings = dict(num_basis=num_basis, num_samples=num_basis)
         layer = kif.ContinuousMemoryAttention(num_heads=2, key_dim=4, **settings)
-        decoder = kif.InfiniteFormerDecoder(
-            intermediate_dim=8, num_heads=2, memory_length=4, **settings
-        )
+        decoder = kif.InfiniteFormerDecoder(**dict(TINY_DECODER, **settings))
         backbone = kif.InfiniteFormerBackbone(**dict(TINY_BACKBONE, **settings))
         for owner in (layer, decoder, backbone):
             assert owner.basis_widths == pytest.approx(decoder_widths, rel=1e-12)
@@ -232,14 +218,7 @@ def test_given_widths_win_and_survive_a_round_trip():
 
 def test_bad_relative_widths_fail_at_construction_named_with_the_value():
     with pytest.raises(ValueError, match=r"relative_basis_widths.*-1\.0"):
-        kif.InfiniteFormerDecoder(
-            intermediate_dim=8,
-            num_heads=2,
-            memory_length=4,
-            num_basis=8,
-            num_samples=8,
-            relative_basis_widths=(-1.0, 2.0),
-        )
+        kif.InfiniteFormerDecoder(**TINY_DECODER, relative_basis_widths=(-1.0, 2.0))
     with pytest.raises(TypeError, match=r"relative_basis_widths=0\.5"):
         kif.InfiniteFormerBackbone(**TINY_BACKBONE, relative_basis_widths=0.5)
     with pytest.raises(ValueError, match=r"num_basis.*9"):
