@@ -71,6 +71,8 @@ def resolve_basis_widths(num_basis, basis_widths=None, relative_basis_widths=Non
 
 
 def check_widths(widths, name):
+    """`widths` as a tuple of positive finite floats; raises a TypeError or
+    ValueError naming the argument `name` and the value received."""
     try:
         checked = tuple(float(w) for w in widths)
     except (TypeError, ValueError):
