@@ -349,3 +349,24 @@ def test_content_density_view_and_config(rng, to_numpy):
 def test_density_mode_errors(bad):
     with pytest.raises(ValueError, match=r"density_mode.*" + repr(bad).replace("'", ".")):
         _layer(density_mode=bad)
+
+
+def test_default_widths_follow_the_coefficients_n(rng, to_numpy):
+    """Without `basis_widths` the layer scales `relative_basis_widths` with
+    the N of the coefficients it is built on ((2.56, 12.8) / 16 centres at
+    N = 32), reads exactly as with those widths given, and a config taken
+    before building rebuilds to the same widths."""
+    query = rng.standard_normal((2, 5, 8)).astype("float32")
+    coefficients = rng.standard_normal((2, 32, 8)).astype("float32")
+    default = GaussianAttention(num_heads=2, key_dim=4)
+    unbuilt_config = default.get_config()
+    assert unbuilt_config["basis_widths"] is None
+    out = to_numpy(default(query, coefficients))
+    assert default.basis_widths == (0.16, 0.8)
+    given = GaussianAttention(num_heads=2, key_dim=4, basis_widths=(0.16, 0.8))
+    given(query, coefficients)
+    given.set_weights(default.get_weights())
+    np.testing.assert_array_equal(to_numpy(given(query, coefficients)), out)
+    twin = GaussianAttention.from_config(unbuilt_config)
+    twin(query, coefficients)
+    assert twin.basis_widths == (0.16, 0.8)
