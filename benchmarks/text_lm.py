@@ -18,6 +18,14 @@ each step:
   xl                 nothing beyond the short-term window (Transformer-XL)
   compressive        a Compressive Transformer memory of N slots
 
+and, on request (`--systems ... xl_twin`), a control that measures how far
+training alone moves a result:
+
+  xl_twin            Transformer-XL from the same draw with every initial
+                     weight moved by about one part in a million (seeded);
+                     its difference from xl is what two trainings of the
+                     same model on the same batches differ by
+
 Measured on the held-out documents (each streamed from its first byte):
 
 - bits per byte overall and by position in the document (buckets
@@ -76,7 +84,11 @@ import _common  # noqa: E402
 
 DEFAULT_CORPUS = "/usr/share/doc/linux-doc-6.1/html/_sources"
 SYSTEMS = ("infformer", "infformer_sticky", "xl", "compressive")
+CONTROLS = ("xl_twin",)
 BASELINE = "xl"
+# The control's relative move of each initial weight: a few float32 ulps,
+# far below anything that could change what the model can learn.
+TWIN_JITTER = 1e-6
 
 # The full configuration, sized for a 2-core CPU: measured JAX steps of
 # 250-340 ms per system (load ~3) give 10-14 minutes of training per system,
@@ -165,7 +177,13 @@ def parse_args(argv=None):
         "fine-tuned with and without the memory. Results go into the "
         "JSON at --out, merged with what it already holds",
     )
-    p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    p.add_argument(
+        "--systems",
+        nargs="+",
+        default=list(SYSTEMS),
+        choices=SYSTEMS + CONTROLS,
+        help="the systems trained (default: the four; xl_twin is a control)",
+    )
     size = p.add_argument_group(
         "model and training (defaults: the full configuration, or --quick's)"
     )
@@ -419,7 +437,7 @@ def _language_model(kind, args, vocabulary_size, intermediate_dim):
             sticky_memories=kind == "infformer_sticky",
             **common,
         )
-    if kind == "xl":
+    if kind in ("xl", "xl_twin"):
         return InfiniteFormerLM(use_long_term_memory=False, **common)
     return InfiniteFormerLM(
         use_long_term_memory=False,
@@ -451,9 +469,22 @@ def build_systems(args, vocabulary_size):
         # extra parameters are the memory's, reported per system).
         keras.utils.set_random_seed(args.seed)
         model = _language_model(kind, args, vocabulary_size, args.intermediate_dim)
+        if kind == "xl_twin":
+            jitter_weights(model, TWIN_JITTER, args.seed)
         compile_for_streams(model, args.steps, args.learning_rate, args.clipnorm)
         systems[kind] = model
     return systems
+
+
+def jitter_weights(model, relative, seed):
+    """Multiply every trainable weight by `1 + relative * N(0, 1)`, seeded."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for variable in model.trainable_variables:
+        value = np.asarray(variable.numpy(), dtype=np.float64)
+        moved = value * (1.0 + relative * rng.standard_normal(value.shape))
+        variable.assign(moved.astype(variable.dtype))
 
 
 def compile_for_streams(model, steps, learning_rate, clipnorm):

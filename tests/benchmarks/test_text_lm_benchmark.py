@@ -317,3 +317,31 @@ def test_gradient_norm_script_records_the_memory_apart(tmp_path):
         )
         squares = [s["shared"] ** 2 + s["memory"] ** 2 for s in norms[name][early:]]
         assert [s["total"] ** 2 for s in norms[name][early:]] == pytest.approx(squares)
+
+
+def test_xl_twin_is_transformer_xl_moved_by_one_part_in_a_million():
+    """The control starts where Transformer-XL starts, each weight moved by
+    a relative N(0, 1e-6) (zeros stay zero), so its distance from xl after
+    training is what training alone moves a result by."""
+    args = text_lm.parse_args(
+        ["--quick", "--systems", "xl", "xl_twin", "--num-layers", "1", "--hidden-dim", "16"]
+    )
+    systems = text_lm.build_systems(args, 256)
+    xl, twin = systems["xl"], systems["xl_twin"]
+    assert [v.path.split("/", 1)[1] for v in xl.trainable_variables] == [
+        v.path.split("/", 1)[1] for v in twin.trainable_variables
+    ]
+    relative = []
+    for a, b in zip(xl.trainable_variables, twin.trainable_variables):
+        a, b = np.asarray(a.numpy(), np.float64), np.asarray(b.numpy(), np.float64)
+        assert np.array_equal(a == 0, b == 0)
+        nonzero = a != 0
+        relative.append((b[nonzero] - a[nonzero]) / a[nonzero])
+    relative = np.concatenate(relative)
+    assert relative.size > 1000
+    # Within float32 rounding (~6e-8) of a relative N(0, 1e-6) draw.
+    assert 0.9e-6 < relative.std() < 1.1e-6
+    assert abs(relative.mean()) < 1e-7
+    assert np.abs(relative).max() < 7e-6
+    # A draw under half a float32 step (|z| < ~0.06) leaves a weight as it is.
+    assert np.count_nonzero(relative) > 0.9 * relative.size
