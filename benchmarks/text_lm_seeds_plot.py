@@ -11,10 +11,14 @@ deviation and a Student-t 95 % interval of the mean over seeds (each seed
 one observation; n - 1 degrees of freedom).
 
     python benchmarks/text_lm_seeds_plot.py \
-        benchmarks/results/text_lm_part1_four_seed3.json \
-        benchmarks/results/text_lm_part1_four_seed4.json \
-        --out benchmarks/results/text_lm_part1_four.png \
+        benchmarks/results/text_lm_part1_four_full_seed3.json \
+        benchmarks/results/text_lm_part1_four_full_seed4.json \
+        benchmarks/results/text_lm_part1_twin_seed3.json \
+        --out benchmarks/results/text_lm_part1_seeds.png \
         --summary benchmarks/results/text_lm_part1_seeds.json
+
+A control trained beside Transformer-XL (`xl_twin`) is summarised like any
+system: its difference is what training alone moves a result by.
 
 A system missing from a run is summarised over the runs that have it.
 """
